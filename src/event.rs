@@ -1,0 +1,287 @@
+//! The domain vocabulary: what `ingest` produces from Twilio's bytes and `rollup` consumes.
+//!
+//! Everything here is parsed and bounded: no raw status strings, no unbounded ids, no open-ended
+//! channel names travel past the edge.
+
+use std::fmt;
+
+/// Longest id (operation, resource or attempt) accepted, in bytes (domain.md §1).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The family of an operation, which decides its stats field set and query routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Messages,
+    Emails,
+    PushNotifications,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Messages, Kind::Emails, Kind::PushNotifications];
+
+    /// The name used in Kafka headers, metrics labels and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Messages => "messages",
+            Kind::Emails => "emails",
+            Kind::PushNotifications => "push_notifications",
+        }
+    }
+
+    /// Guess the kind from a resource id prefix (`comms_message_…`, `comms_email_…`, …).
+    pub fn from_resource_id(id: &str) -> Option<Kind> {
+        if id.starts_with("comms_message_") {
+            Some(Kind::Messages)
+        } else if id.starts_with("comms_email_") {
+            Some(Kind::Emails)
+        } else if id.starts_with("comms_pushnotification_") || id.starts_with("comms_notification_")
+        {
+            Some(Kind::PushNotifications)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The channel an attempt went through. A bounded set: anything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Sms,
+    Mms,
+    Rcs,
+    Whatsapp,
+    Email,
+    Fcm,
+    Apns,
+    Other,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 8] = [
+        Channel::Sms,
+        Channel::Mms,
+        Channel::Rcs,
+        Channel::Whatsapp,
+        Channel::Email,
+        Channel::Fcm,
+        Channel::Apns,
+        Channel::Other,
+    ];
+
+    /// Parse a channel name as Twilio spells it (`SMS`, `rcs`, `whatsapp`, `APNs`, …).
+    pub fn parse(s: &str) -> Channel {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sms" | "phone" => Channel::Sms,
+            "mms" => Channel::Mms,
+            "rcs" => Channel::Rcs,
+            "whatsapp" => Channel::Whatsapp,
+            "email" => Channel::Email,
+            "fcm" => Channel::Fcm,
+            "apns" => Channel::Apns,
+            _ => Channel::Other,
+        }
+    }
+
+    /// Lowercase name used in metrics labels and query filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Mms => "mms",
+            Channel::Rcs => "rcs",
+            Channel::Whatsapp => "whatsapp",
+            Channel::Email => "email",
+            Channel::Fcm => "fcm",
+            Channel::Apns => "apns",
+            Channel::Other => "other",
+        }
+    }
+
+    /// Uppercase name as Twilio's API shows it (`SMS`, `RCS`, `WHATSAPP`, …).
+    pub fn as_api_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "SMS",
+            Channel::Mms => "MMS",
+            Channel::Rcs => "RCS",
+            Channel::Whatsapp => "WHATSAPP",
+            Channel::Email => "EMAIL",
+            Channel::Fcm => "FCM",
+            Channel::Apns => "APNS",
+            Channel::Other => "OTHER",
+        }
+    }
+}
+
+/// A delivery attempt's status. The declaration order is the attempt lattice of domain.md §2
+/// (join = maximum); `Opened` ranks with `Read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptStatus {
+    Scheduled,
+    Accepted,
+    Queued,
+    Canceled,
+    Sending,
+    Sent,
+    Failed,
+    Undelivered,
+    Delivered,
+    Read,
+    Opened,
+}
+
+impl AttemptStatus {
+    pub const ALL: [AttemptStatus; 11] = [
+        AttemptStatus::Scheduled,
+        AttemptStatus::Accepted,
+        AttemptStatus::Queued,
+        AttemptStatus::Canceled,
+        AttemptStatus::Sending,
+        AttemptStatus::Sent,
+        AttemptStatus::Failed,
+        AttemptStatus::Undelivered,
+        AttemptStatus::Delivered,
+        AttemptStatus::Read,
+        AttemptStatus::Opened,
+    ];
+
+    /// Parse a delivery status in any case. `None` for words that are not delivery states
+    /// (`receiving`, `received`, `inbound`, `partially_delivered`, unknown words).
+    pub fn parse(s: &str) -> Option<AttemptStatus> {
+        let s = s.trim();
+        let pick = |w: &str| s.eq_ignore_ascii_case(w);
+        Some(if pick("scheduled") {
+            AttemptStatus::Scheduled
+        } else if pick("accepted") {
+            AttemptStatus::Accepted
+        } else if pick("queued") {
+            AttemptStatus::Queued
+        } else if pick("canceled") || pick("cancelled") {
+            AttemptStatus::Canceled
+        } else if pick("sending") {
+            AttemptStatus::Sending
+        } else if pick("sent") {
+            AttemptStatus::Sent
+        } else if pick("failed") {
+            AttemptStatus::Failed
+        } else if pick("undelivered") {
+            AttemptStatus::Undelivered
+        } else if pick("delivered") {
+            AttemptStatus::Delivered
+        } else if pick("read") {
+            AttemptStatus::Read
+        } else if pick("opened") {
+            AttemptStatus::Opened
+        } else {
+            return None;
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Scheduled => "scheduled",
+            AttemptStatus::Accepted => "accepted",
+            AttemptStatus::Queued => "queued",
+            AttemptStatus::Canceled => "canceled",
+            AttemptStatus::Sending => "sending",
+            AttemptStatus::Sent => "sent",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::Undelivered => "undelivered",
+            AttemptStatus::Delivered => "delivered",
+            AttemptStatus::Read => "read",
+            AttemptStatus::Opened => "opened",
+        }
+    }
+}
+
+/// What an operation-level event says about the operation's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    Scheduled,
+    Processing,
+    Completed,
+}
+
+/// One delivery event, parsed and bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Event time in Unix milliseconds: the CloudEvent `time` when valid, else receive time.
+    pub time_ms: u64,
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    /// `com.twilio.comms-api.operation.*`.
+    Operation {
+        operation_id: String,
+        kind: Option<Kind>,
+        phase: Phase,
+    },
+    /// A status of one delivery attempt, from a Comms API event, a classic Messaging event, or
+    /// a form-encoded status callback.
+    Attempt(AttemptEvent),
+}
+
+/// A status report for one attempt. The links (`operation_id`, `resource_id`) may be missing:
+/// classic callbacks often carry only the attempt SID until something links it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEvent {
+    pub kind: Option<Kind>,
+    pub operation_id: Option<String>,
+    /// The Message, Email or PushNotification id.
+    pub resource_id: Option<String>,
+    /// The SM…/MM… SID (or provider id) of this attempt.
+    pub downstream_id: Option<String>,
+    /// Twilio's attempt number or name, a string.
+    pub attempt: Option<String>,
+    pub channel: Option<Channel>,
+    pub status: AttemptStatus,
+    pub error_code: Option<u32>,
+    /// The recipient address (`to.address`, or `To` in a form callback).
+    pub to: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Why an event in a request was skipped. A bounded set: used as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Not a JSON object, or `data` not an object (nor a JSON string holding one).
+    Malformed,
+    /// An event type tally does not handle.
+    UnknownType,
+    /// A status that is not a delivery state (`receiving`, `inbound`, unknown words).
+    UnknownStatus,
+    /// A required id is missing.
+    MissingId,
+    /// An id longer than [`MAX_ID_BYTES`].
+    IdTooLong,
+    /// An attempt with nothing that links it to a resource, nor an id to hold it under.
+    Unlinkable,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 6] = [
+        SkipReason::Malformed,
+        SkipReason::UnknownType,
+        SkipReason::UnknownStatus,
+        SkipReason::MissingId,
+        SkipReason::IdTooLong,
+        SkipReason::Unlinkable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Malformed => "malformed",
+            SkipReason::UnknownType => "unknown_type",
+            SkipReason::UnknownStatus => "unknown_status",
+            SkipReason::MissingId => "missing_id",
+            SkipReason::IdTooLong => "id_too_long",
+            SkipReason::Unlinkable => "unlinkable",
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! tally: Twilio delivery status callbacks in, live Operation state out.
+pub mod event;
