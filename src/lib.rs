@@ -1,2 +1,3 @@
 //! tally: Twilio delivery status callbacks in, live Operation state out.
 pub mod event;
+pub mod ingest;
