@@ -1,3 +1,4 @@
-//! tally: Twilio delivery status callbacks in, live Operation state out.
+//! tally
 pub mod event;
+pub mod ingest;
 pub mod signature;
