@@ -286,7 +286,7 @@ pub fn candidate_urls(url: &str) -> Vec<String> {
         if parts.port.is_some() {
             port_forms.push(format!("{}{}{}", parts.before_host, parts.host, parts.rest));
         }
-        if parts.port.map_or(true, str::is_empty) {
+        if parts.port.is_none_or(str::is_empty) {
             if let Some(default) = parts.default_port {
                 port_forms.push(format!(
                     "{}{}:{default}{}",
@@ -367,7 +367,7 @@ impl<'a> Authority<'a> {
                 None => (host_port, None),
             }
         };
-        if host.is_empty() || !port.map_or(true, |port| port.bytes().all(|b| b.is_ascii_digit())) {
+        if host.is_empty() || !port.is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit())) {
             return None;
         }
 

@@ -1,0 +1,428 @@
+//! The shared book: every operation in a `DashMap`, the links that tie attempts to resources
+//! and resources to operations, and the attempts held until something links them.
+//!
+//! Methods are synchronous and return owned data, so no map guard ever lives across an
+//! `.await`. Time is passed in.
+
+use crate::event::{AttemptEvent, Event, EventBody, Kind, SkipReason};
+use crate::rollup::{Bucket, Operation, OperationStatus, OperationView, Resource, ResourceStatus};
+use dashmap::DashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event changed the state of an operation of this kind.
+    Applied(Kind),
+    /// The attempt is not linked to a resource yet; it is held until a link arrives.
+    Held,
+    /// A duplicate or stale event: nothing changed.
+    Noop,
+    Rejected(SkipReason),
+}
+
+/// Bounds on what the aggregator keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most attempt events held unlinked at once; the oldest are dropped (and counted) beyond.
+    pub max_held: usize,
+    /// How long an unlinked attempt is held before it is dropped (and counted).
+    pub held_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_held: 100_000,
+            held_ttl_ms: 4 * 3600 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum HeldKey {
+    Sid(String),
+    Resource(String),
+}
+
+#[derive(Default)]
+struct HeldBook {
+    entries: HashMap<HeldKey, Vec<(AttemptEvent, u64)>>,
+    /// Insertion order of keys with the time they were first held, for age and count bounds.
+    order: VecDeque<(HeldKey, u64)>,
+    events: usize,
+}
+
+impl HeldBook {
+    fn remove(&mut self, key: &HeldKey) -> Vec<(AttemptEvent, u64)> {
+        let taken = self.entries.remove(key).unwrap_or_default();
+        self.events -= taken.len();
+        taken
+    }
+
+    /// Drop the oldest keys while `over` says so; returns how many events were dropped.
+    fn drop_oldest_while(&mut self, mut over: impl FnMut(&Self, u64) -> bool) -> usize {
+        let mut dropped = 0;
+        while let Some((key, since)) = self.order.front().cloned() {
+            if !self.entries.contains_key(&key) {
+                self.order.pop_front();
+                continue;
+            }
+            if !over(self, since) {
+                break;
+            }
+            self.order.pop_front();
+            dropped += self.remove(&key).len();
+        }
+        dropped
+    }
+}
+
+/// Counts of what the book holds, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Operations by kind and status.
+    pub operations: HashMap<(Kind, OperationStatus), u64>,
+    pub resources: u64,
+    pub attempts: u64,
+    pub held: u64,
+}
+
+/// A resource with what a view of it needs from its operation.
+#[derive(Debug, Clone)]
+pub struct ResourceSnapshot {
+    pub operation_id: String,
+    pub kind: Kind,
+    pub status: ResourceStatus,
+    pub resource: Resource,
+}
+
+/// Filters of the resource list endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceFilter {
+    pub status: Option<Bucket>,
+    pub channel: Option<crate::event::Channel>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl ResourceFilter {
+    fn matches(&self, kind: Kind, r: &Resource) -> bool {
+        if let Some(b) = self.status {
+            if r.status().bucket(kind) != b {
+                return false;
+            }
+        }
+        if let Some(c) = self.channel {
+            if !r.attempts.iter().any(|a| a.channel == Some(c)) {
+                return false;
+            }
+        }
+        self.tags
+            .iter()
+            .all(|(k, v)| r.tags.get(k).is_some_and(|x| x == v))
+    }
+}
+
+/// The in-memory state of every tracked operation.
+pub struct Aggregator {
+    ops: DashMap<String, Operation>,
+    /// Attempt (downstream) id → (operation id, resource id).
+    sid_links: DashMap<String, (String, String)>,
+    /// Resource id → operation id.
+    res_links: DashMap<String, String>,
+    held: Mutex<HeldBook>,
+    /// Events in `held`, raised *before* a holder checks the links (see `hold`).
+    held_count: AtomicUsize,
+    held_dropped: AtomicU64,
+    operations_evicted: AtomicU64,
+    limits: Limits,
+}
+
+impl Aggregator {
+    pub fn new(limits: Limits) -> Aggregator {
+        Aggregator {
+            ops: DashMap::new(),
+            sid_links: DashMap::new(),
+            res_links: DashMap::new(),
+            held: Mutex::new(HeldBook::default()),
+            held_count: AtomicUsize::new(0),
+            held_dropped: AtomicU64::new(0),
+            operations_evicted: AtomicU64::new(0),
+            limits,
+        }
+    }
+
+    /// Apply one event at wall-clock time `now_ms`.
+    pub fn apply(&self, ev: &Event, now_ms: u64) -> Outcome {
+        match &ev.body {
+            EventBody::Operation {
+                operation_id,
+                kind,
+                phase,
+            } => {
+                let mut op = self
+                    .ops
+                    .entry(operation_id.clone())
+                    .or_insert_with(|| Operation::new(operation_id, ev.time_ms, now_ms));
+                if op.apply_phase(*kind, *phase, ev.time_ms, now_ms) {
+                    Outcome::Applied(op.kind())
+                } else {
+                    Outcome::Noop
+                }
+            }
+            EventBody::Attempt(a) => self.apply_attempt(a, ev.time_ms, now_ms),
+        }
+    }
+
+    fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
+        let by_sid = a
+            .downstream_id
+            .as_ref()
+            .and_then(|s| self.sid_links.get(s).map(|l| l.value().clone()));
+        let res = a
+            .resource_id
+            .clone()
+            .or_else(|| by_sid.as_ref().map(|l| l.1.clone()));
+        let op = a
+            .operation_id
+            .clone()
+            .or_else(|| {
+                res.as_ref()
+                    .and_then(|r| self.res_links.get(r).map(|o| o.value().clone()))
+            })
+            .or_else(|| by_sid.map(|l| l.0));
+        (op, res)
+    }
+
+    fn apply_attempt(&self, a: &AttemptEvent, time_ms: u64, now_ms: u64) -> Outcome {
+        if let (Some(op), Some(res)) = self.resolve(a) {
+            return self.apply_linked(&op, &res, a, time_ms, now_ms);
+        }
+        let key = match (&a.downstream_id, &a.resource_id) {
+            (Some(sid), _) => HeldKey::Sid(sid.clone()),
+            (None, Some(res)) => HeldKey::Resource(res.clone()),
+            (None, None) => return Outcome::Rejected(SkipReason::Unlinkable),
+        };
+        self.hold(key, a, time_ms, now_ms)
+    }
+
+    fn apply_linked(
+        &self,
+        op_id: &str,
+        res_id: &str,
+        a: &AttemptEvent,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> Outcome {
+        let (changed, kind) = {
+            let mut op = self
+                .ops
+                .entry(op_id.to_owned())
+                .or_insert_with(|| Operation::new(op_id, time_ms, now_ms));
+            let changed = op.apply_attempt(res_id, a, time_ms, now_ms);
+            (changed, op.kind())
+        };
+        let mut new_link = false;
+        if !self.res_links.contains_key(res_id) {
+            new_link |= self
+                .res_links
+                .insert(res_id.to_owned(), op_id.to_owned())
+                .is_none();
+        }
+        if let Some(sid) = &a.downstream_id {
+            if !self.sid_links.contains_key(sid) {
+                new_link |= self
+                    .sid_links
+                    .insert(sid.clone(), (op_id.to_owned(), res_id.to_owned()))
+                    .is_none();
+            }
+        }
+        if new_link {
+            self.release_held(op_id, res_id, a.downstream_id.as_deref(), now_ms);
+        }
+        if changed {
+            Outcome::Applied(kind)
+        } else {
+            Outcome::Noop
+        }
+    }
+
+    /// Hold an unlinked attempt. The count is raised before the links are re-checked under the
+    /// lock, and a linker inserts its link before reading the count, so either the holder sees
+    /// the link or the linker sees the held event: nothing is stranded.
+    fn hold(&self, key: HeldKey, a: &AttemptEvent, time_ms: u64, now_ms: u64) -> Outcome {
+        let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.held_count.fetch_add(1, Ordering::SeqCst);
+        if let (Some(op), Some(res)) = self.resolve(a) {
+            self.held_count.fetch_sub(1, Ordering::SeqCst);
+            drop(book);
+            return self.apply_linked(&op, &res, a, time_ms, now_ms);
+        }
+        if book
+            .entries
+            .get(&key)
+            .is_some_and(|l| l.iter().any(|(e, _)| e == a))
+        {
+            self.held_count.fetch_sub(1, Ordering::SeqCst);
+            return Outcome::Noop;
+        }
+        let list = book.entries.entry(key.clone()).or_default();
+        let fresh = list.is_empty();
+        list.push((a.clone(), time_ms));
+        book.events += 1;
+        if fresh {
+            book.order.push_back((key, now_ms));
+        }
+        let max = self.limits.max_held;
+        let dropped = book.drop_oldest_while(|b, _| b.events > max);
+        self.held_count.store(book.events, Ordering::SeqCst);
+        self.held_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        Outcome::Held
+    }
+
+    fn release_held(&self, op_id: &str, res_id: &str, sid: Option<&str>, now_ms: u64) {
+        if self.held_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let released = {
+            let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = book.remove(&HeldKey::Resource(res_id.to_owned()));
+            if let Some(s) = sid {
+                out.extend(book.remove(&HeldKey::Sid(s.to_owned())));
+            }
+            self.held_count.store(book.events, Ordering::SeqCst);
+            out
+        };
+        for (ev, time_ms) in released {
+            let op = ev.operation_id.clone().unwrap_or_else(|| op_id.to_owned());
+            let res = ev.resource_id.clone().unwrap_or_else(|| res_id.to_owned());
+            self.apply_linked(&op, &res, &ev, time_ms, now_ms);
+        }
+    }
+
+    /// The rolled-up view of one operation.
+    pub fn operation(&self, id: &str) -> Option<OperationView> {
+        self.ops.get(id).map(|op| op.view())
+    }
+
+    /// Operations of `kind`, in id order, after the id `after`, at most `limit`.
+    pub fn list_operations(
+        &self,
+        kind: Kind,
+        status: Option<OperationStatus>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<OperationView> {
+        let mut ids: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|op| op.kind() == kind)
+            .filter(|op| after.is_none_or(|a| op.id.as_str() > a))
+            .filter(|op| status.is_none_or(|s| op.status() == s))
+            .map(|op| op.id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.iter().filter_map(|id| self.operation(id)).collect()
+    }
+
+    /// Resources of an operation matching `filter`, in id order after `after`, at most `limit`.
+    pub fn resources(
+        &self,
+        op_id: &str,
+        filter: &ResourceFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<ResourceSnapshot>> {
+        let op = self.ops.get(op_id)?;
+        let kind = op.kind();
+        Some(
+            op.resources_after(after)
+                .filter(|r| filter.matches(kind, r))
+                .take(limit)
+                .map(|r| ResourceSnapshot {
+                    operation_id: op.id.clone(),
+                    kind,
+                    status: r.status(),
+                    resource: r.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// One resource by its id.
+    pub fn resource(&self, res_id: &str) -> Option<ResourceSnapshot> {
+        let op_id = self.res_links.get(res_id)?.value().clone();
+        let op = self.ops.get(&op_id)?;
+        let r = op.resource(res_id)?;
+        Some(ResourceSnapshot {
+            operation_id: op.id.clone(),
+            kind: op.kind(),
+            status: r.status(),
+            resource: r.clone(),
+        })
+    }
+
+    /// Counts for the metrics endpoint.
+    pub fn census(&self) -> Census {
+        let mut c = Census::default();
+        for op in self.ops.iter() {
+            *c.operations.entry((op.kind(), op.status())).or_default() += 1;
+            c.resources += op.resource_count() as u64;
+            c.attempts += op.attempt_count();
+        }
+        c.held = self.held_count.load(Ordering::SeqCst) as u64;
+        c
+    }
+
+    /// Held attempts dropped so far (over the count bound or the age bound).
+    pub fn held_dropped(&self) -> u64 {
+        self.held_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Operations evicted by retention so far.
+    pub fn operations_evicted(&self) -> u64 {
+        self.operations_evicted.load(Ordering::Relaxed)
+    }
+
+    pub fn operation_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Evict operations unchanged since before `cutoff_ms`, and held attempts older than the
+    /// held bound. Returns the number of operations evicted.
+    pub fn sweep(&self, cutoff_ms: u64, now_ms: u64) -> usize {
+        let stale: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|op| op.updated_ms < cutoff_ms)
+            .map(|op| op.id.clone())
+            .collect();
+        let mut evicted = 0;
+        for id in stale {
+            if let Some((_, op)) = self.ops.remove_if(&id, |_, op| op.updated_ms < cutoff_ms) {
+                for r in op.resources() {
+                    self.res_links.remove(&r.id);
+                    for a in &r.attempts {
+                        if let Some(sid) = &a.downstream_id {
+                            self.sid_links.remove(sid);
+                        }
+                    }
+                }
+                evicted += 1;
+            }
+        }
+        self.operations_evicted
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+        let ttl = self.limits.held_ttl_ms;
+        let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = book.drop_oldest_while(|_, since| since.saturating_add(ttl) < now_ms);
+        self.held_count.store(book.events, Ordering::SeqCst);
+        self.held_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        evicted
+    }
+}

@@ -1,0 +1,396 @@
+//! Typed settings, layered: defaults compiled into the binary → `--config` file →
+//! `TALLY_<SECTION>__<KEY>` environment variables. Nothing depends on the working directory.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The documented defaults, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Every setting of tally.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub twilio: TwilioSettings,
+    pub ingest: IngestSettings,
+    pub storage: StorageSettings,
+    pub api: ApiSettings,
+    pub retention: RetentionSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub public_url: Option<String>,
+    pub trust_forwarded_headers: bool,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    #[serde(with = "humantime_serde_shim")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioSettings {
+    pub auth_tokens: Secrets,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub auth_tokens_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub max_held_attempts: usize,
+    #[serde(with = "humantime_serde_shim")]
+    pub held_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    #[serde(deserialize_with = "empty_is_none")]
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub credentials: Secrets,
+    pub max_page_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    #[serde(with = "humantime_serde_shim")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A list of secret strings (auth tokens, API credentials): never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct Secrets(Vec<SecretString>);
+
+impl Secrets {
+    pub fn new<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Secrets {
+        Secrets(
+            items
+                .into_iter()
+                .map(|s| SecretString::from(s.into()))
+                .collect(),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The secrets themselves, for the one place that needs them (HMAC keys, auth checks).
+    pub fn expose(&self) -> Vec<&str> {
+        self.0.iter().map(|s| s.expose_secret()).collect()
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{} redacted]", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secrets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v: Vec<String> = Vec::deserialize(d)?;
+        Ok(Secrets::new(v.into_iter().filter(|s| !s.trim().is_empty())))
+    }
+}
+
+fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(if s.trim().is_empty() { None } else { Some(s) })
+}
+
+mod humantime_serde_shim {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?}: {e} (use units: \"5s\")"))
+        })
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("unknown config key `{0}`")]
+    UnknownKey(String),
+    #[error("invalid value for {key}: {message}")]
+    Env { key: String, message: String },
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Load the compiled-in defaults, then `file`, then the given environment variables.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError::Parse {
+                path: "<embedded default>".into(),
+                message: e.to_string(),
+            })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let user: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut table, user, "")?;
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("TALLY_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let dotted = format!("{section}.{key}");
+            let sect = table
+                .get_mut(&section)
+                .and_then(|v| v.as_table_mut())
+                .ok_or_else(|| ConfigError::UnknownKey(format!("{dotted} (from {name})")))?;
+            let old = sect
+                .get(&key)
+                .ok_or_else(|| ConfigError::UnknownKey(format!("{dotted} (from {name})")))?;
+            let new = env_value(old, &value).map_err(|message| ConfigError::Env {
+                key: name.clone(),
+                message,
+            })?;
+            sect.insert(key, new);
+        }
+        let mut settings: Settings = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        settings.read_token_file()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Load with the process environment.
+    pub fn load_from_env(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load(file, std::env::vars())
+    }
+
+    fn read_token_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.twilio.auth_tokens_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let mut all: Vec<String> = self
+            .twilio
+            .auth_tokens
+            .expose()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        all.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+        self.twilio.auth_tokens = Secrets::new(all);
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.http.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "http.public_url must start with http:// or https://, got {url:?}"
+                )));
+            }
+        }
+        for c in self.api.credentials.expose() {
+            if !c.contains(':') {
+                return Err(ConfigError::Invalid(
+                    "api.credentials entries must be \"user:password\"".into(),
+                ));
+            }
+        }
+        if self.http.max_body_bytes == 0 || self.api.max_page_size == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_body_bytes and api.max_page_size must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Merge `user` into `base`, refusing keys that `base` (the documented defaults) lacks.
+fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    for (k, v) in user {
+        let dotted = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (base.get_mut(&k), v) {
+            (None, _) => return Err(ConfigError::UnknownKey(dotted)),
+            (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted)?,
+            (Some(slot), v) => *slot = v,
+        }
+    }
+    Ok(())
+}
+
+/// Parse an environment value as the type its default has.
+fn env_value(old: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match old {
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| "expected an integer".to_owned())?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.trim()
+                .parse()
+                .map_err(|_| "expected true or false".to_owned())?,
+        ),
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_embedded_defaults_load_on_their_own() {
+        let s = Settings::load(None, vec![]).unwrap();
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.retention.ttl, Duration::from_secs(7 * 86400));
+        assert!(s.twilio.auth_tokens.is_empty());
+        assert_eq!(s.http.public_url, None);
+    }
+
+    #[test]
+    fn environment_overrides_defaults_with_typed_values_and_comma_lists() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TALLY_HTTP__LISTEN", "127.0.0.1:0"),
+                ("TALLY_TWILIO__AUTH_TOKENS", "new, old"),
+                ("TALLY_HTTP__MAX_BODY_BYTES", "1000"),
+                ("TALLY_HTTP__TRUST_FORWARDED_HEADERS", "true"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.twilio.auth_tokens.expose(), vec!["new", "old"]);
+        assert_eq!(s.http.max_body_bytes, 1000);
+        assert!(s.http.trust_forwarded_headers);
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let dir = std::env::temp_dir().join(format!("tally-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "[http]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
+        let err = Settings::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(err.contains("http.listen_addr"), "{err}");
+        let err = Settings::load(None, env(&[("TALLY_HTTP__NOPE", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.nope"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_read_from_a_file_and_never_debug_printed() {
+        let dir = std::env::temp_dir().join(format!("tally-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tokens");
+        std::fs::write(&f, "# rotation\nsecret-token-b\n\n").unwrap();
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TALLY_TWILIO__AUTH_TOKENS", "secret-token-a"),
+                ("TALLY_TWILIO__AUTH_TOKENS_FILE", f.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.twilio.auth_tokens.expose(),
+            vec!["secret-token-a", "secret-token-b"]
+        );
+        assert!(!format!("{s:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn a_bad_duration_says_which_value() {
+        let err = Settings::load(None, env(&[("TALLY_RETENTION__TTL", "seven days")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("seven days"), "{err}");
+    }
+}

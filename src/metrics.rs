@@ -1,0 +1,255 @@
+//! Every metric tally exports, declared once with its doc line, on tally's own registry.
+//!
+//! Labels are bounded: routes, outcomes, reasons, kinds, statuses and channels come from fixed
+//! sets; no id, address or free text is ever a label value.
+//!
+//! Event accounting has no gap: every event received is counted once in
+//! `tally_events_received_total` and once in exactly one of `tally_events_applied_total`,
+//! `tally_events_noop_total` or `tally_events_rejected_total`, so at every scrape
+//! `received = applied + noop + rejected`.
+
+use crate::aggregator::{Aggregator, Outcome};
+use crate::event::{Event, EventBody, Kind, SkipReason};
+use crate::rollup::OperationStatus;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// tally's metrics and the registry that owns them.
+pub struct Metrics {
+    registry: Registry,
+    /// Callback requests by route (`events`, `status`) and HTTP status code.
+    pub callbacks: IntCounterVec,
+    /// Rejected signatures by route and reason.
+    pub signature_failures: IntCounterVec,
+    /// HTTP request latency by route, in seconds.
+    pub request_duration: HistogramVec,
+    /// Events received (one per CloudEvent in a batch, one per form callback), by route.
+    pub events_received: IntCounterVec,
+    /// Events that changed state, by kind (`unlinked` while held), status and channel.
+    pub events_applied: IntCounterVec,
+    /// Events that changed nothing (duplicates, stale statuses): harmless by design.
+    pub events_noop: IntCounterVec,
+    /// Events skipped, by reason.
+    pub events_rejected: IntCounterVec,
+    /// Attempt events held until something links them to a resource.
+    pub held_attempts: IntGauge,
+    /// Held attempt events dropped over the count or age bound.
+    pub held_dropped: IntCounter,
+    /// Operations tracked, by kind and status.
+    pub operations: IntGaugeVec,
+    /// Resources (Messages, Emails, PushNotifications) tracked.
+    pub resources: IntGauge,
+    /// Delivery attempts tracked.
+    pub attempts: IntGauge,
+    /// Operations forgotten by retention.
+    pub operations_evicted: IntCounter,
+    /// Query API requests refused for missing or wrong credentials, or a non-loopback client.
+    pub api_auth_failures: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("tally_build_info", "tally's version; always 1"),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone()))
+            .expect("registered once");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tally_http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(request_duration.clone()))
+            .expect("registered once");
+        let operations = IntGaugeVec::new(
+            Opts::new("tally_operations", "Operations tracked, by kind and status"),
+            &["kind", "status"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(operations.clone()))
+            .expect("registered once");
+        let m = Metrics {
+            callbacks: counter_vec(
+                &r,
+                "tally_callbacks_total",
+                "Callback requests by route and HTTP status code",
+                &["route", "code"],
+            ),
+            signature_failures: counter_vec(
+                &r,
+                "tally_signature_failures_total",
+                "Callback requests refused for their X-Twilio-Signature or bodySHA256, by reason",
+                &["route", "reason"],
+            ),
+            request_duration,
+            events_received: counter_vec(
+                &r,
+                "tally_events_received_total",
+                "Events received in verified callbacks, by route",
+                &["route"],
+            ),
+            events_applied: counter_vec(
+                &r,
+                "tally_events_applied_total",
+                "Events that changed state, by kind, status and channel",
+                &["kind", "status", "channel"],
+            ),
+            events_noop: counter_vec(
+                &r,
+                "tally_events_noop_total",
+                "Events that changed nothing (duplicates and stale statuses), by route",
+                &["route"],
+            ),
+            events_rejected: counter_vec(
+                &r,
+                "tally_events_rejected_total",
+                "Events skipped, by reason",
+                &["reason"],
+            ),
+            held_attempts: gauge(
+                &r,
+                "tally_held_attempts",
+                "Attempt events held until something links them to a resource",
+            ),
+            held_dropped: counter(
+                &r,
+                "tally_held_attempts_dropped_total",
+                "Held attempt events dropped over the count or age bound",
+            ),
+            operations,
+            resources: gauge(&r, "tally_resources", "Resources tracked"),
+            attempts: gauge(&r, "tally_attempts", "Delivery attempts tracked"),
+            operations_evicted: counter(
+                &r,
+                "tally_operations_evicted_total",
+                "Operations forgotten by retention",
+            ),
+            api_auth_failures: counter_vec(
+                &r,
+                "tally_api_auth_failures_total",
+                "Query API requests refused, by reason",
+                &["reason"],
+            ),
+            registry: r,
+        };
+        for reason in SkipReason::ALL {
+            m.events_rejected.with_label_values(&[reason.as_str()]);
+        }
+        for route in ["events", "status"] {
+            m.events_received.with_label_values(&[route]);
+            m.events_noop.with_label_values(&[route]);
+        }
+        m
+    }
+
+    /// Count one event's outcome (see the module doc for the accounting rule).
+    pub fn count_event(&self, route: &str, ev: Result<&Event, SkipReason>, outcome: Outcome) {
+        self.events_received.with_label_values(&[route]).inc();
+        match outcome {
+            Outcome::Applied(kind) => {
+                let (status, channel) = labels_of(ev);
+                self.events_applied
+                    .with_label_values(&[kind.as_str(), status, channel])
+                    .inc();
+            }
+            Outcome::Held => {
+                let (status, channel) = labels_of(ev);
+                self.events_applied
+                    .with_label_values(&["unlinked", status, channel])
+                    .inc();
+            }
+            Outcome::Noop => self.events_noop.with_label_values(&[route]).inc(),
+            Outcome::Rejected(reason) => self
+                .events_rejected
+                .with_label_values(&[reason.as_str()])
+                .inc(),
+        }
+    }
+
+    /// Refresh the gauges that mirror the aggregator, then encode every metric.
+    pub fn render(&self, agg: &Aggregator) -> String {
+        let census = agg.census();
+        for kind in Kind::ALL {
+            for status in OperationStatus::ALL {
+                let n = census.operations.get(&(kind, status)).copied().unwrap_or(0);
+                self.operations
+                    .with_label_values(&[kind.as_str(), status.as_str()])
+                    .set(n as i64);
+            }
+        }
+        self.resources.set(census.resources as i64);
+        self.attempts.set(census.attempts as i64);
+        self.held_attempts.set(census.held as i64);
+        sync_counter(&self.held_dropped, agg.held_dropped());
+        sync_counter(&self.operations_evicted, agg.operations_evicted());
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Raise a counter to a total kept elsewhere.
+fn sync_counter(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+fn labels_of(ev: Result<&Event, SkipReason>) -> (&'static str, &'static str) {
+    match ev.map(|e| &e.body) {
+        Ok(EventBody::Attempt(a)) => (
+            a.status.as_str(),
+            a.channel.map(|c| c.as_str()).unwrap_or("unknown"),
+        ),
+        Ok(EventBody::Operation { phase, .. }) => (
+            match phase {
+                crate::event::Phase::Scheduled => "operation_scheduled",
+                crate::event::Phase::Processing => "operation_processing",
+                crate::event::Phase::Completed => "operation_completed",
+            },
+            "none",
+        ),
+        Err(_) => ("unknown", "unknown"),
+    }
+}

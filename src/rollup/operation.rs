@@ -1,0 +1,598 @@
+//! One operation's state: its resources, their attempts, and the roll-up Twilio shows.
+//!
+//! Every field is a join (maximum, minimum or union), so the state after a set of events does
+//! not depend on their order or on duplicates. Only `updated_ms` and `version` record *when* and
+//! *how often* the state changed.
+
+use super::status::{attempt_rank, join_attempt, Bucket, OperationStatus, ResourceStatus};
+use crate::event::{AttemptEvent, AttemptStatus, Channel, Kind, Phase};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+
+/// Format Unix milliseconds as RFC 3339 UTC with milliseconds (`2024-04-05T06:20:00.000Z`).
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// How an attempt is told apart from its siblings (domain.md §2, "Attempt identity").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttemptKey {
+    Downstream(String),
+    Attempt(String),
+    Channel(Channel),
+    Implicit,
+}
+
+impl AttemptKey {
+    pub fn of(ev: &AttemptEvent) -> AttemptKey {
+        if let Some(d) = &ev.downstream_id {
+            AttemptKey::Downstream(d.clone())
+        } else if let Some(a) = &ev.attempt {
+            AttemptKey::Attempt(a.clone())
+        } else if let Some(c) = ev.channel {
+            AttemptKey::Channel(c)
+        } else {
+            AttemptKey::Implicit
+        }
+    }
+}
+
+/// One delivery attempt, as joined from every event seen for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub key: AttemptKey,
+    pub downstream_id: Option<String>,
+    pub attempt: Option<String>,
+    pub channel: Option<Channel>,
+    pub status: AttemptStatus,
+    pub error_code: Option<u32>,
+}
+
+/// Join two optional values by maximum, so that the result does not depend on order.
+fn join_opt<T: Ord + Clone>(a: &mut Option<T>, b: &Option<T>) -> bool {
+    match (a.as_ref(), b) {
+        (_, None) => false,
+        (None, Some(v)) => {
+            *a = Some(v.clone());
+            true
+        }
+        (Some(x), Some(v)) if v > x => {
+            *a = Some(v.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+impl Attempt {
+    pub fn from_event(ev: &AttemptEvent) -> Attempt {
+        Attempt {
+            key: AttemptKey::of(ev),
+            downstream_id: ev.downstream_id.clone(),
+            attempt: ev.attempt.clone(),
+            channel: ev.channel,
+            status: ev.status,
+            error_code: ev.error_code,
+        }
+    }
+
+    /// Join `ev` into this attempt; true when anything changed.
+    pub fn join(&mut self, ev: &AttemptEvent) -> bool {
+        let mut changed = false;
+        let status = join_attempt(self.status, ev.status);
+        if status != self.status {
+            self.status = status;
+            changed = true;
+        }
+        changed |= join_opt(&mut self.error_code, &ev.error_code);
+        changed |= join_opt(&mut self.downstream_id, &ev.downstream_id);
+        changed |= join_opt(&mut self.attempt, &ev.attempt);
+        changed |= join_opt(&mut self.channel, &ev.channel);
+        changed
+    }
+}
+
+/// One Message, Email or PushNotification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub id: String,
+    pub to: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub attempts: Vec<Attempt>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Resource {
+    fn new(id: &str, time_ms: u64) -> Resource {
+        Resource {
+            id: id.to_owned(),
+            to: None,
+            tags: BTreeMap::new(),
+            attempts: Vec::new(),
+            created_ms: time_ms,
+            updated_ms: time_ms,
+        }
+    }
+
+    /// The resource's status: the best of its attempts under the resource order.
+    pub fn status(&self) -> ResourceStatus {
+        self.attempts
+            .iter()
+            .map(|a| ResourceStatus::of_attempt(a.status))
+            .max()
+            .unwrap_or(ResourceStatus::Queued)
+    }
+
+    /// The attempt that decides the status (the latest channel that got furthest).
+    pub fn best_attempt(&self) -> Option<&Attempt> {
+        self.attempts.iter().max_by(|a, b| {
+            ResourceStatus::of_attempt(a.status)
+                .cmp(&ResourceStatus::of_attempt(b.status))
+                .then(attempt_rank(a.status).cmp(&attempt_rank(b.status)))
+                .then(b.key.cmp(&a.key))
+        })
+    }
+
+    /// The error code of the best failed attempt, for failed and undelivered resources.
+    pub fn error_code(&self) -> Option<u32> {
+        self.best_attempt()
+            .and_then(|a| a.error_code)
+            .or_else(|| self.attempts.iter().filter_map(|a| a.error_code).max())
+    }
+
+    fn join(&mut self, ev: &AttemptEvent) -> bool {
+        let mut changed = join_opt(&mut self.to, &ev.to);
+        for (k, v) in &ev.tags {
+            match self.tags.get(k) {
+                Some(old) if old >= v => {}
+                _ => {
+                    self.tags.insert(k.clone(), v.clone());
+                    changed = true;
+                }
+            }
+        }
+        let key = AttemptKey::of(ev);
+        match self.attempts.iter_mut().find(|a| a.key == key) {
+            Some(a) => changed |= a.join(ev),
+            None => {
+                self.attempts.push(Attempt::from_event(ev));
+                self.attempts.sort_by(|a, b| a.key.cmp(&b.key));
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: String,
+    kind: Option<Kind>,
+    phase: Option<Phase>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub version: u64,
+    resources: BTreeMap<String, Resource>,
+    buckets: [u64; 9],
+    attempts: u64,
+}
+
+impl Operation {
+    pub fn new(id: &str, time_ms: u64, now_ms: u64) -> Operation {
+        Operation {
+            id: id.to_owned(),
+            kind: None,
+            phase: None,
+            created_ms: time_ms,
+            updated_ms: now_ms,
+            version: 0,
+            resources: BTreeMap::new(),
+            buckets: [0; 9],
+            attempts: 0,
+        }
+    }
+
+    /// The operation's kind: what its events said, else what its resource ids say, else messages.
+    pub fn kind(&self) -> Kind {
+        self.kind
+            .or_else(|| {
+                self.resources
+                    .keys()
+                    .next()
+                    .and_then(|id| Kind::from_resource_id(id))
+            })
+            .unwrap_or(Kind::Messages)
+    }
+
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn attempt_count(&self) -> u64 {
+        self.attempts
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.values()
+    }
+
+    /// Resources whose id is strictly after `after`, in id order.
+    pub fn resources_after<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Resource> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.to_owned()),
+            None => Bound::Unbounded,
+        };
+        self.resources
+            .range::<String, _>((lower, Bound::Unbounded))
+            .map(|(_, r)| r)
+    }
+
+    pub fn resource(&self, id: &str) -> Option<&Resource> {
+        self.resources.get(id)
+    }
+
+    fn note_kind(&mut self, kind: Option<Kind>) -> bool {
+        let before = self.kind;
+        match (self.kind, kind) {
+            (_, None) => {}
+            (None, Some(k)) => self.kind = Some(k),
+            (Some(old), Some(k)) => self.kind = Some(old.min(k)),
+        }
+        before != self.kind
+    }
+
+    fn note_time(&mut self, time_ms: u64) -> bool {
+        if time_ms < self.created_ms {
+            self.created_ms = time_ms;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn touch(&mut self, changed: bool, now_ms: u64) -> bool {
+        if changed {
+            self.version += 1;
+            self.updated_ms = self.updated_ms.max(now_ms);
+        }
+        changed
+    }
+
+    /// Apply an operation event (`…operation.scheduled|processing|completed`).
+    pub fn apply_phase(
+        &mut self,
+        kind: Option<Kind>,
+        phase: Phase,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let mut changed = self.note_kind(kind);
+        changed |= self.note_time(time_ms);
+        if self.phase.is_none_or(|p| phase > p) {
+            self.phase = Some(phase);
+            changed = true;
+        }
+        self.touch(changed, now_ms)
+    }
+
+    /// Apply an attempt event already linked to `resource_id` of this operation.
+    pub fn apply_attempt(
+        &mut self,
+        resource_id: &str,
+        ev: &AttemptEvent,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
+        changed |= self.note_time(time_ms);
+        let kind_before = self.kind();
+        let resource = self
+            .resources
+            .entry(resource_id.to_owned())
+            .or_insert_with(|| Resource::new(resource_id, time_ms));
+        let was_new = resource.attempts.is_empty();
+        let before = resource.status();
+        let attempts_before = resource.attempts.len();
+        if time_ms < resource.created_ms {
+            resource.created_ms = time_ms;
+            changed = true;
+        }
+        let res_changed = resource.join(ev);
+        if res_changed {
+            resource.updated_ms = resource.updated_ms.max(now_ms);
+        }
+        let after = resource.status();
+        self.attempts += (resource.attempts.len() - attempts_before) as u64;
+        changed |= res_changed;
+        if self.kind() != kind_before {
+            // The bucket names depend on the kind; recount (rare: kinds settle on first event).
+            self.recount();
+        } else if was_new {
+            self.buckets[after.bucket(kind_before).index()] += 1;
+        } else if before != after {
+            self.buckets[before.bucket(kind_before).index()] -= 1;
+            self.buckets[after.bucket(kind_before).index()] += 1;
+        }
+        self.touch(changed, now_ms)
+    }
+
+    fn recount(&mut self) {
+        let kind = self.kind();
+        self.buckets = [0; 9];
+        for r in self.resources.values() {
+            self.buckets[r.status().bucket(kind).index()] += 1;
+        }
+    }
+
+    /// The operation's status (domain.md §3).
+    pub fn status(&self) -> OperationStatus {
+        let n = self.resources.len() as u64;
+        if n > 0 && self.buckets[Bucket::Canceled.index()] == n {
+            return OperationStatus::Canceled;
+        }
+        let derived = if n == 0 {
+            None
+        } else if self.buckets[Bucket::Scheduled.index()] == n {
+            Some(OperationStatus::Scheduled)
+        } else {
+            Some(OperationStatus::Processing)
+        };
+        let phase = self.phase.map(OperationStatus::of_phase);
+        phase.max(derived).unwrap_or(OperationStatus::Processing)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let n = self.resources.len() as u64;
+        let b = |x: Bucket| self.buckets[x.index()];
+        Stats {
+            kind: self.kind(),
+            total: n,
+            recipients: n,
+            attempts: self.attempts,
+            unaddressable: 0,
+            scheduled: b(Bucket::Scheduled),
+            queued: b(Bucket::Queued),
+            sent: b(Bucket::Sent),
+            delivered: b(Bucket::Delivered),
+            read: b(Bucket::Read),
+            opened: b(Bucket::Opened),
+            undelivered: b(Bucket::Undelivered),
+            failed: b(Bucket::Failed),
+            canceled: b(Bucket::Canceled),
+        }
+    }
+
+    /// The operation's published state.
+    pub fn view(&self) -> OperationView {
+        OperationView {
+            id: self.id.clone(),
+            kind: self.kind(),
+            status: self.status(),
+            stats: self.stats(),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            version: self.version,
+        }
+    }
+}
+
+/// Operation stats; serialised with the field set and order of the kind's Twilio samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub kind: Kind,
+    pub total: u64,
+    pub recipients: u64,
+    pub attempts: u64,
+    pub unaddressable: u64,
+    pub scheduled: u64,
+    pub queued: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub read: u64,
+    pub opened: u64,
+    pub undelivered: u64,
+    pub failed: u64,
+    pub canceled: u64,
+}
+
+impl Stats {
+    /// The status buckets this kind shows, in order, with their values.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut f = vec![
+            ("total", self.total),
+            ("recipients", self.recipients),
+            ("attempts", self.attempts),
+        ];
+        if self.kind != Kind::Emails {
+            f.push(("unaddressable", self.unaddressable));
+        }
+        f.extend([
+            ("queued", self.queued),
+            ("sent", self.sent),
+            ("scheduled", self.scheduled),
+            ("delivered", self.delivered),
+        ]);
+        match self.kind {
+            Kind::Messages => f.push(("read", self.read)),
+            Kind::Emails => f.push(("opened", self.opened)),
+            Kind::PushNotifications => {}
+        }
+        f.extend([
+            ("undelivered", self.undelivered),
+            ("failed", self.failed),
+            ("canceled", self.canceled),
+        ]);
+        f
+    }
+
+    /// Sum of every status bucket; always equals `total`.
+    pub fn bucket_sum(&self) -> u64 {
+        self.scheduled
+            + self.queued
+            + self.sent
+            + self.delivered
+            + self.read
+            + self.opened
+            + self.undelivered
+            + self.failed
+            + self.canceled
+    }
+}
+
+impl Serialize for Stats {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let fields = self.fields();
+        let mut m = s.serialize_map(Some(fields.len()))?;
+        for (k, v) in fields {
+            m.serialize_entry(k, &v)?;
+        }
+        m.end()
+    }
+}
+
+/// An operation's rolled-up state, as the query API and Kafka show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationView {
+    pub id: String,
+    pub kind: Kind,
+    pub status: OperationStatus,
+    pub stats: Stats,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn attempt(res: &str, sid: &str, ch: Channel, st: AttemptStatus) -> AttemptEvent {
+        AttemptEvent {
+            kind: Kind::from_resource_id(res),
+            operation_id: Some("comms_operation_1".into()),
+            resource_id: Some(res.into()),
+            downstream_id: Some(sid.into()),
+            attempt: None,
+            channel: Some(ch),
+            status: st,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn a_failed_rcs_attempt_with_a_queued_sms_fallback_leaves_the_message_queued() {
+        let mut op = Operation::new("comms_operation_1", 10, 10);
+        let mut rcs = attempt(
+            "comms_message_a",
+            "SM1",
+            Channel::Rcs,
+            AttemptStatus::Failed,
+        );
+        rcs.error_code = Some(30008);
+        op.apply_attempt("comms_message_a", &rcs, 10, 10);
+        let sms = attempt(
+            "comms_message_a",
+            "SM2",
+            Channel::Sms,
+            AttemptStatus::Queued,
+        );
+        op.apply_attempt("comms_message_a", &sms, 11, 11);
+        let s = op.stats();
+        assert_eq!((s.total, s.attempts, s.queued, s.failed), (1, 2, 1, 0));
+        let sms = attempt(
+            "comms_message_a",
+            "SM2",
+            Channel::Sms,
+            AttemptStatus::Delivered,
+        );
+        op.apply_attempt("comms_message_a", &sms, 12, 12);
+        let s = op.stats();
+        assert_eq!((s.delivered, s.queued, s.failed), (1, 0, 0));
+        assert_eq!(op.status(), OperationStatus::Processing);
+    }
+
+    #[test]
+    fn a_duplicate_changes_nothing_and_keeps_the_version() {
+        let mut op = Operation::new("comms_operation_1", 10, 10);
+        let ev = attempt("comms_message_a", "SM1", Channel::Sms, AttemptStatus::Sent);
+        assert!(op.apply_attempt("comms_message_a", &ev, 10, 10));
+        let v = op.version;
+        assert!(!op.apply_attempt("comms_message_a", &ev, 10, 20));
+        assert_eq!(op.version, v);
+    }
+
+    #[test]
+    fn completed_phase_wins_over_derived_processing_and_all_canceled_is_canceled() {
+        let mut op = Operation::new("comms_operation_1", 10, 10);
+        op.apply_attempt(
+            "comms_message_a",
+            &attempt("comms_message_a", "SM1", Channel::Sms, AttemptStatus::Sent),
+            10,
+            10,
+        );
+        op.apply_phase(None, Phase::Completed, 10, 10);
+        assert_eq!(op.status(), OperationStatus::Completed);
+        let mut c = Operation::new("comms_operation_2", 10, 10);
+        c.apply_attempt(
+            "comms_message_b",
+            &attempt(
+                "comms_message_b",
+                "SM2",
+                Channel::Sms,
+                AttemptStatus::Canceled,
+            ),
+            10,
+            10,
+        );
+        assert_eq!(c.status(), OperationStatus::Canceled);
+    }
+
+    #[test]
+    fn stats_follow_each_kinds_field_set_and_order() {
+        let mut s = Operation::new("o", 0, 0).stats();
+        let names = |s: &Stats| {
+            s.fields()
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(
+            names(&s),
+            "total,recipients,attempts,unaddressable,queued,sent,scheduled,delivered,read,undelivered,failed,canceled"
+        );
+        s.kind = Kind::Emails;
+        assert_eq!(
+            names(&s),
+            "total,recipients,attempts,queued,sent,scheduled,delivered,opened,undelivered,failed,canceled"
+        );
+        s.kind = Kind::PushNotifications;
+        assert_eq!(
+            names(&s),
+            "total,recipients,attempts,unaddressable,queued,sent,scheduled,delivered,undelivered,failed,canceled"
+        );
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"total":0,"recipients":0,"attempts":0,"unaddressable":0,"queued":0,"sent":0,"scheduled":0,"delivered":0,"undelivered":0,"failed":0,"canceled":0}"#
+        );
+    }
+
+    #[test]
+    fn created_at_is_the_earliest_event_time() {
+        let mut op = Operation::new("o", 50, 50);
+        let ev = attempt("comms_message_a", "SM1", Channel::Sms, AttemptStatus::Sent);
+        op.apply_attempt("comms_message_a", &ev, 20, 60);
+        assert_eq!(op.created_ms, 20);
+        assert_eq!(op.updated_ms, 60);
+    }
+}

@@ -1,0 +1,277 @@
+//! `POST /twilio/events` (Event Streams) and `POST /twilio/status` (classic status callbacks).
+//!
+//! Each handler only sequences named steps: check the content type, read the body within the
+//! limit, verify the signature over the URL Twilio called, decode, apply, count, respond.
+//! Nothing of a request is applied before its signature holds.
+
+use super::error::CallbackError;
+use crate::aggregator::{Aggregator, Outcome};
+use crate::event::{Event, SkipReason};
+use crate::ingest;
+use crate::metrics::Metrics;
+use crate::signature::Verifier;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// How the URL that Twilio signed is rebuilt from a request.
+#[derive(Debug, Clone)]
+pub struct UrlPolicy {
+    /// The configured public base URL, without a trailing slash.
+    pub public_url: Option<String>,
+    pub trust_forwarded_headers: bool,
+}
+
+impl UrlPolicy {
+    /// The full URL Twilio called: the public base (or scheme and host from the request), then
+    /// the path and query exactly as received.
+    pub fn signed_url(&self, req: &HttpRequest) -> String {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Some(base) = &self.public_url {
+            return format!("{}{}", base.trim_end_matches('/'), path_and_query);
+        }
+        let header_str = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(',').next().unwrap_or("").trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let forwarded = |name: &str| {
+            if self.trust_forwarded_headers {
+                header_str(name)
+            } else {
+                None
+            }
+        };
+        let scheme = forwarded("x-forwarded-proto").unwrap_or_else(|| "http".to_owned());
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| header_str("host"))
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        format!("{scheme}://{host}{path_and_query}")
+    }
+}
+
+/// Limits on callback requests.
+#[derive(Debug, Clone, Copy)]
+pub struct CallbackLimits {
+    pub max_body_bytes: usize,
+}
+
+/// What a callback request did, returned as its 200 body.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub received: u64,
+    pub applied: u64,
+    pub noop: u64,
+    pub rejected: u64,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: Outcome) {
+        self.received += 1;
+        match outcome {
+            Outcome::Applied(_) | Outcome::Held => self.applied += 1,
+            Outcome::Noop => self.noop += 1,
+            Outcome::Rejected(_) => self.rejected += 1,
+        }
+    }
+}
+
+/// Wall-clock time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn content_type_is(req: &HttpRequest, accept: fn(&str) -> bool) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| accept(&m))
+}
+
+fn is_json(m: &str) -> bool {
+    m == "application/json"
+        || m == "text/json"
+        || (m.starts_with("application/") && m.ends_with("+json"))
+}
+
+fn is_form(m: &str) -> bool {
+    m == "application/x-www-form-urlencoded"
+}
+
+/// Read the whole body, refusing it as soon as it passes `limit` (and at once when the declared
+/// length already does).
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, CallbackError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(CallbackError::TooLarge { limit });
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| CallbackError::Unreadable(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(CallbackError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn signature_header(req: &HttpRequest) -> Option<&[u8]> {
+    req.headers()
+        .get("x-twilio-signature")
+        .map(|v| v.as_bytes())
+}
+
+/// Apply decoded events one by one, counting each.
+fn apply_all<'a>(
+    route: &str,
+    events: impl IntoIterator<Item = Result<&'a Event, SkipReason>>,
+    agg: &Aggregator,
+    metrics: &Metrics,
+) -> Summary {
+    let now = now_ms();
+    let mut summary = Summary::default();
+    for ev in events {
+        let outcome = match ev {
+            Ok(e) => agg.apply(e, now),
+            Err(reason) => Outcome::Rejected(reason),
+        };
+        metrics.count_event(route, ev, outcome);
+        summary.add(outcome);
+    }
+    summary
+}
+
+/// Count the request and turn the result into a response.
+fn finish(
+    route: &str,
+    started: Instant,
+    metrics: &Metrics,
+    result: Result<Summary, CallbackError>,
+) -> HttpResponse {
+    let resp = match &result {
+        Ok(summary) => HttpResponse::Ok().json(summary),
+        Err(e) => {
+            if let CallbackError::Signature(s) = e {
+                metrics
+                    .signature_failures
+                    .with_label_values(&[route, s.reason()])
+                    .inc();
+                tracing::warn!(route, reason = s.reason(), "callback signature rejected");
+            } else {
+                tracing::info!(route, error = %e, "callback refused");
+            }
+            actix_web::ResponseError::error_response(e)
+        }
+    };
+    metrics
+        .callbacks
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `POST /twilio/events`: a batch (or a single) CloudEvent from an Event Streams webhook sink.
+pub async fn events(
+    req: HttpRequest,
+    payload: web::Payload,
+    verifier: web::Data<Verifier>,
+    urls: web::Data<UrlPolicy>,
+    limits: web::Data<CallbackLimits>,
+    agg: web::Data<Aggregator>,
+    metrics: web::Data<Metrics>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = async {
+        if !content_type_is(&req, is_json) {
+            return Err(CallbackError::UnsupportedMediaType {
+                expected: "application/json",
+            });
+        }
+        let body = read_body(&req, payload, limits.max_body_bytes).await?;
+        let url = urls.signed_url(&req);
+        verifier
+            .verify_json(&url, &body, signature_header(&req))
+            .map_err(CallbackError::Signature)?;
+        let decoded = ingest::decode_events(&body, now_ms())?;
+        // The journal's append goes here, before anything is applied.
+        Ok(apply_all(
+            "events",
+            decoded.iter().map(|r| r.as_ref().map_err(|e| *e)),
+            &agg,
+            &metrics,
+        ))
+    }
+    .await;
+    finish("events", started, &metrics, result)
+}
+
+/// `POST /twilio/status`: one classic form-encoded status callback.
+pub async fn status(
+    req: HttpRequest,
+    payload: web::Payload,
+    verifier: web::Data<Verifier>,
+    urls: web::Data<UrlPolicy>,
+    limits: web::Data<CallbackLimits>,
+    agg: web::Data<Aggregator>,
+    metrics: web::Data<Metrics>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = async {
+        if !content_type_is(&req, is_form) {
+            return Err(CallbackError::UnsupportedMediaType {
+                expected: "application/x-www-form-urlencoded",
+            });
+        }
+        let body = read_body(&req, payload, limits.max_body_bytes).await?;
+        let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let url = urls.signed_url(&req);
+        verifier
+            .verify_form(&url, &params, signature_header(&req))
+            .map_err(CallbackError::Signature)?;
+        let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
+            .into_owned()
+            .collect();
+        let decoded = ingest::decode_form(&params, &query, now_ms());
+        // The journal's append goes here, before anything is applied.
+        Ok(apply_all(
+            "status",
+            [decoded.as_ref().map_err(|e| *e)],
+            &agg,
+            &metrics,
+        ))
+    }
+    .await;
+    finish("status", started, &metrics, result)
+}

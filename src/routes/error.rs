@@ -1,0 +1,84 @@
+//! The one place HTTP status codes are chosen. Error bodies are JSON, short, and never echo a
+//! request's content, a token or a signature.
+
+use crate::ingest::BodyError;
+use crate::signature::SignatureError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+
+/// Why a callback request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("unsupported content type: expected {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("request body over the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("request body could not be read: {0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Undecodable(#[from] BodyError),
+    #[error("signature rejected: {}", .0.reason())]
+    Signature(SignatureError),
+    #[error("cannot make the callback durable right now: {0}")]
+    Unavailable(String),
+}
+
+impl ResponseError for CallbackError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            CallbackError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            CallbackError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            CallbackError::Unreadable(_) | CallbackError::Undecodable(_) => StatusCode::BAD_REQUEST,
+            CallbackError::Signature(_) => StatusCode::FORBIDDEN,
+            CallbackError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        json_error(self.status_code(), &self.to_string())
+    }
+}
+
+/// Why a query API request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("the query API answers loopback clients only until api.credentials is set")]
+    LoopbackOnly,
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::LoopbackOnly => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = json_error(self.status_code(), &self.to_string());
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"tally\""),
+            );
+        }
+        resp
+    }
+}
+
+/// A JSON error body shaped like Twilio's: `{"code", "message", "status"}`.
+pub fn json_error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({
+        "code": status.as_u16(),
+        "message": message,
+        "status": status.as_u16(),
+    }))
+}

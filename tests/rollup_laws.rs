@@ -1,0 +1,301 @@
+//! The lattice laws, as properties: any permutation of any event set, with any duplicates,
+//! gives the same operation views, and stats always sum to the total.
+
+use proptest::prelude::*;
+use tally::aggregator::{Aggregator, Limits, ResourceFilter};
+use tally::event::{AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind, Phase};
+
+/// One generated attempt: its channel and the statuses reported for it.
+#[derive(Debug, Clone)]
+struct GenAttempt {
+    channel: Channel,
+    statuses: Vec<AttemptStatus>,
+    error: Option<u32>,
+    /// Report through classic callbacks carrying only the SID (linked later by a Comms event).
+    classic: bool,
+}
+
+#[derive(Debug, Clone)]
+struct GenOp {
+    kind: Kind,
+    resources: Vec<Vec<GenAttempt>>,
+    phases: Vec<Phase>,
+}
+
+fn status() -> impl Strategy<Value = AttemptStatus> {
+    prop::sample::select(AttemptStatus::ALL.to_vec())
+}
+
+fn attempt() -> impl Strategy<Value = GenAttempt> {
+    (
+        prop::sample::select(vec![
+            Channel::Rcs,
+            Channel::Sms,
+            Channel::Whatsapp,
+            Channel::Mms,
+        ]),
+        prop::collection::vec(status(), 1..4),
+        prop::option::of(prop::sample::select(vec![30003u32, 30005, 30008, 63016])),
+        any::<bool>(),
+    )
+        .prop_map(|(channel, statuses, error, classic)| GenAttempt {
+            channel,
+            statuses,
+            error,
+            classic,
+        })
+}
+
+fn operation() -> impl Strategy<Value = GenOp> {
+    (
+        prop::sample::select(Kind::ALL.to_vec()),
+        prop::collection::vec(prop::collection::vec(attempt(), 1..4), 1..6),
+        prop::collection::vec(
+            prop::sample::select(vec![Phase::Scheduled, Phase::Processing, Phase::Completed]),
+            0..3,
+        ),
+    )
+        .prop_map(|(kind, resources, phases)| GenOp {
+            kind,
+            resources,
+            phases,
+        })
+}
+
+fn resource_prefix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Messages => "comms_message_",
+        Kind::Emails => "comms_email_",
+        Kind::PushNotifications => "comms_pushnotification_",
+    }
+}
+
+/// Every event the generated operations produce, each with a fixed event time.
+fn events(ops: &[GenOp]) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut t = 1_700_000_000_000u64;
+    for (oi, op) in ops.iter().enumerate() {
+        let op_id = format!("comms_operation_{oi:02}");
+        for phase in &op.phases {
+            t += 7;
+            out.push(Event {
+                time_ms: t,
+                body: EventBody::Operation {
+                    operation_id: op_id.clone(),
+                    kind: Some(op.kind),
+                    phase: *phase,
+                },
+            });
+        }
+        for (ri, attempts) in op.resources.iter().enumerate() {
+            let res_id = format!("{}{oi:02}{ri:02}", resource_prefix(op.kind));
+            for (ai, a) in attempts.iter().enumerate() {
+                let sid = format!("SM{oi:02}{ri:02}{ai:02}");
+                for (si, st) in a.statuses.iter().enumerate() {
+                    t += 13;
+                    let linked = !a.classic || si == 0;
+                    out.push(Event {
+                        time_ms: t,
+                        body: EventBody::Attempt(AttemptEvent {
+                            kind: linked.then_some(op.kind),
+                            operation_id: linked.then(|| op_id.clone()),
+                            resource_id: linked.then(|| res_id.clone()),
+                            downstream_id: Some(sid.clone()),
+                            attempt: None,
+                            channel: Some(a.channel),
+                            status: *st,
+                            error_code: if matches!(
+                                st,
+                                AttemptStatus::Failed | AttemptStatus::Undelivered
+                            ) {
+                                a.error
+                            } else {
+                                None
+                            },
+                            to: Some(format!("+1555000{oi:02}{ri:02}")),
+                            tags: vec![("campaign".into(), format!("c{oi}"))],
+                        }),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Everything observable about the operations, minus timestamps and version counters.
+fn observe(agg: &Aggregator, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for oi in 0..n {
+        let id = format!("comms_operation_{oi:02}");
+        let Some(v) = agg.operation(&id) else {
+            seen.push(format!("{id}: absent"));
+            continue;
+        };
+        assert_eq!(v.stats.bucket_sum(), v.stats.total, "buckets sum to total");
+        seen.push(format!(
+            "{id} {:?} {:?} created={} stats={}",
+            v.kind,
+            v.status,
+            v.created_ms,
+            serde_json::to_string(&v.stats).unwrap()
+        ));
+        for r in agg
+            .resources(&id, &ResourceFilter::default(), None, usize::MAX)
+            .unwrap()
+        {
+            let attempts: Vec<String> = r
+                .resource
+                .attempts
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{:?}/{:?}/{:?}/{:?}",
+                        a.key, a.channel, a.status, a.error_code
+                    )
+                })
+                .collect();
+            seen.push(format!(
+                "  {} {:?} to={:?} created={} err={:?} {:?}",
+                r.resource.id,
+                r.status,
+                r.resource.to,
+                r.resource.created_ms,
+                r.resource.error_code(),
+                attempts
+            ));
+        }
+    }
+    seen
+}
+
+fn apply_all(events: &[Event]) -> Aggregator {
+    let agg = Aggregator::new(Limits::default());
+    for (i, e) in events.iter().enumerate() {
+        agg.apply(e, 1_800_000_000_000 + i as u64);
+    }
+    agg
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_order_and_any_duplicates_give_the_same_views(
+        ops in prop::collection::vec(operation(), 1..4),
+        seed in any::<u64>(),
+        dup_mask in prop::collection::vec(any::<bool>(), 0..64),
+    ) {
+        let base = events(&ops);
+        let reference = observe(&apply_all(&base), ops.len());
+
+        // Shuffle deterministically from the seed, and repeat some events.
+        let mut shuffled = base.clone();
+        for (i, dup) in dup_mask.iter().enumerate() {
+            if *dup && !base.is_empty() {
+                shuffled.push(base[i % base.len()].clone());
+            }
+        }
+        let mut state = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let other = observe(&apply_all(&shuffled), ops.len());
+        prop_assert_eq!(reference, other);
+    }
+
+    #[test]
+    fn replaying_every_event_again_changes_nothing(ops in prop::collection::vec(operation(), 1..3)) {
+        let base = events(&ops);
+        let agg = apply_all(&base);
+        let before: Vec<_> = (0..ops.len())
+            .filter_map(|i| agg.operation(&format!("comms_operation_{i:02}")))
+            .collect();
+        for e in &base {
+            agg.apply(e, 1_900_000_000_000);
+        }
+        let after: Vec<_> = (0..ops.len())
+            .filter_map(|i| agg.operation(&format!("comms_operation_{i:02}")))
+            .collect();
+        prop_assert_eq!(before, after, "versions and timestamps unchanged too");
+    }
+}
+
+#[test]
+fn a_classic_attempt_seen_before_its_link_is_merged_when_the_link_arrives() {
+    let agg = Aggregator::new(Limits::default());
+    let classic = Event {
+        time_ms: 5,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: None,
+            operation_id: None,
+            resource_id: None,
+            downstream_id: Some("SM1".into()),
+            attempt: None,
+            channel: Some(Channel::Sms),
+            status: AttemptStatus::Delivered,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    assert_eq!(agg.apply(&classic, 10), tally::aggregator::Outcome::Held);
+    assert_eq!(agg.census().held, 1);
+    let link = Event {
+        time_ms: 6,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: Some(Kind::Messages),
+            operation_id: Some("comms_operation_x".into()),
+            resource_id: Some("comms_message_x".into()),
+            downstream_id: Some("SM1".into()),
+            attempt: None,
+            channel: Some(Channel::Sms),
+            status: AttemptStatus::Queued,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    agg.apply(&link, 11);
+    let v = agg.operation("comms_operation_x").unwrap();
+    assert_eq!(
+        (v.stats.delivered, v.stats.queued, v.stats.attempts),
+        (1, 0, 1)
+    );
+    assert_eq!(v.created_ms, 5, "the held event's time counts");
+    assert_eq!(agg.census().held, 0);
+}
+
+#[test]
+fn held_attempts_are_bounded_and_the_overflow_is_counted() {
+    let agg = Aggregator::new(Limits {
+        max_held: 3,
+        held_ttl_ms: 1000,
+    });
+    for i in 0..5 {
+        let e = Event {
+            time_ms: i,
+            body: EventBody::Attempt(AttemptEvent {
+                kind: None,
+                operation_id: None,
+                resource_id: None,
+                downstream_id: Some(format!("SM{i}")),
+                attempt: None,
+                channel: None,
+                status: AttemptStatus::Sent,
+                error_code: None,
+                to: None,
+                tags: vec![],
+            }),
+        };
+        agg.apply(&e, 100 + i);
+    }
+    assert_eq!(agg.census().held, 3);
+    assert_eq!(agg.held_dropped(), 2);
+    agg.sweep(0, 100 + 2000);
+    assert_eq!(agg.census().held, 0, "aged out");
+    assert_eq!(agg.held_dropped(), 5);
+}
