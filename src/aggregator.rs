@@ -7,6 +7,8 @@
 use crate::event::{AttemptEvent, Event, EventBody, Kind, SkipReason};
 use crate::rollup::{Bucket, Operation, OperationStatus, OperationView, Resource, ResourceStatus};
 use dashmap::DashMap;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -30,6 +32,8 @@ pub struct Limits {
     pub max_held: usize,
     /// How long an unlinked attempt is held before it is dropped (and counted).
     pub held_ttl_ms: u64,
+    /// Most resources tracked; beyond it the least recently changed operations are evicted.
+    pub max_resources: u64,
 }
 
 impl Default for Limits {
@@ -37,11 +41,12 @@ impl Default for Limits {
         Limits {
             max_held: 100_000,
             held_ttl_ms: 4 * 3600 * 1000,
+            max_resources: 5_000_000,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum HeldKey {
     Sid(String),
     Resource(String),
@@ -136,8 +141,62 @@ pub struct Aggregator {
     /// Events in `held`, raised *before* a holder checks the links (see `hold`).
     held_count: AtomicUsize,
     held_dropped: AtomicU64,
-    operations_evicted: AtomicU64,
+    evicted_ttl: AtomicU64,
+    evicted_capacity: AtomicU64,
+    resources: AtomicU64,
     limits: Limits,
+}
+
+/// Held attempts of one key, as a snapshot stores them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldEntry {
+    key: HeldKey,
+    since_ms: u64,
+    events: Vec<(AttemptEvent, u64)>,
+}
+
+/// The whole state, as a snapshot stores it. Links are derived from the operations on restore.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotState {
+    pub operations: Vec<Operation>,
+    pub held: Vec<HeldEntry>,
+}
+
+/// Serialises the live state without copying it whole: one map shard is read-locked at a time.
+pub struct SnapshotRef<'a>(pub &'a Aggregator);
+
+struct OperationsRef<'a>(&'a DashMap<String, Operation>);
+
+impl Serialize for OperationsRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for op in self.0.iter() {
+            seq.serialize_element(op.value())?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for SnapshotRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let held: Vec<HeldEntry> = {
+            let book = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+            book.order
+                .iter()
+                .filter_map(|(key, since)| {
+                    book.entries.get(key).map(|events| HeldEntry {
+                        key: key.clone(),
+                        since_ms: *since,
+                        events: events.clone(),
+                    })
+                })
+                .collect()
+        };
+        let mut st = s.serialize_struct("SnapshotState", 2)?;
+        st.serialize_field("operations", &OperationsRef(&self.0.ops))?;
+        st.serialize_field("held", &held)?;
+        st.end()
+    }
 }
 
 impl Aggregator {
@@ -149,7 +208,9 @@ impl Aggregator {
             held: Mutex::new(HeldBook::default()),
             held_count: AtomicUsize::new(0),
             held_dropped: AtomicU64::new(0),
-            operations_evicted: AtomicU64::new(0),
+            evicted_ttl: AtomicU64::new(0),
+            evicted_capacity: AtomicU64::new(0),
+            resources: AtomicU64::new(0),
             limits,
         }
     }
@@ -221,7 +282,11 @@ impl Aggregator {
                 .ops
                 .entry(op_id.to_owned())
                 .or_insert_with(|| Operation::new(op_id, time_ms, now_ms));
+            let before = op.resource_count();
             let changed = op.apply_attempt(res_id, a, time_ms, now_ms);
+            if op.resource_count() > before {
+                self.resources.fetch_add(1, Ordering::Relaxed);
+            }
             (changed, op.kind())
         };
         let mut new_link = false;
@@ -383,39 +448,100 @@ impl Aggregator {
         self.held_dropped.load(Ordering::Relaxed)
     }
 
-    /// Operations evicted by retention so far.
-    pub fn operations_evicted(&self) -> u64 {
-        self.operations_evicted.load(Ordering::Relaxed)
+    /// Operations evicted so far because they were unchanged for the retention ttl.
+    pub fn evicted_ttl(&self) -> u64 {
+        self.evicted_ttl.load(Ordering::Relaxed)
+    }
+
+    /// Operations evicted so far to keep under `max_resources`.
+    pub fn evicted_capacity(&self) -> u64 {
+        self.evicted_capacity.load(Ordering::Relaxed)
     }
 
     pub fn operation_count(&self) -> usize {
         self.ops.len()
     }
 
-    /// Evict operations unchanged since before `cutoff_ms`, and held attempts older than the
-    /// held bound. Returns the number of operations evicted.
-    pub fn sweep(&self, cutoff_ms: u64, now_ms: u64) -> usize {
-        let stale: Vec<String> = self
+    /// Resources tracked now.
+    pub fn resource_count(&self) -> u64 {
+        self.resources.load(Ordering::Relaxed)
+    }
+
+    /// True when more resources are tracked than `max_resources` allows.
+    pub fn over_capacity(&self) -> bool {
+        self.resource_count() > self.limits.max_resources
+    }
+
+    fn evict(&self, id: &str, unless_changed_since: u64) -> bool {
+        let Some((_, op)) = self
+            .ops
+            .remove_if(id, |_, op| op.updated_ms <= unless_changed_since)
+        else {
+            return false;
+        };
+        for r in op.resources() {
+            self.res_links.remove(&r.id);
+            for a in &r.attempts {
+                if let Some(sid) = &a.downstream_id {
+                    self.sid_links.remove(sid);
+                }
+            }
+        }
+        self.resources
+            .fetch_sub(op.resource_count() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Evict the least recently changed operations until at most 95% of `max_resources` are
+    /// tracked. Returns the number of operations evicted.
+    pub fn evict_to_capacity(&self) -> usize {
+        if !self.over_capacity() {
+            return 0;
+        }
+        let target = self.limits.max_resources - self.limits.max_resources / 20;
+        let mut by_age: Vec<(u64, String)> = self
             .ops
             .iter()
-            .filter(|op| op.updated_ms < cutoff_ms)
-            .map(|op| op.id.clone())
+            .map(|op| (op.updated_ms, op.id.clone()))
             .collect();
+        by_age.sort_unstable();
         let mut evicted = 0;
-        for id in stale {
-            if let Some((_, op)) = self.ops.remove_if(&id, |_, op| op.updated_ms < cutoff_ms) {
-                for r in op.resources() {
-                    self.res_links.remove(&r.id);
-                    for a in &r.attempts {
-                        if let Some(sid) = &a.downstream_id {
-                            self.sid_links.remove(sid);
-                        }
-                    }
-                }
+        for (updated, id) in by_age {
+            if self.resource_count() <= target {
+                break;
+            }
+            if self.evict(&id, updated) {
                 evicted += 1;
             }
         }
-        self.operations_evicted
+        self.evicted_capacity
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                max_resources = self.limits.max_resources,
+                "retention.max_resources reached: evicted the least recently changed operations"
+            );
+        }
+        evicted
+    }
+
+    /// Evict operations unchanged since before `cutoff_ms`, and held attempts older than the
+    /// held bound. Returns the number of operations evicted.
+    pub fn sweep(&self, cutoff_ms: u64, now_ms: u64) -> usize {
+        let stale: Vec<(u64, String)> = self
+            .ops
+            .iter()
+            .filter(|op| op.updated_ms < cutoff_ms)
+            .map(|op| (op.updated_ms, op.id.clone()))
+            .collect();
+        let mut evicted = 0;
+        for (updated, id) in stale {
+            if self.evict(&id, updated) {
+                evicted += 1;
+            }
+        }
+        self.evicted_ttl
             .fetch_add(evicted as u64, Ordering::Relaxed);
         let ttl = self.limits.held_ttl_ms;
         let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,5 +550,35 @@ impl Aggregator {
         self.held_dropped
             .fetch_add(dropped as u64, Ordering::Relaxed);
         evicted
+    }
+
+    /// Replace the state with a snapshot's, rebuilding the links.
+    pub fn restore(&self, state: SnapshotState) {
+        self.ops.clear();
+        self.res_links.clear();
+        self.sid_links.clear();
+        let mut resources = 0;
+        for op in state.operations {
+            for r in op.resources() {
+                self.res_links.insert(r.id.clone(), op.id.clone());
+                for a in &r.attempts {
+                    if let Some(sid) = &a.downstream_id {
+                        self.sid_links
+                            .insert(sid.clone(), (op.id.clone(), r.id.clone()));
+                    }
+                }
+            }
+            resources += op.resource_count() as u64;
+            self.ops.insert(op.id.clone(), op);
+        }
+        self.resources.store(resources, Ordering::Relaxed);
+        let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        *book = HeldBook::default();
+        for h in state.held {
+            book.events += h.events.len();
+            book.order.push_back((h.key.clone(), h.since_ms));
+            book.entries.insert(h.key, h.events);
+        }
+        self.held_count.store(book.events, Ordering::SeqCst);
     }
 }

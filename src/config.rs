@@ -58,6 +58,12 @@ pub struct IngestSettings {
 pub struct StorageSettings {
     #[serde(deserialize_with = "empty_is_none")]
     pub dir: Option<String>,
+    pub fsync: crate::journal::FsyncMode,
+    pub segment_bytes: u64,
+    pub max_group: usize,
+    #[serde(with = "humantime_serde_shim")]
+    pub snapshot_interval: Duration,
+    pub snapshot_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +80,7 @@ pub struct RetentionSettings {
     pub ttl: Duration,
     #[serde(with = "humantime_serde_shim")]
     pub sweep_interval: Duration,
+    pub max_resources: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +269,11 @@ impl Settings {
                     "api.credentials entries must be \"user:password\"".into(),
                 ));
             }
+        }
+        if self.storage.max_group == 0 || self.storage.segment_bytes < 4096 {
+            return Err(ConfigError::Invalid(
+                "storage.max_group must be positive and storage.segment_bytes at least 4096".into(),
+            ));
         }
         if self.http.max_body_bytes == 0 || self.api.max_page_size == 0 {
             return Err(ConfigError::Invalid(

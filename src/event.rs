@@ -9,7 +9,9 @@ use std::fmt;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// The family of an operation, which decides its stats field set and query routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     Messages,
     Emails,
@@ -50,7 +52,9 @@ impl fmt::Display for Kind {
 }
 
 /// The channel an attempt went through. A bounded set: anything else is `Other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Channel {
     Sms,
     Mms,
@@ -119,7 +123,7 @@ impl Channel {
 
 /// A delivery attempt's status. The declaration order is the attempt lattice of domain.md §2
 /// (join = maximum); `Opened` ranks with `Read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AttemptStatus {
     Scheduled,
     Accepted,
@@ -199,7 +203,9 @@ impl AttemptStatus {
 }
 
 /// What an operation-level event says about the operation's progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Phase {
     Scheduled,
     Processing,
@@ -207,14 +213,14 @@ pub enum Phase {
 }
 
 /// One delivery event, parsed and bounded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// Event time in Unix milliseconds: the CloudEvent `time` when valid, else receive time.
     pub time_ms: u64,
     pub body: EventBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventBody {
     /// `com.twilio.comms-api.operation.*`.
     Operation {
@@ -229,7 +235,7 @@ pub enum EventBody {
 
 /// A status report for one attempt. The links (`operation_id`, `resource_id`) may be missing:
 /// classic callbacks often carry only the attempt SID until something links it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptEvent {
     pub kind: Option<Kind>,
     pub operation_id: Option<String>,

@@ -18,6 +18,7 @@ pub mod aggregator;
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod journal;
 pub mod metrics;
 pub mod rollup;
 pub mod routes;

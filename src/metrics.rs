@@ -10,11 +10,13 @@
 
 use crate::aggregator::{Aggregator, Outcome};
 use crate::event::{Event, EventBody, Kind, SkipReason};
+use crate::journal::Journal;
 use crate::rollup::OperationStatus;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use std::sync::atomic::Ordering;
 
 /// tally's metrics and the registry that owns them.
 pub struct Metrics {
@@ -43,10 +45,29 @@ pub struct Metrics {
     pub resources: IntGauge,
     /// Delivery attempts tracked.
     pub attempts: IntGauge,
-    /// Operations forgotten by retention.
-    pub operations_evicted: IntCounter,
+    /// Operations forgotten, by reason (`ttl`: unchanged for retention.ttl; `capacity`: over
+    /// retention.max_resources).
+    pub operations_evicted: IntCounterVec,
     /// Query API requests refused for missing or wrong credentials, or a non-loopback client.
     pub api_auth_failures: IntCounterVec,
+    /// Journal records (one per accepted request) made durable.
+    pub journal_records: IntCounter,
+    /// Journal bytes written.
+    pub journal_bytes: IntCounter,
+    /// Journal write groups (each ends with one fdatasync under `fsync = "batch"`).
+    pub journal_groups: IntCounter,
+    /// Journal write or sync failures.
+    pub journal_errors: IntCounter,
+    /// Snapshots written.
+    pub journal_snapshots: IntCounter,
+    /// Torn or corrupt journal tails found and truncated at recovery.
+    pub journal_truncated_tails: IntCounter,
+    /// 1 while the journal accepts writes, 0 while they fail.
+    pub journal_healthy: IntGauge,
+    /// Journal bytes written since the last snapshot.
+    pub journal_bytes_since_snapshot: IntGauge,
+    /// Journal fdatasync latency in seconds.
+    pub journal_fsync: prometheus::Histogram,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -153,10 +174,11 @@ impl Metrics {
             operations,
             resources: gauge(&r, "tally_resources", "Resources tracked"),
             attempts: gauge(&r, "tally_attempts", "Delivery attempts tracked"),
-            operations_evicted: counter(
+            operations_evicted: counter_vec(
                 &r,
                 "tally_operations_evicted_total",
-                "Operations forgotten by retention",
+                "Operations forgotten, by reason (ttl, capacity)",
+                &["reason"],
             ),
             api_auth_failures: counter_vec(
                 &r,
@@ -164,8 +186,56 @@ impl Metrics {
                 "Query API requests refused, by reason",
                 &["reason"],
             ),
+            journal_records: counter(
+                &r,
+                "tally_journal_records_total",
+                "Journal records (one per accepted request) made durable",
+            ),
+            journal_bytes: counter(&r, "tally_journal_bytes_total", "Journal bytes written"),
+            journal_groups: counter(
+                &r,
+                "tally_journal_groups_total",
+                "Journal write groups; each ends with one fdatasync under fsync=batch",
+            ),
+            journal_errors: counter(
+                &r,
+                "tally_journal_write_errors_total",
+                "Journal write or sync failures (callbacks get 503 meanwhile)",
+            ),
+            journal_snapshots: counter(&r, "tally_journal_snapshots_total", "Snapshots written"),
+            journal_truncated_tails: counter(
+                &r,
+                "tally_journal_truncated_tails_total",
+                "Torn or corrupt journal tails found and truncated at recovery",
+            ),
+            journal_healthy: gauge(
+                &r,
+                "tally_journal_healthy",
+                "1 while the journal accepts writes (or no journal is configured), 0 while writes fail",
+            ),
+            journal_bytes_since_snapshot: gauge(
+                &r,
+                "tally_journal_bytes_since_snapshot",
+                "Journal bytes written since the last snapshot",
+            ),
+            journal_fsync: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tally_journal_fsync_seconds",
+                        "Journal fdatasync latency",
+                    )
+                    .buckets(vec![
+                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                        0.05, 0.1, 0.25, 0.5, 1.0,
+                    ]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
             registry: r,
         };
+        m.journal_healthy.set(1);
         for reason in SkipReason::ALL {
             m.events_rejected.with_label_values(&[reason.as_str()]);
         }
@@ -201,7 +271,10 @@ impl Metrics {
     }
 
     /// Refresh the gauges that mirror the aggregator, then encode every metric.
-    pub fn render(&self, agg: &Aggregator) -> String {
+    pub fn render(&self, agg: &Aggregator, journal: Option<&Journal>) -> String {
+        if let Some(j) = journal {
+            self.sync_journal(j);
+        }
         let census = agg.census();
         for kind in Kind::ALL {
             for status in OperationStatus::ALL {
@@ -215,7 +288,14 @@ impl Metrics {
         self.attempts.set(census.attempts as i64);
         self.held_attempts.set(census.held as i64);
         sync_counter(&self.held_dropped, agg.held_dropped());
-        sync_counter(&self.operations_evicted, agg.operations_evicted());
+        sync_counter(
+            &self.operations_evicted.with_label_values(&["ttl"]),
+            agg.evicted_ttl(),
+        );
+        sync_counter(
+            &self.operations_evicted.with_label_values(&["capacity"]),
+            agg.evicted_capacity(),
+        );
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
@@ -225,6 +305,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+impl Metrics {
+    fn sync_journal(&self, j: &Journal) {
+        let st = &j.stats;
+        sync_counter(&self.journal_records, st.records.load(Ordering::Relaxed));
+        sync_counter(&self.journal_bytes, st.bytes.load(Ordering::Relaxed));
+        sync_counter(&self.journal_groups, st.groups.load(Ordering::Relaxed));
+        sync_counter(&self.journal_errors, st.errors.load(Ordering::Relaxed));
+        sync_counter(
+            &self.journal_snapshots,
+            st.snapshots.load(Ordering::Relaxed),
+        );
+        sync_counter(
+            &self.journal_truncated_tails,
+            st.truncated_tails.load(Ordering::Relaxed),
+        );
+        self.journal_bytes_since_snapshot
+            .set(st.bytes_since_snapshot.load(Ordering::Relaxed) as i64);
+        self.journal_healthy
+            .set(if j.last_error().is_some() { 0 } else { 1 });
+        let samples =
+            std::mem::take(&mut *st.fsync_micros.lock().unwrap_or_else(|e| e.into_inner()));
+        for us in samples {
+            self.journal_fsync.observe(us as f64 / 1e6);
+        }
     }
 }
 

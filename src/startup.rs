@@ -3,9 +3,10 @@
 
 use crate::aggregator::{Aggregator, Limits};
 use crate::config::Settings;
+use crate::journal::{self, Journal, JournalConfig};
 use crate::metrics::Metrics;
 use crate::routes::auth::ApiAuth;
-use crate::routes::callbacks::{now_ms, CallbackLimits, UrlPolicy};
+use crate::routes::callbacks::{now_ms, Intake, UrlPolicy};
 use crate::routes::health::Health;
 use crate::routes::query::PageLimits;
 use crate::routes::{self, error::json_error};
@@ -15,15 +16,20 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::future::Future;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// A built, bound, not yet running tally.
 pub struct Application {
     server: Server,
     port: u16,
     aggregator: web::Data<Aggregator>,
+    journal: Option<web::Data<Journal>>,
     sweep_interval: Duration,
     retention_ms: u64,
+    snapshot_interval: Duration,
+    snapshot_bytes: u64,
 }
 
 impl Application {
@@ -47,19 +53,16 @@ impl Application {
         if credentials.is_empty() {
             tracing::warn!("api.credentials is empty: the query API answers loopback clients only");
         }
-        if settings.storage.dir.is_some() {
-            tracing::info!("storage.dir is set; state is kept in memory in this version");
-        }
-        let verifier = web::Data::new(Verifier::new(&tokens));
-        let urls = web::Data::new(UrlPolicy {
-            public_url: settings
-                .http
-                .public_url
-                .as_ref()
-                .map(|u| u.trim_end_matches('/').to_owned()),
-            trust_forwarded_headers: settings.http.trust_forwarded_headers,
-        });
-        let limits = web::Data::new(CallbackLimits {
+        let intake = web::Data::new(Intake {
+            verifier: Verifier::new(&tokens),
+            urls: UrlPolicy {
+                public_url: settings
+                    .http
+                    .public_url
+                    .as_ref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                trust_forwarded_headers: settings.http.trust_forwarded_headers,
+            },
             max_body_bytes: settings.http.max_body_bytes,
         });
         let pages = web::Data::new(PageLimits {
@@ -68,15 +71,48 @@ impl Application {
         let aggregator = web::Data::new(Aggregator::new(Limits {
             max_held: settings.ingest.max_held_attempts,
             held_ttl_ms: settings.ingest.held_ttl.as_millis() as u64,
+            max_resources: settings.retention.max_resources,
         }));
+        let journal = match &settings.storage.dir {
+            None => {
+                tracing::warn!(
+                    "storage.dir is empty: state lives in memory only and a restart forgets it"
+                );
+                None
+            }
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                let report = journal::recover(&dir, &aggregator)
+                    .with_context(|| format!("cannot recover from {}", dir.display()))?;
+                let j = Journal::open(JournalConfig {
+                    dir: dir.clone(),
+                    fsync: settings.storage.fsync,
+                    segment_bytes: settings.storage.segment_bytes,
+                    max_group: settings.storage.max_group,
+                })
+                .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
+                j.stats
+                    .truncated_tails
+                    .store(report.truncated_tails, Ordering::Relaxed);
+                tracing::info!(dir = %dir.display(), fsync = ?settings.storage.fsync, "journal open");
+                Some(web::Data::new(j))
+            }
+        };
+        let retention_ms = settings.retention.ttl.as_millis() as u64;
+        let now = now_ms();
+        aggregator.sweep(now.saturating_sub(retention_ms), now);
+        aggregator.evict_to_capacity();
         let metrics = web::Data::new(Metrics::new());
         let auth = web::Data::new(ApiAuth::new(&credentials));
         let agg = aggregator.clone();
+        let journal_data = journal.clone();
         let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(verifier.clone())
-                .app_data(urls.clone())
-                .app_data(limits.clone())
+            let app = App::new();
+            let app = match &journal_data {
+                Some(j) => app.app_data(j.clone()),
+                None => app,
+            };
+            app.app_data(intake.clone())
                 .app_data(pages.clone())
                 .app_data(agg.clone())
                 .app_data(metrics.clone())
@@ -115,8 +151,11 @@ impl Application {
             server,
             port,
             aggregator,
+            journal,
             sweep_interval: settings.retention.sweep_interval,
-            retention_ms: settings.retention.ttl.as_millis() as u64,
+            retention_ms,
+            snapshot_interval: settings.storage.snapshot_interval,
+            snapshot_bytes: settings.storage.snapshot_bytes,
         })
     }
 
@@ -129,22 +168,16 @@ impl Application {
     /// `http.shutdown_timeout`, and return.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
-        let agg = self.aggregator.clone();
-        let (every, ttl) = (self.sweep_interval, self.retention_ms);
-        let sweeper = actix_web::rt::spawn(async move {
-            let mut tick = actix_web::rt::time::interval(every);
-            loop {
-                tick.tick().await;
-                let now = now_ms();
-                let evicted = agg.sweep(now.saturating_sub(ttl), now);
-                if evicted > 0 {
-                    tracing::info!(
-                        evicted,
-                        "retention: forgot operations unchanged for the ttl"
-                    );
-                }
-            }
-        });
+        let maintenance = actix_web::rt::spawn(maintain(
+            self.aggregator.clone(),
+            self.journal.clone(),
+            Schedule {
+                sweep_every: self.sweep_interval,
+                retention_ms: self.retention_ms,
+                snapshot_every: self.snapshot_interval,
+                snapshot_bytes: self.snapshot_bytes,
+            },
+        ));
         let server = self.server;
         let mut server = std::pin::pin!(server);
         let result = tokio::select! {
@@ -155,7 +188,55 @@ impl Application {
                 server.await
             }
         };
-        sweeper.abort();
+        maintenance.abort();
+        if let Some(j) = &self.journal {
+            j.close();
+        }
         result.context("http server failed")
+    }
+}
+
+struct Schedule {
+    sweep_every: Duration,
+    retention_ms: u64,
+    snapshot_every: Duration,
+    snapshot_bytes: u64,
+}
+
+/// Background upkeep, once a second: retention sweeps, snapshots when due, and a probe write
+/// while the journal is failing so that tally notices by itself when the disk is back.
+async fn maintain(agg: web::Data<Aggregator>, journal: Option<web::Data<Journal>>, s: Schedule) {
+    let mut tick = actix_web::rt::time::interval(Duration::from_secs(1));
+    let mut last_sweep = Instant::now();
+    let mut last_snapshot = Instant::now();
+    loop {
+        tick.tick().await;
+        if last_sweep.elapsed() >= s.sweep_every {
+            last_sweep = Instant::now();
+            let now = now_ms();
+            let evicted = agg.sweep(now.saturating_sub(s.retention_ms), now);
+            if evicted > 0 {
+                tracing::info!(
+                    evicted,
+                    "retention: forgot operations unchanged for the ttl"
+                );
+            }
+        }
+        let Some(j) = &journal else { continue };
+        if j.last_error().is_some() {
+            if j.probe().await.is_ok() {
+                tracing::info!("journal writable again: accepting callbacks");
+            }
+            continue;
+        }
+        let pending = j.stats.bytes_since_snapshot.load(Ordering::Relaxed);
+        let due = (pending > 0 && last_snapshot.elapsed() >= s.snapshot_every)
+            || pending >= s.snapshot_bytes;
+        if due {
+            last_snapshot = Instant::now();
+            if let Err(e) = j.snapshot(agg.clone().into_inner()).await {
+                tracing::error!(error = %e, "snapshot failed; will retry");
+            }
+        }
     }
 }

@@ -274,6 +274,7 @@ fn held_attempts_are_bounded_and_the_overflow_is_counted() {
     let agg = Aggregator::new(Limits {
         max_held: 3,
         held_ttl_ms: 1000,
+        max_resources: 1000,
     });
     for i in 0..5 {
         let e = Event {

@@ -17,7 +17,9 @@ pub fn rfc3339_ms(ms: u64) -> String {
 }
 
 /// How an attempt is told apart from its siblings (domain.md §2, "Attempt identity").
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum AttemptKey {
     Downstream(String),
     Attempt(String),
@@ -40,7 +42,7 @@ impl AttemptKey {
 }
 
 /// One delivery attempt, as joined from every event seen for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     pub key: AttemptKey,
     pub downstream_id: Option<String>,
@@ -95,7 +97,7 @@ impl Attempt {
 }
 
 /// One Message, Email or PushNotification.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resource {
     pub id: String,
     pub to: Option<String>,
@@ -168,7 +170,7 @@ impl Resource {
 }
 
 /// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Operation {
     pub id: String,
     kind: Option<Kind>,

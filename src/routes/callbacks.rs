@@ -8,6 +8,7 @@ use super::error::CallbackError;
 use crate::aggregator::{Aggregator, Outcome};
 use crate::event::{Event, SkipReason};
 use crate::ingest;
+use crate::journal::{Journal, Record};
 use crate::metrics::Metrics;
 use crate::signature::Verifier;
 use actix_web::http::header;
@@ -59,9 +60,11 @@ impl UrlPolicy {
     }
 }
 
-/// Limits on callback requests.
-#[derive(Debug, Clone, Copy)]
-pub struct CallbackLimits {
+/// How callback requests are checked: signature keys, signed-URL policy, body limit.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub verifier: Verifier,
+    pub urls: UrlPolicy,
     pub max_body_bytes: usize,
 }
 
@@ -149,24 +152,53 @@ fn signature_header(req: &HttpRequest) -> Option<&[u8]> {
         .map(|v| v.as_bytes())
 }
 
-/// Apply decoded events one by one, counting each.
-fn apply_all<'a>(
+/// Make the decoded events durable (when a journal is configured), then apply and count
+/// them. Skipped events are counted too; nothing is counted for a request that gets 503, since
+/// Twilio sends it again.
+async fn admit(
     route: &str,
-    events: impl IntoIterator<Item = Result<&'a Event, SkipReason>>,
+    decoded: Vec<Result<Event, SkipReason>>,
+    journal: Option<&Journal>,
     agg: &Aggregator,
     metrics: &Metrics,
-) -> Summary {
+) -> Result<Summary, CallbackError> {
     let now = now_ms();
+    let mut skipped = Vec::new();
+    let mut events = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(e) => events.push(e),
+            Err(reason) => skipped.push(reason),
+        }
+    }
+    let record = Record { t: now, events };
+    let _gate = match journal {
+        Some(j) => {
+            let gate = j.gate.read().await;
+            if !record.events.is_empty() {
+                j.append(&record)
+                    .await
+                    .map_err(|e| CallbackError::Unavailable(e.to_string()))?;
+            }
+            Some(gate)
+        }
+        None => None,
+    };
     let mut summary = Summary::default();
-    for ev in events {
-        let outcome = match ev {
-            Ok(e) => agg.apply(e, now),
-            Err(reason) => Outcome::Rejected(reason),
-        };
-        metrics.count_event(route, ev, outcome);
+    for e in &record.events {
+        let outcome = agg.apply(e, now);
+        metrics.count_event(route, Ok(e), outcome);
         summary.add(outcome);
     }
-    summary
+    drop(_gate);
+    for reason in skipped {
+        metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
+        summary.add(Outcome::Rejected(reason));
+    }
+    if agg.over_capacity() {
+        agg.evict_to_capacity();
+    }
+    Ok(summary)
 }
 
 /// Count the request and turn the result into a response.
@@ -206,11 +238,10 @@ fn finish(
 pub async fn events(
     req: HttpRequest,
     payload: web::Payload,
-    verifier: web::Data<Verifier>,
-    urls: web::Data<UrlPolicy>,
-    limits: web::Data<CallbackLimits>,
+    intake: web::Data<Intake>,
     agg: web::Data<Aggregator>,
     metrics: web::Data<Metrics>,
+    journal: Option<web::Data<Journal>>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
@@ -219,19 +250,21 @@ pub async fn events(
                 expected: "application/json",
             });
         }
-        let body = read_body(&req, payload, limits.max_body_bytes).await?;
-        let url = urls.signed_url(&req);
-        verifier
+        let body = read_body(&req, payload, intake.max_body_bytes).await?;
+        let url = intake.urls.signed_url(&req);
+        intake
+            .verifier
             .verify_json(&url, &body, signature_header(&req))
             .map_err(CallbackError::Signature)?;
         let decoded = ingest::decode_events(&body, now_ms())?;
-        // The journal's append goes here, before anything is applied.
-        Ok(apply_all(
+        admit(
             "events",
-            decoded.iter().map(|r| r.as_ref().map_err(|e| *e)),
+            decoded,
+            journal.as_ref().map(|j| j.get_ref()),
             &agg,
             &metrics,
-        ))
+        )
+        .await
     }
     .await;
     finish("events", started, &metrics, result)
@@ -241,11 +274,10 @@ pub async fn events(
 pub async fn status(
     req: HttpRequest,
     payload: web::Payload,
-    verifier: web::Data<Verifier>,
-    urls: web::Data<UrlPolicy>,
-    limits: web::Data<CallbackLimits>,
+    intake: web::Data<Intake>,
     agg: web::Data<Aggregator>,
     metrics: web::Data<Metrics>,
+    journal: Option<web::Data<Journal>>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
@@ -254,23 +286,25 @@ pub async fn status(
                 expected: "application/x-www-form-urlencoded",
             });
         }
-        let body = read_body(&req, payload, limits.max_body_bytes).await?;
+        let body = read_body(&req, payload, intake.max_body_bytes).await?;
         let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-        let url = urls.signed_url(&req);
-        verifier
+        let url = intake.urls.signed_url(&req);
+        intake
+            .verifier
             .verify_form(&url, &params, signature_header(&req))
             .map_err(CallbackError::Signature)?;
         let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
             .into_owned()
             .collect();
         let decoded = ingest::decode_form(&params, &query, now_ms());
-        // The journal's append goes here, before anything is applied.
-        Ok(apply_all(
+        admit(
             "status",
-            [decoded.as_ref().map_err(|e| *e)],
+            vec![decoded],
+            journal.as_ref().map(|j| j.get_ref()),
             &agg,
             &metrics,
-        ))
+        )
+        .await
     }
     .await;
     finish("status", started, &metrics, result)

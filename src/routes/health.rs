@@ -1,6 +1,7 @@
 //! Health, readiness and metrics endpoints.
 
 use crate::aggregator::Aggregator;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use actix_web::{web, HttpResponse};
 use std::sync::RwLock;
@@ -36,8 +37,15 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: ready to accept callbacks (200), or not (503) with the reasons.
-pub async fn readyz(health: web::Data<Health>, agg: web::Data<Aggregator>) -> HttpResponse {
-    let problems = health.snapshot();
+pub async fn readyz(
+    health: web::Data<Health>,
+    agg: web::Data<Aggregator>,
+    journal: Option<web::Data<Journal>>,
+) -> HttpResponse {
+    let mut problems = health.snapshot();
+    if let Some(err) = journal.as_ref().and_then(|j| j.last_error()) {
+        problems.push(("journal", err));
+    }
     let body = serde_json::json!({
         "ready": problems.is_empty(),
         "problems": problems
@@ -54,8 +62,12 @@ pub async fn readyz(health: web::Data<Health>, agg: web::Data<Aggregator>) -> Ht
 }
 
 /// `GET /metrics`: Prometheus text exposition format.
-pub async fn metrics(metrics: web::Data<Metrics>, agg: web::Data<Aggregator>) -> HttpResponse {
+pub async fn metrics(
+    metrics: web::Data<Metrics>,
+    agg: web::Data<Aggregator>,
+    journal: Option<web::Data<Journal>>,
+) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics.render(&agg))
+        .body(metrics.render(&agg, journal.as_ref().map(|j| j.get_ref())))
 }
