@@ -184,8 +184,10 @@ impl Application {
             r = &mut server => r,
             _ = shutdown => {
                 tracing::info!("shutting down: draining in-flight requests");
-                handle.stop(true).await;
-                server.await
+                // The stop command is handled by the server future itself, so it must be polled
+                // while the stop completes: awaiting the handle alone would wait forever.
+                let (stopped, ()) = tokio::join!(&mut server, handle.stop(true));
+                stopped
             }
         };
         maintenance.abort();

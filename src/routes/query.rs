@@ -5,8 +5,9 @@ use super::error::ApiError;
 use crate::aggregator::{Aggregator, ResourceFilter, ResourceSnapshot};
 use crate::event::{Channel, Kind};
 use crate::rollup::operation::rfc3339_ms;
-use crate::rollup::{Bucket, OperationStatus, OperationView};
+use crate::rollup::{Bucket, OperationStatus, OperationView, Stats};
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
@@ -109,14 +110,34 @@ fn pagination(
     }
 }
 
-fn operation_json(v: &OperationView) -> Value {
-    json!({
-        "id": v.id,
-        "status": v.status,
-        "stats": v.stats,
-        "createdAt": rfc3339_ms(v.created_ms),
-        "updatedAt": rfc3339_ms(v.updated_ms),
-    })
+/// An operation as Twilio shows it. Serialised straight from this struct, never through a
+/// `serde_json::Value` (whose maps sort their keys), so the fields and the stats keep Twilio's
+/// order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OperationJson<'a> {
+    id: &'a str,
+    status: OperationStatus,
+    stats: &'a Stats,
+    created_at: String,
+    updated_at: String,
+}
+
+fn operation_json(v: &OperationView) -> OperationJson<'_> {
+    OperationJson {
+        id: &v.id,
+        status: v.status,
+        stats: &v.stats,
+        created_at: rfc3339_ms(v.created_ms),
+        updated_at: rfc3339_ms(v.updated_ms),
+    }
+}
+
+/// The body of `GET /v1/{family}/Operations` (a struct for the same reason as [`OperationJson`]).
+#[derive(Serialize)]
+struct OperationList<'a> {
+    operations: Vec<OperationJson<'a>>,
+    pagination: Value,
 }
 
 fn resource_json(s: &ResourceSnapshot, with_attempts: bool) -> Value {
@@ -201,10 +222,10 @@ pub async fn list_operations(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "operations": shown.iter().map(operation_json).collect::<Vec<_>>(),
-        "pagination": pagination(kind, &req, &q, page.size, last),
-    })))
+    Ok(HttpResponse::Ok().json(OperationList {
+        operations: shown.iter().map(operation_json).collect(),
+        pagination: pagination(kind, &req, &q, page.size, last),
+    }))
 }
 
 fn resource_filter(q: &HashMap<String, String>) -> Result<ResourceFilter, ApiError> {
