@@ -16,6 +16,20 @@ apt_install() {
   return "$rc"
 }
 
+# promtool and prometheus, from Debian's prometheus package when missing. On a machine that runs
+# systemd the package enables its service: only the binaries are wanted, so where this function
+# installed the package it also turns that service off.
+ensure_prometheus() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    return 0
+  fi
+  step "installing Debian's prometheus package"
+  apt_install prometheus
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+}
+
 # python3 with venv, from Debian when missing.
 ensure_python() {
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
