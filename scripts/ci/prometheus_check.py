@@ -39,6 +39,7 @@ PHONE = "+15558675310"
 DEADLINE_S = 45
 
 failures = []
+passed = [0]
 
 
 def fail(msg):
@@ -47,6 +48,7 @@ def fail(msg):
 
 
 def ok(msg):
+    passed[0] += 1
     print(f"  ok   {msg}")
 
 
@@ -513,8 +515,9 @@ def main():
         print(f"\n{len(failures)} check(s) failed:")
         for f in failures:
             print(f"  - {f}")
+    print(f"\nprometheus-check: {passed[0]} passed, {len(failures)} failed")
+    if failures:
         sys.exit(1)
-    print("\nprometheus-check: every check passed")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ spec:
 """
 
 failures = []
+passed = [0]
 
 
 def fail(msg):
@@ -57,6 +58,7 @@ def fail(msg):
 
 
 def ok(msg):
+    passed[0] += 1
     print(f"  ok   {msg}")
 
 
@@ -434,6 +436,28 @@ def check_systemd(tally):
     check_config(tally, DEPLOY / "systemd" / "tally.toml", "deploy/systemd/tally.toml")
 
 
+def github_anchor(heading):
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def check_runbooks():
+    section("every alert's runbook link resolves in docs/operations.md")
+    docs = ROOT / "docs" / "operations.md"
+    anchors = {
+        github_anchor(m.group(1))
+        for m in re.finditer(r"^#+\s+(.+)$", docs.read_text(), re.M)
+    }
+    for group in load_yaml(DEPLOY / "prometheus" / "alerts.yml")["groups"]:
+        for rule in group["rules"]:
+            link = rule.get("annotations", {}).get("runbook", "")
+            path, _, anchor = link.partition("#")
+            if path == "docs/operations.md" and anchor in anchors:
+                ok(f"{rule['alert']}: {link}")
+            else:
+                fail(f"{rule['alert']}: runbook {link!r} is not a heading of docs/operations.md")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tally", help="the tally binary to run check-config with")
@@ -450,12 +474,14 @@ def main():
     check_compose()
     check_dockerfile(venv_bin, tally)
     check_systemd(tally)
+    check_runbooks()
     if failures:
         print(f"\n{len(failures)} check(s) failed:")
         for f in failures:
             print(f"  - {f.splitlines()[0]}")
+    print(f"\nvalidate-deploy: {passed[0]} passed, {len(failures)} failed")
+    if failures:
         sys.exit(1)
-    print("\nvalidate-deploy: every check passed")
 
 
 if __name__ == "__main__":
