@@ -282,7 +282,7 @@ impl Aggregator {
         time_ms: u64,
         now_ms: u64,
     ) -> Outcome {
-        let (changed, kind) = {
+        let (changed, kind, fallback) = {
             let mut op = self
                 .ops
                 .entry(op_id.to_owned())
@@ -293,11 +293,11 @@ impl Aggregator {
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(f) = fallback {
-                self.note_fallback(f);
-            }
-            (changed, op.kind())
+            (changed, op.kind(), fallback)
         };
+        if let Some(f) = fallback {
+            self.note_fallback(f);
+        }
         let mut new_link = false;
         if !self.res_links.contains_key(res_id) {
             new_link |= self

@@ -1,6 +1,8 @@
 //! `/metrics`: every event accounted for, bounded labels only.
 
-use crate::helpers::{sms_params, spawn_app, CloudEvent, Scrape, TestApp, PHONE, SENDER};
+use crate::helpers::{
+    sms_params, spawn_app, spawn_app_with, CloudEvent, Scrape, TestApp, PHONE, SENDER,
+};
 use serde_json::json;
 
 const OP: &str = "comms_operation_01hmet000000000000000000001";
@@ -308,4 +310,44 @@ async fn a_held_attempt_released_on_another_channel_counts_as_a_fallback_once() 
     );
     assert_eq!(scrape.sum("tally_channel_fallbacks_total", &[]), 1.0);
     assert_eq!(scrape.get("tally_held_attempts", &[]), Some(0.0));
+}
+
+#[actix_web::test]
+async fn fallbacks_replayed_from_the_journal_at_start_up_are_not_counted_again() {
+    // Arrange: a fallback counted by a first process that journals it.
+    let dir =
+        std::env::temp_dir().join(format!("tally-api-fallback-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let storage = dir.to_str().expect("UTF-8 path");
+    let m5 = message_id(5);
+    let first = spawn_app_with(&[("TALLY_STORAGE__DIR", storage)]).await;
+    first
+        .apply_batch(&[
+            CloudEvent::message("failed", OP, &m5, "SM60000000000000000000000000000051")
+                .from("rcs:agent", "RCS")
+                .json(),
+            CloudEvent::message("sent", OP, &m5, "SM60000000000000000000000000000052").json(),
+        ])
+        .await;
+    let counted = |s: &Scrape| {
+        s.get(
+            "tally_channel_fallbacks_total",
+            &[("from", "rcs"), ("to", "sms")],
+        )
+    };
+    assert_eq!(counted(&first.metrics().await), Some(1.0));
+    first.stop().await.expect("the first process stops cleanly");
+
+    // Act: a second process recovers the same state from the journal.
+    let second = spawn_app_with(&[("TALLY_STORAGE__DIR", storage)]).await;
+    let scrape = second.metrics().await;
+
+    // Assert: the state is back, the fallback is not counted twice.
+    assert_eq!(scrape.get("tally_attempts", &[]), Some(2.0));
+    assert_eq!(counted(&scrape), Some(0.0));
+    second
+        .stop()
+        .await
+        .expect("the second process stops cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
 }
