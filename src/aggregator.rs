@@ -5,11 +5,13 @@
 //! `.await`. Time is passed in.
 
 use crate::event::{AttemptEvent, Event, EventBody, Kind, SkipReason};
-use crate::rollup::{Bucket, Operation, OperationStatus, OperationView, Resource, ResourceStatus};
+use crate::rollup::{
+    fallback, Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
+};
 use dashmap::DashMap;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -144,6 +146,8 @@ pub struct Aggregator {
     evicted_ttl: AtomicU64,
     evicted_capacity: AtomicU64,
     resources: AtomicU64,
+    /// Channel fallbacks seen and not yet taken by the metrics (see `take_fallbacks`).
+    fallbacks: Mutex<BTreeMap<Fallback, u64>>,
     limits: Limits,
 }
 
@@ -211,6 +215,7 @@ impl Aggregator {
             evicted_ttl: AtomicU64::new(0),
             evicted_capacity: AtomicU64::new(0),
             resources: AtomicU64::new(0),
+            fallbacks: Mutex::new(BTreeMap::new()),
             limits,
         }
     }
@@ -277,18 +282,22 @@ impl Aggregator {
         time_ms: u64,
         now_ms: u64,
     ) -> Outcome {
-        let (changed, kind) = {
+        let (changed, kind, fallback) = {
             let mut op = self
                 .ops
                 .entry(op_id.to_owned())
                 .or_insert_with(|| Operation::new(op_id, time_ms, now_ms));
             let before = op.resource_count();
+            let fallback = fallback::detect(op.resource(res_id), a);
             let changed = op.apply_attempt(res_id, a, time_ms, now_ms);
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            (changed, op.kind())
+            (changed, op.kind(), fallback)
         };
+        if let Some(f) = fallback {
+            self.note_fallback(f);
+        }
         let mut new_link = false;
         if !self.res_links.contains_key(res_id) {
             new_link |= self
@@ -441,6 +450,19 @@ impl Aggregator {
         }
         c.held = self.held_count.load(Ordering::SeqCst) as u64;
         c
+    }
+
+    fn note_fallback(&self, f: Fallback) {
+        let mut seen = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        *seen.entry(f).or_default() += 1;
+    }
+
+    /// The channel fallbacks seen since the last call, with their counts; the metrics add them
+    /// to a counter. Start-up takes (and drops) those seen while replaying the journal, which
+    /// the previous process already counted.
+    pub fn take_fallbacks(&self) -> Vec<(Fallback, u64)> {
+        let mut seen = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *seen).into_iter().collect()
     }
 
     /// Held attempts dropped so far (over the count bound or the age bound).

@@ -25,6 +25,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load the settings exactly as `serve` would (defaults, --config file, TALLY_ environment),
+    /// report what they say without any secret, and exit 0 when they are valid. Nothing starts.
+    CheckConfig {
+        /// A TOML file overriding the compiled-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the X-Twilio-Signature Twilio would send for a request.
     Sign {
         /// The auth token to sign with.
@@ -46,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
         Command::Sign {
             token,
             url,
@@ -80,6 +88,39 @@ fn sign(token: &str, url: &str, form: &[String], json: Option<PathBuf>) -> anyho
         tally::signature::sign(token, url, &params)
     );
     Ok(())
+}
+
+fn check_config(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let s = Settings::load_from_env(config.as_deref()).context("cannot load settings")?;
+    println!("configuration OK");
+    println!("listen: {}", s.http.listen);
+    let base = match &s.http.public_url {
+        Some(url) => without_userinfo(url),
+        None if s.http.trust_forwarded_headers => {
+            "from the request (X-Forwarded-Proto and -Host trusted)".to_owned()
+        }
+        None => "from the request (Host header, scheme http)".to_owned(),
+    };
+    println!("signed URL base: {base}");
+    println!("twilio auth tokens: {}", s.twilio.auth_tokens.len());
+    println!("api credentials: {}", s.api.credentials.len());
+    match &s.storage.dir {
+        Some(dir) => println!("storage: {dir} (fsync {:?})", s.storage.fsync),
+        None => println!("storage: none (state in memory only)"),
+    }
+    println!("log: {} {:?}", s.log.level, s.log.format);
+    Ok(())
+}
+
+/// A URL with any `user:password@` replaced, for printing.
+fn without_userinfo(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some(at) = authority.rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    url.to_owned()
 }
 
 fn init_telemetry(settings: &Settings) {

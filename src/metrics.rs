@@ -11,7 +11,7 @@
 use crate::aggregator::{Aggregator, Outcome};
 use crate::event::{Event, EventBody, Kind, SkipReason};
 use crate::journal::Journal;
-use crate::rollup::OperationStatus;
+use crate::rollup::{fallback, OperationStatus};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -35,6 +35,12 @@ pub struct Metrics {
     pub events_noop: IntCounterVec,
     /// Events skipped, by reason.
     pub events_rejected: IntCounterVec,
+    /// Messages that got a new attempt on another channel, by channel pair (see
+    /// `rollup::fallback` for how the pair is oriented).
+    pub channel_fallbacks: IntCounterVec,
+    /// Applied attempt events that carry a Twilio error code, by kind, channel and code class
+    /// (the code itself when it is one of [`COMMON_ERROR_CODES`], else `other`).
+    pub delivery_errors: IntCounterVec,
     /// Attempt events held until something links them to a resource.
     pub held_attempts: IntGauge,
     /// Held attempt events dropped over the count or age bound.
@@ -161,6 +167,18 @@ impl Metrics {
                 "Events skipped, by reason",
                 &["reason"],
             ),
+            channel_fallbacks: counter_vec(
+                &r,
+                "tally_channel_fallbacks_total",
+                "Messages that got a new attempt on another channel, by channel pair (richer channel first)",
+                &["from", "to"],
+            ),
+            delivery_errors: counter_vec(
+                &r,
+                "tally_delivery_errors_total",
+                "Applied attempt events carrying a Twilio error code, by kind, channel and code class (common codes by number, the rest as other)",
+                &["kind", "channel", "code_class"],
+            ),
             held_attempts: gauge(
                 &r,
                 "tally_held_attempts",
@@ -243,6 +261,10 @@ impl Metrics {
             m.events_received.with_label_values(&[route]);
             m.events_noop.with_label_values(&[route]);
         }
+        for f in fallback::all_pairs() {
+            m.channel_fallbacks
+                .with_label_values(&[f.from.as_str(), f.to.as_str()]);
+        }
         m
     }
 
@@ -250,23 +272,31 @@ impl Metrics {
     pub fn count_event(&self, route: &str, ev: Result<&Event, SkipReason>, outcome: Outcome) {
         self.events_received.with_label_values(&[route]).inc();
         match outcome {
-            Outcome::Applied(kind) => {
-                let (status, channel) = labels_of(ev);
-                self.events_applied
-                    .with_label_values(&[kind.as_str(), status, channel])
-                    .inc();
-            }
-            Outcome::Held => {
-                let (status, channel) = labels_of(ev);
-                self.events_applied
-                    .with_label_values(&["unlinked", status, channel])
-                    .inc();
-            }
+            Outcome::Applied(kind) => self.count_applied(kind.as_str(), ev),
+            Outcome::Held => self.count_applied("unlinked", ev),
             Outcome::Noop => self.events_noop.with_label_values(&[route]).inc(),
             Outcome::Rejected(reason) => self
                 .events_rejected
                 .with_label_values(&[reason.as_str()])
                 .inc(),
+        }
+    }
+
+    fn count_applied(&self, kind: &str, ev: Result<&Event, SkipReason>) {
+        let (status, channel) = labels_of(ev);
+        self.events_applied
+            .with_label_values(&[kind, status, channel])
+            .inc();
+        if let Ok(Event {
+            body: EventBody::Attempt(a),
+            ..
+        }) = ev
+        {
+            if let Some(code) = a.error_code {
+                self.delivery_errors
+                    .with_label_values(&[kind, channel, code_class(code)])
+                    .inc();
+            }
         }
     }
 
@@ -287,6 +317,11 @@ impl Metrics {
         self.resources.set(census.resources as i64);
         self.attempts.set(census.attempts as i64);
         self.held_attempts.set(census.held as i64);
+        for (f, n) in agg.take_fallbacks() {
+            self.channel_fallbacks
+                .with_label_values(&[f.from.as_str(), f.to.as_str()])
+                .inc_by(n);
+        }
         sync_counter(&self.held_dropped, agg.held_dropped());
         sync_counter(
             &self.operations_evicted.with_label_values(&["ttl"]),
@@ -335,6 +370,29 @@ impl Metrics {
     }
 }
 
+/// Twilio error codes common enough to get their own `code_class` label value; every other
+/// code counts as `other`, so the label stays bounded. Messaging: queue overflow (30001),
+/// unreachable, blocked, unknown or landline handsets and carrier filtering (30003–30008),
+/// price and size limits, A2P 10DLC and toll-free registration (30022–30034), provider timeout
+/// (30410), invalid or unsubscribed recipients (21211, 21408, 21610, 21614); WhatsApp: unknown
+/// address, outside the 24-hour window, rate limits and Meta's own refusals (63003–63049).
+pub const COMMON_ERROR_CODES: &[&str] = &[
+    "21211", "21408", "21610", "21614", "30001", "30002", "30003", "30004", "30005", "30006",
+    "30007", "30008", "30009", "30010", "30019", "30022", "30023", "30024", "30032", "30034",
+    "30410", "63003", "63016", "63018", "63024", "63032", "63049",
+];
+
+/// The `code_class` label value of a Twilio error code: the code when it is common, else
+/// `other`.
+pub fn code_class(code: u32) -> &'static str {
+    let code = code.to_string();
+    COMMON_ERROR_CODES
+        .iter()
+        .find(|c| **c == code)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// Raise a counter to a total kept elsewhere.
 fn sync_counter(c: &IntCounter, total: u64) {
     let now = c.get();
@@ -358,5 +416,31 @@ fn labels_of(ev: Result<&Event, SkipReason>) -> (&'static str, &'static str) {
             "none",
         ),
         Err(_) => ("unknown", "unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_error_codes_are_their_own_class_and_the_rest_are_other() {
+        assert_eq!(code_class(30003), "30003");
+        assert_eq!(code_class(63016), "63016");
+        assert_eq!(code_class(30008), "30008");
+        assert_eq!(code_class(12345), "other");
+        assert_eq!(code_class(0), "other");
+        assert_eq!(code_class(u32::MAX), "other");
+    }
+
+    #[test]
+    fn the_common_code_list_is_sorted_unique_and_numeric() {
+        let mut sorted = COMMON_ERROR_CODES.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, COMMON_ERROR_CODES);
+        assert!(COMMON_ERROR_CODES
+            .iter()
+            .all(|c| c.len() == 5 && c.parse::<u32>().is_ok()));
     }
 }

@@ -98,6 +98,8 @@ impl Application {
                 Some(web::Data::new(j))
             }
         };
+        // Fallbacks replayed from the journal were counted by the process that received them.
+        aggregator.take_fallbacks();
         let retention_ms = settings.retention.ttl.as_millis() as u64;
         let now = now_ms();
         aggregator.sweep(now.saturating_sub(retention_ms), now);

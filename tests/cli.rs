@@ -575,3 +575,66 @@ fn an_unknown_key_in_the_config_file_stops_serve_with_a_message_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http.max_body_bites"), "{stderr}");
 }
+
+#[test]
+fn check_config_accepts_a_valid_file_and_prints_no_secret() {
+    // Arrange
+    let dir = scratch("check-config");
+    let config = dir.join("tally.toml");
+    std::fs::write(
+        &config,
+        "[http]\nlisten = \"0.0.0.0:8080\"\npublic_url = \"https://hook:pass-w0rd@tally.example.com\"\n\n[storage]\ndir = \"/var/lib/tally\"\n",
+    )
+    .expect("config written");
+
+    // Act
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "check-config",
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+        ])
+        .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
+        .output()
+        .expect("tally runs");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("listen: 0.0.0.0:8080"), "{stdout}");
+    assert!(stdout.contains("twilio auth tokens: 1"), "{stdout}");
+    assert!(stdout.contains("https://***@tally.example.com"), "{stdout}");
+    assert!(
+        !stdout.contains(TOKEN) && !stdout.contains("pass-w0rd"),
+        "{stdout}"
+    );
+    assert!(!dir.join("journal").exists(), "check-config starts nothing");
+}
+
+#[test]
+fn check_config_refuses_an_unknown_key_naming_it() {
+    // Arrange
+    let dir = scratch("check-config-bad");
+    let config = dir.join("tally.toml");
+    std::fs::write(&config, "[retention]\nttl_days = 7\n").expect("config written");
+
+    // Act
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "check-config",
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+        ])
+        .output()
+        .expect("tally runs");
+
+    // Assert
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("retention.ttl_days"), "{stderr}");
+}

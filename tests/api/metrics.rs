@@ -1,6 +1,8 @@
 //! `/metrics`: every event accounted for, bounded labels only.
 
-use crate::helpers::{sms_params, spawn_app, CloudEvent, Scrape, TestApp, PHONE, SENDER};
+use crate::helpers::{
+    sms_params, spawn_app, spawn_app_with, CloudEvent, Scrape, TestApp, PHONE, SENDER,
+};
 use serde_json::json;
 
 const OP: &str = "comms_operation_01hmet000000000000000000001";
@@ -213,4 +215,139 @@ async fn no_label_value_carries_an_id_an_address_or_a_phone_number() {
             "AC0000",
         ],
     );
+}
+
+#[actix_web::test]
+async fn a_new_attempt_on_another_channel_counts_one_fallback_and_error_codes_count_by_class() {
+    // Arrange: the scenario's m2 failed on RCS (63016), then got a queued SMS attempt.
+    let app = spawn_app().await;
+    scenario(&app).await;
+    let m3 = message_id(3);
+    app.apply_batch(&[
+        CloudEvent::message("failed", OP, &m3, "SM60000000000000000000000000000031")
+            .from("whatsapp:+15017122661", "WHATSAPP")
+            .error_code(12345)
+            .json(),
+        CloudEvent::message("undelivered", OP, &m3, "SM60000000000000000000000000000032")
+            .error_code(30003)
+            .json(),
+    ])
+    .await;
+    // Duplicates of both attempts: no new attempt, no new fallback, no new error.
+    app.apply_batch(&[
+        CloudEvent::message("failed", OP, &m3, "SM60000000000000000000000000000031")
+            .from("whatsapp:+15017122661", "WHATSAPP")
+            .error_code(12345)
+            .json(),
+        CloudEvent::message("undelivered", OP, &m3, "SM60000000000000000000000000000032")
+            .error_code(30003)
+            .json(),
+    ])
+    .await;
+
+    // Act
+    let scrape = app.metrics().await;
+
+    // Assert
+    let fallbacks = |from: &str, to: &str| {
+        scrape.get(
+            "tally_channel_fallbacks_total",
+            &[("from", from), ("to", to)],
+        )
+    };
+    assert_eq!(fallbacks("rcs", "sms"), Some(1.0));
+    assert_eq!(fallbacks("whatsapp", "sms"), Some(1.0));
+    assert_eq!(fallbacks("rcs", "whatsapp"), Some(0.0), "declared at zero");
+    assert_eq!(scrape.sum("tally_channel_fallbacks_total", &[]), 2.0);
+    let errors = |channel: &str, class: &str| {
+        scrape.get(
+            "tally_delivery_errors_total",
+            &[
+                ("kind", "messages"),
+                ("channel", channel),
+                ("code_class", class),
+            ],
+        )
+    };
+    assert_eq!(errors("rcs", "63016"), Some(1.0));
+    assert_eq!(errors("whatsapp", "other"), Some(1.0));
+    assert_eq!(errors("sms", "30003"), Some(1.0));
+    assert_eq!(scrape.sum("tally_delivery_errors_total", &[]), 3.0);
+}
+
+#[actix_web::test]
+async fn a_held_attempt_released_on_another_channel_counts_as_a_fallback_once() {
+    // Arrange: an RCS attempt of m4 fails; an SMS status callback for a SID nothing names yet
+    // is held; then a Comms API event names that SID as m4's next attempt.
+    let app = spawn_app().await;
+    let m4 = message_id(4);
+    let sms_sid = "SM60000000000000000000000000000042";
+    app.apply_batch(&[CloudEvent::message(
+        "failed",
+        OP,
+        &m4,
+        "SM60000000000000000000000000000041",
+    )
+    .from("rcs:agent", "RCS")
+    .error_code(30008)
+    .json()])
+        .await;
+    let held = app.post_form(&[], &sms_params(sms_sid, "delivered")).await;
+    assert_eq!(held.status.as_u16(), 200);
+
+    // Act
+    app.apply_batch(&[CloudEvent::message("sent", OP, &m4, sms_sid).json()])
+        .await;
+    let scrape = app.metrics().await;
+
+    // Assert
+    assert_eq!(
+        scrape.get(
+            "tally_channel_fallbacks_total",
+            &[("from", "rcs"), ("to", "sms")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(scrape.sum("tally_channel_fallbacks_total", &[]), 1.0);
+    assert_eq!(scrape.get("tally_held_attempts", &[]), Some(0.0));
+}
+
+#[actix_web::test]
+async fn fallbacks_replayed_from_the_journal_at_start_up_are_not_counted_again() {
+    // Arrange: a fallback counted by a first process that journals it.
+    let dir =
+        std::env::temp_dir().join(format!("tally-api-fallback-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let storage = dir.to_str().expect("UTF-8 path");
+    let m5 = message_id(5);
+    let first = spawn_app_with(&[("TALLY_STORAGE__DIR", storage)]).await;
+    first
+        .apply_batch(&[
+            CloudEvent::message("failed", OP, &m5, "SM60000000000000000000000000000051")
+                .from("rcs:agent", "RCS")
+                .json(),
+            CloudEvent::message("sent", OP, &m5, "SM60000000000000000000000000000052").json(),
+        ])
+        .await;
+    let counted = |s: &Scrape| {
+        s.get(
+            "tally_channel_fallbacks_total",
+            &[("from", "rcs"), ("to", "sms")],
+        )
+    };
+    assert_eq!(counted(&first.metrics().await), Some(1.0));
+    first.stop().await.expect("the first process stops cleanly");
+
+    // Act: a second process recovers the same state from the journal.
+    let second = spawn_app_with(&[("TALLY_STORAGE__DIR", storage)]).await;
+    let scrape = second.metrics().await;
+
+    // Assert: the state is back, the fallback is not counted twice.
+    assert_eq!(scrape.get("tally_attempts", &[]), Some(2.0));
+    assert_eq!(counted(&scrape), Some(0.0));
+    second
+        .stop()
+        .await
+        .expect("the second process stops cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""The scrape test's checks, run by scripts/ci/prometheus-check against a real tally and a real
+Prometheus that scrapes it (both on loopback, started and stopped by that script).
+
+1. Posts signed callbacks (Event Streams batches and classic form callbacks; signed here with
+   the standard library, independently of tally's own signer), one with a wrong signature.
+2. Waits until Prometheus has scraped them and checks, through its HTTP API, that the counters
+   arrived with the expected values.
+3. Checks that Prometheus loaded deploy/prometheus/alerts.yml, evaluates every rule without
+   error, and that nothing fires.
+4. Runs `promtool check metrics` on tally's /metrics.
+5. Checks the Grafana dashboard: every PromQL expression (Grafana variables substituted) is
+   evaluated by this Prometheus and must parse and run; every metric it names must be one tally
+   exports, or one declared in src/ with no sample yet, or one listed in the pending file while
+   its family is not declared in src/ at all (a metric another change adds; once that family
+   is declared the list entry must go). Expressions whose metrics all have samples must return
+   data.
+
+Standard library only. Exits 1 with a list of failures.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+OP = "comms_operation_01hscrape00000000000000001"
+SENDER = "+15017122661"
+PHONE = "+15558675310"
+DEADLINE_S = 45
+
+failures = []
+passed = [0]
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"  FAIL {msg}")
+
+
+def ok(msg):
+    passed[0] += 1
+    print(f"  ok   {msg}")
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_ok(url, what):
+    end = time.monotonic() + DEADLINE_S
+    while time.monotonic() < end:
+        try:
+            status, _ = http("GET", url, timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"{what} did not become ready at {url} within {DEADLINE_S}s")
+
+
+# --- signing as Twilio does ----------------------------------------------------------------
+
+
+def twilio_signature(token, url, params=()):
+    data = url + "".join(k + v for k, v in sorted(set(params)))
+    mac = hmac.new(token.encode(), data.encode(), hashlib.sha1)
+    return base64.b64encode(mac.digest()).decode()
+
+
+class Tally:
+    def __init__(self, base, token):
+        self.base = base
+        self.token = token
+
+    def post_events(self, events):
+        body = json.dumps(events).encode()
+        url = f"{self.base}/twilio/events?bodySHA256={hashlib.sha256(body).hexdigest()}"
+        headers = {
+            "Content-Type": "application/json",
+            "X-Twilio-Signature": twilio_signature(self.token, url),
+        }
+        return http("POST", url, body, headers)[0]
+
+    def post_status(self, query, params, token=None):
+        url = f"{self.base}/twilio/status"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio_signature(token or self.token, url, params),
+        }
+        return http("POST", url, urllib.parse.urlencode(params).encode(), headers)[0]
+
+
+def message_event(status, msg, sid, channel="SMS", error_code=None):
+    data = {
+        "operation_id": OP,
+        "message_id": msg,
+        "downstream_id": sid,
+        "from": {"address": SENDER, "channel": channel},
+        "to": {"address": PHONE, "channel": "phone"},
+        "tags": {},
+    }
+    if error_code is not None:
+        data["error_code"] = error_code
+    return envelope(f"com.twilio.comms-api.message.{status}", data)
+
+
+def envelope(ty, data):
+    envelope.n += 1
+    return {
+        "specversion": "1.0",
+        "type": ty,
+        "source": "/scrape-test",
+        "id": f"EZ{envelope.n:032x}",
+        "datacontenttype": "application/json",
+        "time": "2024-04-05T06:20:00Z",
+        "data": data,
+    }
+
+
+envelope.n = 0
+
+
+def msg_id(n):
+    return f"comms_message_01hscrape0000000000000000{n:02d}"
+
+
+def post_scenario(tally):
+    """Post the callbacks whose effects `expected_values` describes."""
+    m1, m2, m3, m4 = (msg_id(n) for n in (1, 2, 3, 4))
+    sid = [f"SM{n:032d}" for n in range(7)]
+    batch = [
+        envelope("com.twilio.comms-api.operation.processing", {"operation_id": OP}),
+        message_event("sent", m1, sid[1]),
+        message_event("delivered", m1, sid[1]),
+        message_event("failed", m2, sid[2], "RCS", 30008),
+        message_event("failed", m3, sid[4], "WHATSAPP", 63016),
+        message_event("undelivered", m3, sid[5], "SMS", 30003),
+        message_event("failed", m4, sid[6], "SMS", 21999),
+        envelope("com.example.not-a-twilio-event", {"operation_id": OP}),
+    ]
+    codes = [
+        ("batch of 8", tally.post_events(batch)),
+        ("duplicate", tally.post_events([message_event("delivered", m1, sid[1])])),
+    ]
+    link = [("operationId", OP), ("messageId", m2)]
+    for status in ("queued", "delivered"):
+        params = [("MessageSid", sid[3]), ("MessageStatus", status), ("To", PHONE)]
+        codes.append((f"form {status}", tally.post_status(link, params)))
+    for what, code in codes:
+        if code != 200:
+            fail(f"POST {what}: HTTP {code}, expected 200")
+    forged = tally.post_status(
+        link,
+        [("MessageSid", sid[3]), ("MessageStatus", "read"), ("To", PHONE)],
+        token="not-the-auth-token",
+    )
+    if forged != 403:
+        fail(f"POST with a wrong signature: HTTP {forged}, expected 403")
+
+
+def expected_values():
+    """PromQL → the value Prometheus must return once the scenario is scraped."""
+    sel = 'job="tally"'
+    applied = f'tally_events_applied_total{{{sel}, kind="messages"'
+    return [
+        (f'up{{{sel}}}', 1),
+        (f'sum(tally_events_received_total{{{sel}}})', 11),
+        (
+            f'sum(tally_events_received_total{{{sel}}}) - sum(tally_events_applied_total{{{sel}}})'
+            f' - sum(tally_events_noop_total{{{sel}}}) - sum(tally_events_rejected_total{{{sel}}})',
+            0,
+        ),
+        (f'sum(tally_events_noop_total{{{sel}}})', 1),
+        (f'tally_events_rejected_total{{{sel}, reason="unknown_type"}}', 1),
+        (f'sum(tally_events_rejected_total{{{sel}}})', 1),
+        (f'{applied}, status="delivered", channel="sms"}}', 2),
+        (f'{applied}, status="failed", channel="rcs"}}', 1),
+        (f'{applied}, status="failed", channel="whatsapp"}}', 1),
+        (f'{applied}, status="undelivered", channel="sms"}}', 1),
+        (f'{applied}, status="failed", channel="sms"}}', 1),
+        (f'{applied}, status="operation_processing", channel="none"}}', 1),
+        (f'tally_channel_fallbacks_total{{{sel}, from="rcs", to="sms"}}', 1),
+        (f'tally_channel_fallbacks_total{{{sel}, from="whatsapp", to="sms"}}', 1),
+        (f'sum(tally_channel_fallbacks_total{{{sel}}})', 2),
+        (f'tally_delivery_errors_total{{{sel}, kind="messages", channel="rcs", code_class="30008"}}', 1),
+        (f'tally_delivery_errors_total{{{sel}, kind="messages", channel="whatsapp", code_class="63016"}}', 1),
+        (f'tally_delivery_errors_total{{{sel}, kind="messages", channel="sms", code_class="30003"}}', 1),
+        (f'tally_delivery_errors_total{{{sel}, kind="messages", channel="sms", code_class="other"}}', 1),
+        (f'tally_callbacks_total{{{sel}, route="events", code="200"}}', 2),
+        (f'tally_callbacks_total{{{sel}, route="status", code="200"}}', 2),
+        (f'tally_callbacks_total{{{sel}, route="status", code="403"}}', 1),
+        (f'tally_signature_failures_total{{{sel}, route="status", reason="mismatch"}}', 1),
+        (f'tally_operations{{{sel}, kind="messages", status="PROCESSING"}}', 1),
+        (f'sum(tally_operations{{{sel}}})', 1),
+        (f'tally_resources{{{sel}}}', 4),
+        (f'tally_attempts{{{sel}}}', 6),
+        (f'tally_journal_records_total{{{sel}}}', 4),
+        (f'tally_journal_healthy{{{sel}}}', 1),
+        (f'tally_journal_write_errors_total{{{sel}}}', 0),
+        (f'tally_http_request_duration_seconds_count{{{sel}, route="status"}}', 3),
+    ]
+
+
+class Prometheus:
+    def __init__(self, base):
+        self.base = base
+
+    def query(self, expr):
+        body = urllib.parse.urlencode({"query": expr}).encode()
+        status, raw = http(
+            "POST",
+            f"{self.base}/api/v1/query",
+            body,
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"status": "error", "error": f"HTTP {status}: {raw[:200]!r}"}
+
+    def scalar(self, expr):
+        r = self.query(expr)
+        if r.get("status") != "success":
+            return None, r.get("error")
+        result = r["data"]["result"]
+        if r["data"]["resultType"] == "scalar":
+            return float(result[1]), None
+        if len(result) != 1:
+            return None, f"{len(result)} series"
+        return float(result[0]["value"][1]), None
+
+    def get(self, path):
+        return json.loads(http("GET", f"{self.base}{path}")[1])
+
+
+def check_counters(prom):
+    print("==> counters arrived in Prometheus with the right values")
+    expected = expected_values()
+    end = time.monotonic() + DEADLINE_S
+    while True:
+        results = [(e, v, *prom.scalar(e)) for e, v in expected]
+        wrong = [r for r in results if r[2] != r[1]]
+        if not wrong or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    for expr, want, got, err in results:
+        if got == want:
+            ok(f"{expr} = {want:g}")
+        else:
+            fail(f"{expr} = {got if err is None else err}, expected {want}")
+
+
+def check_rules(prom):
+    print("==> Prometheus loaded the alert rules and evaluates them without error")
+    end = time.monotonic() + DEADLINE_S
+    while True:
+        groups = prom.get("/api/v1/rules")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if rules and all(r.get("health") == "ok" for r in rules):
+            break
+        if time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    if not rules:
+        fail("no rule loaded")
+    for r in rules:
+        if r.get("health") == "ok":
+            ok(f"rule {r['name']}: evaluated, state {r.get('state', '-')}")
+        else:
+            fail(f"rule {r['name']}: health {r.get('health')} {r.get('lastError', '')}")
+    firing = [
+        a["labels"]["alertname"]
+        for a in prom.get("/api/v1/alerts")["data"]["alerts"]
+        if a["state"] == "firing"
+    ]
+    if firing:
+        fail(f"alerts firing against a healthy tally: {firing}")
+    else:
+        ok("no alert fires against a healthy tally")
+
+
+def check_metrics_lint(exposition):
+    print("==> promtool check metrics on tally's /metrics")
+    p = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True
+    )
+    report = (p.stdout + p.stderr).strip()
+    if p.returncode == 0:
+        ok("promtool check metrics: no problem" + (f" ({report})" if report else ""))
+    else:
+        fail(f"promtool check metrics:\n{report}")
+
+
+# --- the dashboard --------------------------------------------------------------------------
+
+SUBSTITUTIONS = [
+    ("$__rate_interval", "1m"),
+    ("${__rate_interval}", "1m"),
+    ("$__interval", "15s"),
+    ("${__interval}", "15s"),
+    ("$__range", "5m"),
+    ("${__range}", "5m"),
+    ("${job}", "tally"),
+    ("$job", "tally"),
+    ("${instance}", ".*"),
+    ("$instance", ".*"),
+]
+METRIC_NAME = re.compile(r"\btally_[a-z0-9_]+\b")
+LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)\s*$", re.S)
+
+
+def substitute(expr):
+    for var, value in SUBSTITUTIONS:
+        expr = expr.replace(var, value)
+    return expr
+
+
+def walk_panels(panels):
+    for p in panels:
+        yield p
+        yield from walk_panels(p.get("panels", []))
+
+
+def exported_names(exposition):
+    """Metric names with a sample in the exposition, and the histogram families."""
+    names, histograms = set(), set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            if kind.strip() == "histogram":
+                histograms.add(name)
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names, histograms
+
+
+def declared_names(src):
+    names = set()
+    for f in pathlib.Path(src).rglob("*.rs"):
+        names.update(re.findall(r'"(tally_[a-z0-9_]+)"', f.read_text()))
+    return names
+
+
+def family(name):
+    """`tally_kafka_dirty_operations` → `tally_kafka_`: what a pending entry waits for."""
+    parts = name.split("_")
+    return "_".join(parts[:2]) + "_"
+
+
+def read_pending(path):
+    if not path.exists():
+        return set()
+    return {
+        line.split("#", 1)[0].strip()
+        for line in path.read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    }
+
+
+def check_rule_names(alerts_path, exposition, src, pending_path):
+    print(f"==> {alerts_path}: every metric named is tally's")
+    sampled, _ = exported_names(exposition)
+    declared = declared_names(src)
+    pending = read_pending(pathlib.Path(pending_path))
+    text = pathlib.Path(alerts_path).read_text()
+    for name in sorted(set(METRIC_NAME.findall(text))):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name in sampled or name in declared or base in declared:
+            ok(name)
+        elif name in pending and family(name) not in {family(n) for n in declared}:
+            print(f"  note {name} is pending ({pending_path})")
+        else:
+            fail(f"{alerts_path}: {name} is not a metric tally exports or declares")
+
+
+def check_dashboard(prom, dashboard_path, exposition, src, pending_path):
+    print(f"==> dashboard {dashboard_path}: every expression runs, every metric is tally's")
+    d = json.loads(pathlib.Path(dashboard_path).read_text())
+    sampled, histograms = exported_names(exposition)
+    declared = declared_names(src)
+    pending = read_pending(pathlib.Path(pending_path))
+    declared_families = {family(n) for n in declared}
+
+    for name in sorted(pending):
+        if name in declared:
+            fail(f"{pending_path}: {name} is declared in {src} now: remove it from the list")
+        elif family(name) in declared_families:
+            fail(
+                f"{pending_path}: {name} is still pending although {family(name)}* metrics are "
+                f"declared in {src}: rename it in the dashboard and alerts to what tally declares"
+            )
+
+    variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource")
+    if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        fail("no `datasource` variable of type datasource querying prometheus")
+
+    exprs = []
+    for v in variables.values():
+        if v.get("type") == "query":
+            q = v.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            m = LABEL_VALUES.match(q or "")
+            if not m:
+                fail(f"variable {v['name']}: query {q!r} is not label_values(expr, label)")
+                continue
+            exprs.append((f"variable {v['name']}", m.group(1), m.group(2)))
+            if v.get("datasource", {}).get("uid") != "${datasource}":
+                fail(f"variable {v['name']}: datasource is not ${{datasource}}")
+
+    for p in walk_panels(d.get("panels", [])):
+        if p.get("type") == "row":
+            continue
+        title = p.get("title", f"panel {p.get('id')}")
+        if p.get("datasource", {}).get("uid") != "${datasource}":
+            fail(f"panel {title!r}: datasource is not ${{datasource}}")
+        if not p.get("targets"):
+            fail(f"panel {title!r}: no query")
+        for t in p.get("targets", []):
+            if t.get("datasource", {}).get("uid") != "${datasource}":
+                fail(f"panel {title!r} {t.get('refId')}: datasource is not ${{datasource}}")
+            exprs.append((f"panel {title!r} {t.get('refId')}", t.get("expr", ""), None))
+
+    # rate() needs two samples of a series in its window: give the series the scenario created
+    # a few scrapes first.
+    end = time.monotonic() + DEADLINE_S
+    settled = 'min(count_over_time(tally_delivery_errors_total{job="tally"}[1m])) >= 3'
+    while not prom.query(settled).get("data", {}).get("result") and time.monotonic() < end:
+        time.sleep(0.5)
+
+    for where, raw, label in exprs:
+        expr = substitute(raw)
+        if "$" in expr:
+            fail(f"{where}: unknown Grafana variable left in {expr!r}")
+            continue
+        all_sampled = True
+        for name in sorted(set(METRIC_NAME.findall(expr))):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if name in sampled or (base in histograms and name != base):
+                continue
+            all_sampled = False
+            if name in declared:
+                print(f"  note {where}: {name} is declared in {src} but has no sample yet")
+            elif name in pending and family(name) not in declared_families:
+                print(f"  note {where}: {name} is pending ({pending_path})")
+            else:
+                fail(f"{where}: {name} is not a metric tally exports or declares")
+        while True:
+            r = prom.query(expr)
+            if r.get("status") != "success":
+                break
+            data = r["data"]
+            series = len(data["result"]) if data["resultType"] in ("vector", "matrix") else 1
+            if series or not all_sampled or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        if r.get("status") != "success":
+            fail(f"{where}: Prometheus refused {expr!r}: {r.get('error')}")
+            continue
+        if label is not None:
+            values = {s["metric"].get(label) for s in r["data"]["result"]}
+            if not values - {None}:
+                fail(f"{where}: {expr!r} gives no value for label {label}")
+            else:
+                ok(f"{where}: {label} values {sorted(values - {None})}")
+        elif all_sampled and series == 0:
+            fail(f"{where}: {expr!r} returns no data although tally exports its metrics")
+        else:
+            ok(f"{where}: {series} series")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tally", required=True)
+    ap.add_argument("--prometheus", required=True)
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--dashboard", required=True)
+    ap.add_argument("--pending", required=True)
+    ap.add_argument("--alerts", required=True)
+    ap.add_argument("--src", required=True)
+    args = ap.parse_args()
+
+    wait_ok(f"{args.tally}/readyz", "tally")
+    wait_ok(f"{args.prometheus}/-/ready", "Prometheus")
+    tally, prom = Tally(args.tally, args.token), Prometheus(args.prometheus)
+
+    print("==> posting signed callbacks")
+    post_scenario(tally)
+    check_counters(prom)
+    check_rules(prom)
+    exposition = http("GET", f"{args.tally}/metrics")[1].decode()
+    check_metrics_lint(exposition)
+    check_dashboard(prom, args.dashboard, exposition, args.src, args.pending)
+    check_rule_names(args.alerts, exposition, args.src, args.pending)
+
+    if failures:
+        print(f"\n{len(failures)} check(s) failed:")
+        for f in failures:
+            print(f"  - {f}")
+    print(f"\nprometheus-check: {passed[0]} passed, {len(failures)} failed")
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
