@@ -4,6 +4,7 @@
 //! Methods are synchronous and return owned data, so no map guard ever lives across an
 //! `.await`. Time is passed in.
 
+use crate::dirty::Dirty;
 use crate::event::{AttemptEvent, Event, EventBody, Kind, SkipReason};
 use crate::rollup::{
     fallback, Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
@@ -13,7 +14,7 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,8 @@ pub struct Aggregator {
     /// Channel fallbacks seen and not yet taken by the metrics (see `take_fallbacks`).
     fallbacks: Mutex<BTreeMap<Fallback, u64>>,
     limits: Limits,
+    /// Operations changed since last published; unset while publishing is off.
+    dirty: OnceLock<Dirty>,
 }
 
 /// Held attempts of one key, as a snapshot stores them.
@@ -217,6 +220,37 @@ impl Aggregator {
             resources: AtomicU64::new(0),
             fallbacks: Mutex::new(BTreeMap::new()),
             limits,
+            dirty: OnceLock::new(),
+        }
+    }
+
+    /// From now on, mark every changed operation in `dirty`, for the Kafka publisher. Set once,
+    /// before callbacks flow; false if it was set already.
+    pub fn track_changes(&self, dirty: Dirty) -> bool {
+        self.dirty.set(dirty).is_ok()
+    }
+
+    /// The operations changed since last published, when publishing is on.
+    pub fn dirty(&self) -> Option<&Dirty> {
+        self.dirty.get()
+    }
+
+    /// Mark every operation held now as changed (after recovery, whose state may not have
+    /// reached Kafka before the restart); returns how many.
+    pub fn mark_all_changed(&self, now_ms: u64) -> usize {
+        let Some(d) = self.dirty.get() else { return 0 };
+        let ids: Vec<String> = self.ops.iter().map(|op| op.id.clone()).collect();
+        for id in &ids {
+            d.mark(id, None, now_ms);
+        }
+        ids.len()
+    }
+
+    /// Called after the change is made and its map guard dropped, so a publisher that takes the
+    /// mark always reads a state at least this new.
+    fn mark_dirty(&self, op_id: &str, res_id: Option<&str>, now_ms: u64) {
+        if let Some(d) = self.dirty.get() {
+            d.mark(op_id, res_id, now_ms);
         }
     }
 
@@ -233,7 +267,10 @@ impl Aggregator {
                     .entry(operation_id.clone())
                     .or_insert_with(|| Operation::new(operation_id, ev.time_ms, now_ms));
                 if op.apply_phase(*kind, *phase, ev.time_ms, now_ms) {
-                    Outcome::Applied(op.kind())
+                    let kind = op.kind();
+                    drop(op);
+                    self.mark_dirty(operation_id, None, now_ms);
+                    Outcome::Applied(kind)
                 } else {
                     Outcome::Noop
                 }
@@ -297,6 +334,9 @@ impl Aggregator {
         };
         if let Some(f) = fallback {
             self.note_fallback(f);
+        }
+        if changed {
+            self.mark_dirty(op_id, Some(res_id), now_ms);
         }
         let mut new_link = false;
         if !self.res_links.contains_key(res_id) {

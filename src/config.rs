@@ -3,6 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
+    pub kafka: KafkaSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +90,101 @@ pub struct RetentionSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+}
+
+/// Publishing rolled-up state to Kafka (docs/kafka.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers; empty turns publishing off.
+    pub brokers: Vec<String>,
+    pub topic: String,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub resources_topic: Option<String>,
+    #[serde(with = "humantime_serde_shim")]
+    pub flush_interval: Duration,
+    pub client_id: String,
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    #[serde(with = "humantime_serde_shim")]
+    pub topic_setup_retry: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub shutdown_timeout: Duration,
+    pub librdkafka: LibrdkafkaOptions,
+}
+
+impl KafkaSettings {
+    /// Whether publishing is on (brokers are configured).
+    pub fn enabled(&self) -> bool {
+        !self.brokers.is_empty()
+    }
+}
+
+/// librdkafka properties passed through verbatim. `Debug` shows the keys only: values may be
+/// passwords or keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct LibrdkafkaOptions(pub BTreeMap<String, String>);
+
+impl LibrdkafkaOptions {
+    /// The value of one property, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+impl fmt::Debug for LibrdkafkaOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for LibrdkafkaOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = toml::Table::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        // Unquoted dotted keys (`security.protocol = "SSL"`) arrive as nested tables: flatten
+        // them first, so that a quoted key or an environment variable for the same property wins.
+        flatten_props("", &raw, true, &mut out).map_err(serde::de::Error::custom)?;
+        flatten_props("", &raw, false, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(LibrdkafkaOptions(out))
+    }
+}
+
+fn flatten_props(
+    prefix: &str,
+    t: &toml::Table,
+    nested: bool,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let text = match v {
+            toml::Value::Table(inner) => {
+                if nested {
+                    flatten_props(&key, inner, true, out)?;
+                }
+                continue;
+            }
+            _ if nested && prefix.is_empty() => continue,
+            _ if !nested && !prefix.is_empty() => continue,
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(format!(
+                    "kafka.librdkafka.\"{key}\" must be a string, number or boolean"
+                ))
+            }
+        };
+        out.insert(key, text);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -203,6 +300,13 @@ impl Settings {
                 continue;
             };
             let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            if let Some(prop) = key.strip_prefix(&format!("{PASSTHROUGH_KEY}__")) {
+                if section == PASSTHROUGH_SECTION && !prop.is_empty() {
+                    passthrough_table(&mut table)?
+                        .insert(prop.replace('_', "."), toml::Value::String(value));
+                    continue;
+                }
+            }
             let dotted = format!("{section}.{key}");
             let sect = table
                 .get_mut(&section)
@@ -280,8 +384,64 @@ impl Settings {
                 "http.max_body_bytes and api.max_page_size must be positive".into(),
             ));
         }
+        self.validate_kafka()
+    }
+
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if k.topic.trim().is_empty() {
+            return bad("kafka.topic must not be empty".into());
+        }
+        if k.resources_topic.as_deref() == Some(k.topic.as_str()) {
+            return bad("kafka.resources_topic must differ from kafka.topic".into());
+        }
+        if k.flush_interval.is_zero() || k.topic_setup_retry.is_zero() {
+            return bad("kafka.flush_interval and kafka.topic_setup_retry must be positive".into());
+        }
+        if k.partitions == 0
+            || k.partitions < -1
+            || k.replication_factor == 0
+            || k.replication_factor < -1
+        {
+            return bad("kafka.partitions and kafka.replication_factor must be -1 (the broker's default) or positive".into());
+        }
+        for own in ["bootstrap.servers", "metadata.broker.list", "client.id"] {
+            if k.librdkafka.get(own).is_some() {
+                return bad(format!(
+                    "kafka.librdkafka.\"{own}\" is set by tally: use kafka.brokers and kafka.client_id"
+                ));
+            }
+        }
+        if k.librdkafka
+            .get("enable.idempotence")
+            .is_some_and(|v| v != "true")
+        {
+            return bad("kafka.librdkafka.\"enable.idempotence\" must stay true: per-operation ordering depends on it".into());
+        }
+        for acks in ["acks", "request.required.acks"] {
+            if k.librdkafka
+                .get(acks)
+                .is_some_and(|v| v != "all" && v != "-1")
+            {
+                return bad(format!("kafka.librdkafka.\"{acks}\" must stay all: records acknowledged by one replica only can be lost"));
+            }
+        }
         Ok(())
     }
+}
+
+/// The one table whose keys are not tally's own: librdkafka properties, passed through.
+const PASSTHROUGH_SECTION: &str = "kafka";
+const PASSTHROUGH_KEY: &str = "librdkafka";
+
+fn passthrough_table(table: &mut toml::Table) -> Result<&mut toml::Table, ConfigError> {
+    table
+        .get_mut(PASSTHROUGH_SECTION)
+        .and_then(|v| v.as_table_mut())
+        .and_then(|t| t.get_mut(PASSTHROUGH_KEY))
+        .and_then(|v| v.as_table_mut())
+        .ok_or_else(|| ConfigError::Invalid("the defaults lack [kafka.librdkafka]".into()))
 }
 
 /// Merge `user` into `base`, refusing keys that `base` (the documented defaults) lacks.
@@ -293,6 +453,10 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
             format!("{prefix}.{k}")
         };
         match (base.get_mut(&k), v) {
+            // librdkafka's own properties: any key, checked by librdkafka itself.
+            (None, v) if prefix == format!("{PASSTHROUGH_SECTION}.{PASSTHROUGH_KEY}") => {
+                base.insert(k, v);
+            }
             (None, _) => return Err(ConfigError::UnknownKey(dotted)),
             (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted)?,
             (Some(slot), v) => *slot = v,
@@ -404,5 +568,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("seven days"), "{err}");
+    }
+
+    fn write_config(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tally-kcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    }
+
+    #[test]
+    fn kafka_is_off_by_default_with_the_documented_topic_and_interval() {
+        let s = Settings::load(None, vec![]).unwrap();
+        assert!(!s.kafka.enabled());
+        assert_eq!(s.kafka.topic, "tally.operations");
+        assert_eq!(s.kafka.flush_interval, Duration::from_millis(100));
+        assert_eq!(s.kafka.resources_topic, None);
+        assert!(s.kafka.librdkafka.0.is_empty());
+        let s = Settings::load(None, env(&[("TALLY_KAFKA__BROKERS", "k1:9092, k2:9092")])).unwrap();
+        assert_eq!(s.kafka.brokers, vec!["k1:9092", "k2:9092"]);
+    }
+
+    #[test]
+    fn librdkafka_options_pass_through_from_a_file_and_the_environment_and_never_debug_print() {
+        let f = write_config(
+            "kafka.toml",
+            concat!(
+                "[kafka]\nbrokers = [\"k:9092\"]\n",
+                "[kafka.librdkafka]\n",
+                "\"security.protocol\" = \"SASL_SSL\"\n",
+                "compression.type = \"lz4\"\n",
+                "\"linger.ms\" = 20\n",
+                "\"sasl.password\" = \"from-file\"\n",
+            ),
+        );
+        let s = Settings::load(
+            Some(&f),
+            env(&[("TALLY_KAFKA__LIBRDKAFKA__SASL_PASSWORD", "hunter2-secret")]),
+        )
+        .unwrap();
+        let o = &s.kafka.librdkafka;
+        assert_eq!(o.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(o.get("compression.type"), Some("lz4"));
+        assert_eq!(o.get("linger.ms"), Some("20"));
+        assert_eq!(o.get("sasl.password"), Some("hunter2-secret"));
+        let shown = format!("{s:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("from-file"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn options_that_would_break_ordering_or_shadow_tallys_own_keys_are_refused() {
+        for (prop, value) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("bootstrap.servers", "x:1"),
+            ("client.id", "other"),
+        ] {
+            let f = write_config(
+                "bad-kafka.toml",
+                &format!("[kafka.librdkafka]\n\"{prop}\" = \"{value}\"\n"),
+            );
+            let err = Settings::load(Some(&f), vec![]).unwrap_err().to_string();
+            assert!(err.contains(prop), "{prop}: {err}");
+        }
+        let err = Settings::load(None, env(&[("TALLY_KAFKA__PARTITIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitions"), "{err}");
+        let err = Settings::load(None, env(&[("TALLY_KAFKA__TOPICS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.topics"), "{err}");
     }
 }

@@ -10,16 +10,21 @@
 //!                      → aggregator::Aggregator::apply  (DashMap of rollup::Operation;
 //!                          attempts linked to resources, unlinked ones held until linked)
 //!                      → metrics (received = applied + noop + rejected) → 200
+//!                        (each change marks its operation in dirty::Dirty when Kafka is on)
 //!  rollup::Operation   attempt lattice → resource status → stats buckets → OperationView
-//!  readers             routes::query (/v1/…, Twilio-shaped), /metrics, [publisher: Kafka seam]
+//!  readers             routes::query (/v1/…, Twilio-shaped), /metrics, /healthz/details
+//!  publisher           every kafka.flush_interval: dirty operations → record(&OperationView)
+//!                      → idempotent producer, one record in flight per operation → Kafka
 //! ```
 
 pub mod aggregator;
 pub mod config;
+pub mod dirty;
 pub mod event;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod publisher;
 pub mod rollup;
 pub mod routes;
 pub mod signature;

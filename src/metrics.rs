@@ -13,8 +13,8 @@ use crate::event::{Event, EventBody, Kind, SkipReason};
 use crate::journal::Journal;
 use crate::rollup::{fallback, OperationStatus};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::Ordering;
 
@@ -56,6 +56,8 @@ pub struct Metrics {
     pub operations_evicted: IntCounterVec,
     /// Query API requests refused for missing or wrong credentials, or a non-loopback client.
     pub api_auth_failures: IntCounterVec,
+    /// The Kafka publisher's metrics.
+    pub kafka: KafkaMetrics,
     /// Journal records (one per accepted request) made durable.
     pub journal_records: IntCounter,
     /// Journal bytes written.
@@ -74,6 +76,113 @@ pub struct Metrics {
     pub journal_bytes_since_snapshot: IntGauge,
     /// Journal fdatasync latency in seconds.
     pub journal_fsync: prometheus::Histogram,
+}
+
+/// The Kafka publisher's metrics. The `topic` label is the topic's role (`operations`,
+/// `resources`), never its configured name; `reason` is a librdkafka error code name (a fixed
+/// enum) or `evicted`.
+pub struct KafkaMetrics {
+    /// 1 when publishing is configured (kafka.brokers not empty), else 0.
+    pub enabled: IntGauge,
+    /// Records the broker acknowledged, by topic.
+    pub records_delivered: IntCounterVec,
+    /// Records not acknowledged, by topic and reason; their operations stay dirty and are
+    /// published again with their latest state.
+    pub records_failed: IntCounterVec,
+    /// Operations with a change not yet acknowledged by the broker (waiting or in flight).
+    pub dirty_operations: IntGauge,
+    /// Of those, operations with a record in flight.
+    pub in_flight_operations: IntGauge,
+    /// Age of the oldest change not yet acknowledged by the broker, in seconds (0 when none).
+    pub oldest_unpublished_age: Gauge,
+    /// Time from an operation's first unpublished change to the broker's acknowledgement.
+    pub publish_delay: Histogram,
+    /// 1 while the producer has a connection up to at least one broker, else 0.
+    pub broker_up: IntGauge,
+    /// 1 once the topic is known to exist (found or created), else 0, by topic.
+    pub topic_ready: IntGaugeVec,
+    /// Producer replacements: after a fatal librdkafka error, or records timing out while connected.
+    pub producer_restarts: IntCounter,
+}
+
+impl KafkaMetrics {
+    fn new(r: &Registry) -> KafkaMetrics {
+        let publish_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "tally_kafka_publish_delay_seconds",
+                "Time from an operation's first unpublished change to the broker's acknowledgement",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(publish_delay.clone()))
+            .expect("registered once");
+        let oldest_unpublished_age = Gauge::new(
+            "tally_kafka_oldest_unpublished_seconds",
+            "Age of the oldest change not yet acknowledged by the broker (0 when none)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(oldest_unpublished_age.clone()))
+            .expect("registered once");
+        let topic_ready = IntGaugeVec::new(
+            Opts::new(
+                "tally_kafka_topic_ready",
+                "1 once the topic is known to exist (found or created), by topic role",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(topic_ready.clone()))
+            .expect("registered once");
+        let m = KafkaMetrics {
+            enabled: gauge(
+                r,
+                "tally_kafka_enabled",
+                "1 when Kafka publishing is configured, else 0",
+            ),
+            records_delivered: counter_vec(
+                r,
+                "tally_kafka_records_delivered_total",
+                "Records the broker acknowledged, by topic role",
+                &["topic"],
+            ),
+            records_failed: counter_vec(
+                r,
+                "tally_kafka_records_failed_total",
+                "Records not acknowledged (their operations are published again), by topic role and reason",
+                &["topic", "reason"],
+            ),
+            dirty_operations: gauge(
+                r,
+                "tally_kafka_dirty_operations",
+                "Operations with a change not yet acknowledged by the broker",
+            ),
+            in_flight_operations: gauge(
+                r,
+                "tally_kafka_in_flight_operations",
+                "Operations with a record in flight to the broker",
+            ),
+            oldest_unpublished_age,
+            publish_delay,
+            broker_up: gauge(
+                r,
+                "tally_kafka_broker_up",
+                "1 while the producer is connected to at least one broker",
+            ),
+            topic_ready,
+            producer_restarts: counter(
+                r,
+                "tally_kafka_producer_restarts_total",
+                "Producer replacements (after a fatal error, or records timing out while connected)",
+            ),
+        };
+        for topic in ["operations", "resources"] {
+            m.records_delivered.with_label_values(&[topic]);
+        }
+        m
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -251,6 +360,7 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("registered once");
                 h
             },
+            kafka: KafkaMetrics::new(&r),
             registry: r,
         };
         m.journal_healthy.set(1);

@@ -2,9 +2,11 @@
 //! part; `run_until_stopped(shutdown)` serves until the shutdown future resolves, then drains.
 
 use crate::aggregator::{Aggregator, Limits};
-use crate::config::Settings;
+use crate::config::{KafkaSettings, Settings};
+use crate::dirty::Dirty;
 use crate::journal::{self, Journal, JournalConfig};
 use crate::metrics::Metrics;
+use crate::publisher::{KafkaStatus, Publisher};
 use crate::routes::auth::ApiAuth;
 use crate::routes::callbacks::{now_ms, Intake, UrlPolicy};
 use crate::routes::health::Health;
@@ -30,6 +32,8 @@ pub struct Application {
     retention_ms: u64,
     snapshot_interval: Duration,
     snapshot_bytes: u64,
+    publisher: Option<Publisher>,
+    kafka_shutdown: Duration,
 }
 
 impl Application {
@@ -105,6 +109,7 @@ impl Application {
         aggregator.sweep(now.saturating_sub(retention_ms), now);
         aggregator.evict_to_capacity();
         let metrics = web::Data::new(Metrics::new());
+        let (publisher, kafka_status) = kafka_publisher(&settings.kafka, &aggregator, &metrics)?;
         let auth = web::Data::new(ApiAuth::new(&credentials));
         let agg = aggregator.clone();
         let journal_data = journal.clone();
@@ -120,6 +125,7 @@ impl Application {
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
                 .app_data(health.clone())
+                .app_data(kafka_status.clone())
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     actix_web::error::InternalError::from_response(
                         e.to_string(),
@@ -158,6 +164,8 @@ impl Application {
             retention_ms,
             snapshot_interval: settings.storage.snapshot_interval,
             snapshot_bytes: settings.storage.snapshot_bytes,
+            publisher,
+            kafka_shutdown: settings.kafka.shutdown_timeout,
         })
     }
 
@@ -180,6 +188,7 @@ impl Application {
                 snapshot_bytes: self.snapshot_bytes,
             },
         ));
+        let kafka = self.publisher.map(Publisher::start);
         let server = self.server;
         let mut server = std::pin::pin!(server);
         let result = tokio::select! {
@@ -193,11 +202,49 @@ impl Application {
             }
         };
         maintenance.abort();
+        if let Some(kafka) = kafka {
+            // Requests are drained: publish the final state of every changed operation.
+            kafka
+                .stop(self.kafka_shutdown + Duration::from_secs(1))
+                .await;
+        }
         if let Some(j) = &self.journal {
             j.close();
         }
         result.context("http server failed")
     }
+}
+
+/// Kafka publishing: off without brokers (said in one log line); else the aggregator marks
+/// changed operations and a publisher (started by `run_until_stopped`) publishes them. What
+/// was recovered from the journal is published again in full: which of it reached the topic
+/// before the restart is not known.
+fn kafka_publisher(
+    settings: &KafkaSettings,
+    aggregator: &web::Data<Aggregator>,
+    metrics: &web::Data<Metrics>,
+) -> anyhow::Result<(Option<Publisher>, web::Data<KafkaStatus>)> {
+    if !settings.enabled() {
+        tracing::info!("kafka.brokers is empty: publishing to Kafka is off");
+        return Ok((None, web::Data::new(KafkaStatus::disabled())));
+    }
+    aggregator.track_changes(Dirty::new(settings.resources_topic.is_some()));
+    let recovered = aggregator.mark_all_changed(now_ms());
+    let publisher = Publisher::new(
+        settings,
+        aggregator.clone().into_inner(),
+        metrics.clone().into_inner(),
+    )?;
+    let status = web::Data::from(publisher.status());
+    tracing::info!(
+        brokers = %settings.brokers.join(","),
+        topic = %settings.topic,
+        resources_topic = settings.resources_topic.as_deref().unwrap_or("off"),
+        flush_interval = ?settings.flush_interval,
+        recovered,
+        "kafka: publishing operations"
+    );
+    Ok((Some(publisher), status))
 }
 
 struct Schedule {

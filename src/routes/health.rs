@@ -3,6 +3,7 @@
 use crate::aggregator::Aggregator;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::publisher::KafkaStatus;
 use actix_web::{web, HttpResponse};
 use std::sync::RwLock;
 
@@ -59,6 +60,25 @@ pub async fn readyz(
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// `GET /healthz/details`: readiness with its reasons, plus details that never decide it (the
+/// Kafka publisher: broker connection, topics, operations waiting to be published). Always 200.
+pub async fn details(
+    health: web::Data<Health>,
+    kafka: web::Data<KafkaStatus>,
+    agg: web::Data<Aggregator>,
+) -> HttpResponse {
+    let problems = health.snapshot();
+    HttpResponse::Ok().json(serde_json::json!({
+        "ready": problems.is_empty(),
+        "problems": problems
+            .iter()
+            .map(|(c, m)| serde_json::json!({"component": c, "message": m}))
+            .collect::<Vec<_>>(),
+        "operations": agg.operation_count(),
+        "kafka": kafka.details(),
+    }))
 }
 
 /// `GET /metrics`: Prometheus text exposition format.

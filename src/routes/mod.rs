@@ -14,6 +14,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/twilio/events", web::post().to(callbacks::events))
         .route("/twilio/status", web::post().to(callbacks::status))
         .route("/healthz", web::get().to(health::healthz))
+        .route("/healthz/details", web::get().to(health::details))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .service(
