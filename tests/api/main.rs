@@ -6,6 +6,7 @@ mod batches;
 mod callbacks;
 mod health;
 mod helpers;
+mod kafka;
 mod limits;
 mod metrics;
 mod query;
