@@ -107,6 +107,8 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
+        let _ =
+            std::fs::remove_file(std::env::temp_dir().join(format!("tansu-{}.log", self.listen)));
     }
 }
 
