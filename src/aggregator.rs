@@ -37,6 +37,8 @@ pub struct Limits {
     pub held_ttl_ms: u64,
     /// Most resources tracked; beyond it the least recently changed operations are evicted.
     pub max_resources: u64,
+    /// Keep recipient addresses (`[privacy]`); when false, events are applied without them.
+    pub keep_recipient_addresses: bool,
 }
 
 impl Default for Limits {
@@ -45,6 +47,7 @@ impl Default for Limits {
             max_held: 100_000,
             held_ttl_ms: 4 * 3600 * 1000,
             max_resources: 5_000_000,
+            keep_recipient_addresses: true,
         }
     }
 }
@@ -53,6 +56,16 @@ impl Default for Limits {
 enum HeldKey {
     Sid(String),
     Resource(String),
+}
+
+/// The link an unlinked attempt waits for: its resource's when it names one (see
+/// `Aggregator::resolve`), else its SID's.
+fn held_key(a: &AttemptEvent) -> Option<HeldKey> {
+    match (&a.resource_id, &a.downstream_id) {
+        (Some(res), _) => Some(HeldKey::Resource(res.clone())),
+        (None, Some(sid)) => Some(HeldKey::Sid(sid.clone())),
+        (None, None) => None,
+    }
 }
 
 #[derive(Default)]
@@ -254,8 +267,23 @@ impl Aggregator {
         }
     }
 
+    /// Whether recipient addresses are kept (`[privacy] keep_recipient_addresses`).
+    pub fn keeps_recipient_addresses(&self) -> bool {
+        self.limits.keep_recipient_addresses
+    }
+
     /// Apply one event at wall-clock time `now_ms`.
     pub fn apply(&self, ev: &Event, now_ms: u64) -> Outcome {
+        // Callbacks arrive scrubbed already; this catches journal records written before
+        // `keep_recipient_addresses` was switched off.
+        let mut scrubbed = None;
+        if !self.limits.keep_recipient_addresses {
+            let mut copy = ev.clone();
+            if copy.forget_recipient() {
+                scrubbed = Some(copy);
+            }
+        }
+        let ev = scrubbed.as_ref().unwrap_or(ev);
         match &ev.body {
             EventBody::Operation {
                 operation_id,
@@ -279,10 +307,17 @@ impl Aggregator {
         }
     }
 
+    /// The operation and resource an attempt belongs to, as far as the links tell now.
+    ///
+    /// An attempt that names its resource is linked through that resource only: the link of
+    /// its SID cannot name its operation, since that link may be to another resource. So an
+    /// attempt resolves exactly when the link it is held under ([`held_key`]) exists, and is
+    /// released when that link is made, whatever the order the events came in.
     fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
         let by_sid = a
             .downstream_id
             .as_ref()
+            .filter(|_| a.resource_id.is_none())
             .and_then(|s| self.sid_links.get(s).map(|l| l.value().clone()));
         let res = a
             .resource_id
@@ -303,10 +338,8 @@ impl Aggregator {
         if let (Some(op), Some(res)) = self.resolve(a) {
             return self.apply_linked(&op, &res, a, time_ms, now_ms);
         }
-        let key = match (&a.downstream_id, &a.resource_id) {
-            (Some(sid), _) => HeldKey::Sid(sid.clone()),
-            (None, Some(res)) => HeldKey::Resource(res.clone()),
-            (None, None) => return Outcome::Rejected(SkipReason::Unlinkable),
+        let Some(key) = held_key(a) else {
+            return Outcome::Rejected(SkipReason::Unlinkable);
         };
         self.hold(key, a, time_ms, now_ms)
     }
@@ -374,12 +407,19 @@ impl Aggregator {
             drop(book);
             return self.apply_linked(&op, &res, a, time_ms, now_ms);
         }
-        if book
+        // The same event again is held once, at the earliest time seen: the time feeds only
+        // `createdAt` (a minimum), so keeping the minimum loses nothing whatever the order
+        // (found by the `ingest` fuzz target: the later copy was kept when it came first).
+        let same = book
             .entries
-            .get(&key)
-            .is_some_and(|l| l.iter().any(|(e, _)| e == a))
-        {
+            .get_mut(&key)
+            .and_then(|l| l.iter_mut().find(|(e, _)| e == a));
+        if let Some((_, held_since)) = same {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
+            if time_ms < *held_since {
+                *held_since = time_ms;
+                return Outcome::Held;
+            }
             return Outcome::Noop;
         }
         let list = book.entries.entry(key.clone()).or_default();
@@ -411,8 +451,13 @@ impl Aggregator {
             out
         };
         for (ev, time_ms) in released {
-            let op = ev.operation_id.clone().unwrap_or_else(|| op_id.to_owned());
-            let res = ev.resource_id.clone().unwrap_or_else(|| res_id.to_owned());
+            // Where `resolve` puts it now, so that the same event applied again lands in the
+            // same place (found by the `ingest` fuzz target: with a resource claimed by two
+            // operations, the release used the linking event's operation and a later copy the
+            // resource's).
+            let (op, res) = self.resolve(&ev);
+            let op = op.unwrap_or_else(|| op_id.to_owned());
+            let res = res.unwrap_or_else(|| res_id.to_owned());
             self.apply_linked(&op, &res, &ev, time_ms, now_ms);
         }
     }
@@ -620,7 +665,10 @@ impl Aggregator {
         self.res_links.clear();
         self.sid_links.clear();
         let mut resources = 0;
-        for op in state.operations {
+        for mut op in state.operations {
+            if !self.limits.keep_recipient_addresses {
+                op.forget_recipients();
+            }
             for r in op.resources() {
                 self.res_links.insert(r.id.clone(), op.id.clone());
                 for a in &r.attempts {
@@ -637,9 +685,21 @@ impl Aggregator {
         let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
         *book = HeldBook::default();
         for h in state.held {
-            book.events += h.events.len();
-            book.order.push_back((h.key.clone(), h.since_ms));
-            book.entries.insert(h.key, h.events);
+            // Filed again under the key each event waits for now (older snapshots filed an
+            // attempt that names its resource under its SID).
+            for (mut e, t) in h.events {
+                if !self.limits.keep_recipient_addresses {
+                    e.to = None;
+                }
+                let key = held_key(&e).unwrap_or_else(|| h.key.clone());
+                let book = &mut *book;
+                let list = book.entries.entry(key.clone()).or_default();
+                if list.is_empty() {
+                    book.order.push_back((key, h.since_ms));
+                }
+                list.push((e, t));
+                book.events += 1;
+            }
         }
         self.held_count.store(book.events, Ordering::SeqCst);
     }

@@ -21,6 +21,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub storage: StorageSettings,
     pub api: ApiSettings,
+    pub privacy: PrivacySettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
     pub kafka: KafkaSettings,
@@ -37,6 +38,21 @@ pub struct HttpSettings {
     pub workers: usize,
     #[serde(with = "humantime_serde_shim")]
     pub shutdown_timeout: Duration,
+    // Hostile clients and exposure (docs/security.md).
+    #[serde(deserialize_with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    pub callback_allow_networks: crate::network::NetworkList,
+    pub max_events_per_batch: usize,
+    pub max_inflight_callbacks: usize,
+    #[serde(with = "humantime_serde_shim")]
+    pub body_read_timeout: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub client_request_timeout: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub client_disconnect_timeout: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub keep_alive: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +89,15 @@ pub struct StorageSettings {
 pub struct ApiSettings {
     pub credentials: Secrets,
     pub max_page_size: usize,
+}
+
+/// What personal data tally keeps (docs/security.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Keep recipient addresses (`to.address`, `To`); when false they are dropped at ingest,
+    /// before the journal, and the query API shows `null`.
+    pub keep_recipient_addresses: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +265,16 @@ fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
     Ok(if s.trim().is_empty() { None } else { Some(s) })
 }
 
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    empty_is_none(d)?
+        .map(|s| {
+            s.trim().parse().map_err(|_| {
+                serde::de::Error::custom(format!("{s:?} is not an address like 127.0.0.1:9090"))
+            })
+        })
+        .transpose()
+}
+
 mod humantime_serde_shim {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -360,6 +395,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_hardening()?;
         if let Some(url) = &self.http.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
@@ -444,6 +480,31 @@ fn passthrough_table(table: &mut toml::Table) -> Result<&mut toml::Table, Config
         .ok_or_else(|| ConfigError::Invalid("the defaults lack [kafka.librdkafka]".into()))
 }
 
+impl Settings {
+    /// The bounds that keep hostile clients in check must be real bounds.
+    fn validate_hardening(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        if h.max_events_per_batch == 0 || h.max_inflight_callbacks == 0 || h.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_events_per_batch, http.max_inflight_callbacks and http.max_connections must be positive".into(),
+            ));
+        }
+        if h.body_read_timeout.is_zero() || h.client_request_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "http.body_read_timeout and http.client_request_timeout must be positive: without them one slow client holds a connection forever".into(),
+            ));
+        }
+        if h.admin_listen
+            .is_some_and(|a| a == h.listen && a.port() != 0)
+        {
+            return Err(ConfigError::Invalid(
+                "http.admin_listen must differ from http.listen".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Merge `user` into `base`, refusing keys that `base` (the documented defaults) lacks.
 fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), ConfigError> {
     for (k, v) in user {
@@ -507,6 +568,61 @@ mod tests {
         assert_eq!(s.retention.ttl, Duration::from_secs(7 * 86400));
         assert!(s.twilio.auth_tokens.is_empty());
         assert_eq!(s.http.public_url, None);
+    }
+
+    #[test]
+    fn the_hardening_defaults_are_bounded_and_documented_values() {
+        let s = Settings::load(None, vec![]).unwrap();
+        let h = &s.http;
+        assert_eq!(h.admin_listen, None);
+        assert!(h.callback_allow_networks.is_empty());
+        assert_eq!(h.max_events_per_batch, 10_000);
+        assert_eq!(h.max_inflight_callbacks, 256);
+        assert_eq!(h.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(h.client_request_timeout, Duration::from_secs(5));
+        assert_eq!(h.client_disconnect_timeout, Duration::from_secs(1));
+        assert_eq!(h.keep_alive, Duration::from_secs(5));
+        assert_eq!(h.max_connections, 25_000);
+        assert!(s.privacy.keep_recipient_addresses);
+    }
+
+    #[test]
+    fn networks_and_the_admin_address_parse_from_the_environment_and_junk_is_refused() {
+        let s = Settings::load(
+            None,
+            env(&[
+                (
+                    "TALLY_HTTP__CALLBACK_ALLOW_NETWORKS",
+                    "35.90.102.128/25, ::1",
+                ),
+                ("TALLY_HTTP__ADMIN_LISTEN", "127.0.0.1:9090"),
+                ("TALLY_PRIVACY__KEEP_RECIPIENT_ADDRESSES", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.callback_allow_networks.0.len(), 2);
+        assert_eq!(s.http.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(!s.privacy.keep_recipient_addresses);
+        for (key, value, says) in [
+            (
+                "TALLY_HTTP__CALLBACK_ALLOW_NETWORKS",
+                "35.90.102.128/33",
+                "35.90.102.128/33",
+            ),
+            ("TALLY_HTTP__ADMIN_LISTEN", "localhost", "localhost"),
+            (
+                "TALLY_HTTP__MAX_INFLIGHT_CALLBACKS",
+                "0",
+                "max_inflight_callbacks",
+            ),
+            ("TALLY_HTTP__BODY_READ_TIMEOUT", "0s", "body_read_timeout"),
+            ("TALLY_HTTP__ADMIN_LISTEN", "127.0.0.1:8080", "admin_listen"),
+        ] {
+            let err = Settings::load(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{key}={value}: {err}");
+        }
     }
 
     #[test]

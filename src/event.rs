@@ -220,6 +220,17 @@ pub struct Event {
     pub body: EventBody,
 }
 
+impl Event {
+    /// Drop the recipient address (`[privacy] keep_recipient_addresses = false`); true when
+    /// there was one.
+    pub fn forget_recipient(&mut self) -> bool {
+        match &mut self.body {
+            EventBody::Attempt(a) => a.to.take().is_some(),
+            EventBody::Operation { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventBody {
     /// `com.twilio.comms-api.operation.*`.

@@ -4,7 +4,8 @@
 //!  Twilio ──POST /twilio/events (CloudEvents, bodySHA256)──┐
 //!         ──POST /twilio/status (form, sorted params)──────┤
 //!                                                          ▼
-//!  routes::callbacks   content type → body within limit → signature::Verifier (403)
+//!  routes::guard       listener (404) → source network (403) → in-flight slot (429)
+//!  routes::callbacks   content type → body within limit and time → signature::Verifier (403)
 //!                      → ingest::{decode_events, decode_form} → event::Event (skips counted)
 //!                      → [journal append: durability seam]
 //!                      → aggregator::Aggregator::apply  (DashMap of rollup::Operation;
@@ -24,6 +25,7 @@ pub mod event;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod network;
 pub mod publisher;
 pub mod rollup;
 pub mod routes;

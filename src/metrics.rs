@@ -25,6 +25,11 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// Rejected signatures by route and reason.
     pub signature_failures: IntCounterVec,
+    /// Callback requests turned away before their handler ran, by route and reason
+    /// (`source_not_allowed`, `overload`).
+    pub callbacks_refused: IntCounterVec,
+    /// Callback requests being handled now (bounded by http.max_inflight_callbacks).
+    pub callbacks_in_flight: IntGauge,
     /// HTTP request latency by route, in seconds.
     pub request_duration: HistogramVec,
     /// Events received (one per CloudEvent in a batch, one per form callback), by route.
@@ -251,6 +256,17 @@ impl Metrics {
                 "Callback requests refused for their X-Twilio-Signature or bodySHA256, by reason",
                 &["route", "reason"],
             ),
+            callbacks_refused: counter_vec(
+                &r,
+                "tally_callbacks_refused_total",
+                "Callback requests turned away before their handler ran, by route and reason",
+                &["route", "reason"],
+            ),
+            callbacks_in_flight: gauge(
+                &r,
+                "tally_callbacks_in_flight",
+                "Callback requests being handled now (at most http.max_inflight_callbacks)",
+            ),
             request_duration,
             events_received: counter_vec(
                 &r,
@@ -370,6 +386,9 @@ impl Metrics {
         for route in ["events", "status"] {
             m.events_received.with_label_values(&[route]);
             m.events_noop.with_label_values(&[route]);
+            for reason in ["source_not_allowed", "overload"] {
+                m.callbacks_refused.with_label_values(&[route, reason]);
+            }
         }
         for f in fallback::all_pairs() {
             m.channel_fallbacks

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::publisher::{KafkaStatus, Publisher};
 use crate::routes::auth::ApiAuth;
 use crate::routes::callbacks::{now_ms, Intake, UrlPolicy};
+use crate::routes::guard::{CallbackGate, Listeners};
 use crate::routes::health::Health;
 use crate::routes::query::PageLimits;
 use crate::routes::{self, error::json_error};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 pub struct Application {
     server: Server,
     port: u16,
+    admin_port: Option<u16>,
     aggregator: web::Data<Aggregator>,
     journal: Option<web::Data<Journal>>,
     sweep_interval: Duration,
@@ -68,7 +70,11 @@ impl Application {
                 trust_forwarded_headers: settings.http.trust_forwarded_headers,
             },
             max_body_bytes: settings.http.max_body_bytes,
+            max_events_per_batch: settings.http.max_events_per_batch,
+            body_read_timeout: settings.http.body_read_timeout,
         });
+        let (gate, listeners, admin_listener) = hardening(settings)?;
+        let admin_port = listeners.admin.map(|a| a.port());
         let pages = web::Data::new(PageLimits {
             max_page_size: settings.api.max_page_size,
         });
@@ -76,6 +82,7 @@ impl Application {
             max_held: settings.ingest.max_held_attempts,
             held_ttl_ms: settings.ingest.held_ttl.as_millis() as u64,
             max_resources: settings.retention.max_resources,
+            keep_recipient_addresses: settings.privacy.keep_recipient_addresses,
         }));
         let journal = match &settings.storage.dir {
             None => {
@@ -120,6 +127,8 @@ impl Application {
                 None => app,
             };
             app.app_data(intake.clone())
+                .app_data(gate.clone())
+                .app_data(listeners.clone())
                 .app_data(pages.clone())
                 .app_data(agg.clone())
                 .app_data(metrics.clone())
@@ -153,11 +162,22 @@ impl Application {
         if settings.http.workers > 0 {
             server = server.workers(settings.http.workers);
         }
-        let server = server.listen(listener)?.run();
+        // Slow and greedy clients: head and disconnect timeouts, keep-alive, connections.
+        let mut server = server
+            .client_request_timeout(settings.http.client_request_timeout)
+            .client_disconnect_timeout(settings.http.client_disconnect_timeout)
+            .keep_alive(settings.http.keep_alive)
+            .max_connections(settings.http.max_connections)
+            .listen(listener)?;
+        if let Some(admin) = admin_listener {
+            server = server.listen(admin)?;
+        }
+        let server = server.run();
         tracing::info!(addr = %settings.http.listen, port, "tally listening");
         Ok(Application {
             server,
             port,
+            admin_port,
             aggregator,
             journal,
             sweep_interval: settings.retention.sweep_interval,
@@ -172,6 +192,11 @@ impl Application {
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The admin listener's bound port, when `http.admin_listen` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
     }
 
     /// Serve until `shutdown` resolves; then stop accepting, drain in-flight requests within
@@ -245,6 +270,50 @@ fn kafka_publisher(
         "kafka: publishing operations"
     );
     Ok((Some(publisher), status))
+}
+
+/// The callback gate, the listener split and the admin listener (docs/security.md).
+fn hardening(
+    settings: &Settings,
+) -> anyhow::Result<(
+    web::Data<CallbackGate>,
+    web::Data<Listeners>,
+    Option<TcpListener>,
+)> {
+    let http = &settings.http;
+    if !http.callback_allow_networks.is_empty() {
+        let networks: Vec<String> = http
+            .callback_allow_networks
+            .0
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        tracing::info!(networks = %networks.join(","), "callbacks accepted from these networks only");
+    }
+    let gate = CallbackGate::new(
+        http.callback_allow_networks.clone(),
+        http.trust_forwarded_headers,
+        http.max_inflight_callbacks,
+    );
+    let admin_listener = match http.admin_listen {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on http.admin_listen {addr}"))?,
+        ),
+    };
+    let admin = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    if let Some(addr) = admin {
+        tracing::info!(%addr, "admin listener: /metrics and /v1 are served here only");
+    }
+    Ok((
+        web::Data::new(gate),
+        web::Data::new(Listeners { admin }),
+        admin_listener,
+    ))
 }
 
 struct Schedule {

@@ -15,6 +15,8 @@ const EMAIL: &str = "jane.doe@example.com";
 const MESSAGE_BODY: &str = "Your one-time code is 912-337, do not share it";
 const OP: &str = "comms_operation_01hcli000000000000000000001";
 const MSG: &str = "comms_message_01hcli0000000000000000000001";
+/// Query API credentials (`user:password`); neither part may show in a log line.
+const CREDENTIALS: &str = "ops:cli-api-password-5d1e";
 
 /// A scratch directory for one test, removed when the test passes (kept for a look when not).
 struct Scratch(PathBuf);
@@ -495,13 +497,81 @@ fn post_personal_data(served: &Served) -> Vec<String> {
         &garbage,
     );
     assert_eq!(code, 415);
+
+    // The rest of a hostile day: the query API with good and bad credentials, a doubled
+    // signature, a body over the limit, a form that is not UTF-8, a method that is not POST.
+    let basic = |creds: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        )
+    };
+    let (code, shown) = http(
+        port,
+        "GET",
+        &format!("/v1/Messages/{MSG}"),
+        &[("Authorization", &basic(CREDENTIALS))],
+        b"",
+    );
+    assert_eq!(code, 200, "{shown}");
+    assert!(
+        shown.contains(PHONE),
+        "the API shows the address; the logs must not"
+    );
+    let (code, _) = http(
+        port,
+        "GET",
+        "/v1/Messages/Operations/x",
+        &[("Authorization", &basic("ops:wrong-password-7c2b"))],
+        b"",
+    );
+    assert_eq!(code, 401);
+    let (code, _) = http(
+        port,
+        "POST",
+        path_of(&events_url),
+        &[
+            json_ct,
+            ("X-Twilio-Signature", &signatures[2]),
+            ("X-Twilio-Signature", &signatures[2]),
+        ],
+        &body,
+    );
+    assert_eq!(code, 403);
+    let oversized = format!("[{}]", format!("\"{PHONE} {EMAIL}\",").repeat(1000));
+    let (code, _) = http(
+        port,
+        "POST",
+        path_of(&events_url),
+        &[json_ct, ("X-Twilio-Signature", &signatures[2])],
+        oversized.as_bytes(),
+    );
+    assert_eq!(code, 413);
+    let (code, _) = http(
+        port,
+        "POST",
+        path_of(&linked_url),
+        &[form_ct, ("X-Twilio-Signature", &wrong)],
+        format!("To={PHONE}&Body=%FF{MESSAGE_BODY}").as_bytes(),
+    );
+    assert_eq!(code, 400);
+    let (code, _) = http(port, "PUT", "/twilio/events", &[json_ct], &body);
+    assert_eq!(code, 405);
     signatures
 }
 
 fn assert_logs_keep_secrets_and_personal_data_out(level: &str) {
     // Arrange
     let dir = scratch(&format!("pii-{level}"));
-    let mut served = Served::start(&dir, &[("TALLY_LOG__LEVEL", level)]);
+    let mut served = Served::start(
+        &dir,
+        &[
+            ("TALLY_LOG__LEVEL", level),
+            ("TALLY_API__CREDENTIALS", CREDENTIALS),
+            ("TALLY_HTTP__MAX_BODY_BYTES", "16384"),
+        ],
+    );
 
     // Act
     let signatures = post_personal_data(&served);
@@ -529,6 +599,9 @@ fn assert_logs_keep_secrets_and_personal_data_out(level: &str) {
         MESSAGE_BODY.into(),
         "one-time code".into(),
         "912-337".into(),
+        "cli-api-password-5d1e".into(),
+        "wrong-password-7c2b".into(),
+        "b3BzOmNsaS1hcGktcGFzc3dvcmQtNWQxZQ".into(),
     ];
     forbidden.extend(signatures);
     for (n, line) in output.lines().enumerate() {
@@ -550,6 +623,11 @@ fn logs_at_info_show_no_token_signature_phone_number_email_or_message_body() {
 #[test]
 fn logs_at_debug_show_no_token_signature_phone_number_email_or_message_body() {
     assert_logs_keep_secrets_and_personal_data_out("debug");
+}
+
+#[test]
+fn logs_at_trace_show_no_token_signature_phone_number_email_or_message_body() {
+    assert_logs_keep_secrets_and_personal_data_out("trace");
 }
 
 #[test]

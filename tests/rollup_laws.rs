@@ -269,12 +269,130 @@ fn a_classic_attempt_seen_before_its_link_is_merged_when_the_link_arrives() {
     assert_eq!(agg.census().held, 0);
 }
 
+/// Found by the `ingest` fuzz target: an attempt naming its resource but not its operation was
+/// held under its SID, so a later event linking the resource through another attempt left it
+/// stranded, while the reverse order applied it.
+#[test]
+fn an_attempt_held_for_its_resource_is_released_when_another_attempt_links_that_resource() {
+    let attempt = |op: Option<&str>, sid: &str, status| Event {
+        time_ms: 5,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: Some(Kind::Messages),
+            operation_id: op.map(str::to_owned),
+            resource_id: Some("comms_message_y".into()),
+            downstream_id: Some(sid.into()),
+            attempt: None,
+            channel: None,
+            status,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    let unlinked = attempt(None, "SMa", AttemptStatus::Sent);
+    let linking = attempt(Some("comms_operation_y"), "SMb", AttemptStatus::Delivered);
+    let mut views = vec![];
+    for order in [[&unlinked, &linking], [&linking, &unlinked]] {
+        let agg = Aggregator::new(Limits::default());
+        for e in order {
+            agg.apply(e, 10);
+        }
+        assert_eq!(agg.census().held, 0);
+        assert_eq!(agg.apply(&unlinked, 20), tally::aggregator::Outcome::Noop);
+        views.push(agg.operation("comms_operation_y").unwrap().stats);
+    }
+    assert_eq!(views[0], views[1]);
+    assert_eq!(views[0].attempts, 2);
+}
+
+/// Found by the `ingest` fuzz target: the same unlinked attempt reported twice with different
+/// times was held once at the time of whichever came first, so `createdAt` depended on order.
+#[test]
+fn a_held_attempt_reported_twice_keeps_its_earliest_time() {
+    let at = |time_ms| Event {
+        time_ms,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: Some(Kind::Messages),
+            operation_id: None,
+            resource_id: Some("comms_message_z".into()),
+            downstream_id: Some("SMz".into()),
+            attempt: None,
+            channel: None,
+            status: AttemptStatus::Delivered,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    let link = Event {
+        time_ms: 900,
+        body: EventBody::Operation {
+            operation_id: "comms_operation_z".into(),
+            kind: None,
+            phase: Phase::Processing,
+        },
+    };
+    let mut link_attempt = at(950);
+    if let EventBody::Attempt(a) = &mut link_attempt.body {
+        a.operation_id = Some("comms_operation_z".into());
+        a.downstream_id = Some("SMother".into());
+    }
+    for (first, second) in [(at(100), at(500)), (at(500), at(100))] {
+        let agg = Aggregator::new(Limits::default());
+        agg.apply(&first, 1000);
+        agg.apply(&second, 1000);
+        agg.apply(&link, 1000);
+        agg.apply(&link_attempt, 1000);
+        let res = agg.resource("comms_message_z").expect("released");
+        assert_eq!(res.resource.created_ms, 100, "the earliest report counts");
+        assert_eq!(agg.apply(&first, 2000), tally::aggregator::Outcome::Noop);
+        assert_eq!(agg.apply(&second, 2000), tally::aggregator::Outcome::Noop);
+    }
+}
+
+/// Found by the `ingest` fuzz target: a held attempt released by a link naming another
+/// operation than the one its resource already belongs to landed elsewhere than the same event
+/// applied again, so applying it twice changed the state.
+#[test]
+fn a_released_attempt_lands_where_the_same_event_would_land_again() {
+    let attempt = |op: Option<&str>, res: Option<&str>, sid: &str| Event {
+        time_ms: 5,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: Some(Kind::Messages),
+            operation_id: op.map(str::to_owned),
+            resource_id: res.map(str::to_owned),
+            downstream_id: Some(sid.into()),
+            attempt: None,
+            channel: None,
+            status: AttemptStatus::Sent,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    let agg = Aggregator::new(Limits::default());
+    let held = attempt(None, None, "SMh");
+    assert_eq!(agg.apply(&held, 10), tally::aggregator::Outcome::Held);
+    agg.apply(
+        &attempt(Some("comms_operation_a"), Some("comms_message_m"), "SMm"),
+        10,
+    );
+    // Hostile: the same message claimed by a second operation, linking the held SID.
+    agg.apply(
+        &attempt(Some("comms_operation_b"), Some("comms_message_m"), "SMh"),
+        10,
+    );
+    assert_eq!(agg.census().held, 0);
+    assert_eq!(agg.apply(&held, 20), tally::aggregator::Outcome::Noop);
+}
+
 #[test]
 fn held_attempts_are_bounded_and_the_overflow_is_counted() {
     let agg = Aggregator::new(Limits {
         max_held: 3,
         held_ttl_ms: 1000,
         max_resources: 1000,
+        ..Limits::default()
     });
     for i in 0..5 {
         let e = Event {

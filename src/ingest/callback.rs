@@ -6,6 +6,7 @@
 //! `operationId` and `messageId`; without them the attempt stays unlinked until some other event
 //! links its SID.
 
+use super::BodyError;
 use super::{
     bounded_address, bounded_id, default_messaging_channel, named_channel, parse_error_code,
     split_channel_prefix,
@@ -57,6 +58,35 @@ pub fn decode_form(
             tags: Vec::new(),
         }),
     })
+}
+
+/// Read a form-encoded body (or a query string) into its pairs, in order, repeats kept.
+///
+/// The same reading as `form_urlencoded::parse` (pairs split on `&`, empty pieces skipped, name
+/// and value split at the first `=`, `+` as space, `%XX` decoded, a stray `%` kept), except that a
+/// name or value that does not decode to UTF-8 makes the whole body unreadable instead of being
+/// patched with U+FFFD: Twilio sends UTF-8, and two different byte strings must not read as one.
+pub fn parse_form(input: &[u8]) -> Result<Vec<(String, String)>, BodyError> {
+    input
+        .split(|&b| b == b'&')
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| {
+            let (name, value) = match piece.iter().position(|&b| b == b'=') {
+                Some(at) => (&piece[..at], &piece[at + 1..]),
+                None => (piece, &b""[..]),
+            };
+            Ok((form_component(name)?, form_component(value)?))
+        })
+        .collect()
+}
+
+fn form_component(raw: &[u8]) -> Result<String, BodyError> {
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    String::from_utf8(decoded).map_err(|_| BodyError::FormNotUtf8)
 }
 
 /// The first non-empty value among `names`, in the order the names are given.
@@ -122,6 +152,30 @@ mod tests {
         ("SmsSid", "SM0123"),
         ("SmsStatus", "sent"),
     ];
+
+    #[test]
+    fn forms_read_as_form_urlencoded_reads_them_unless_they_are_not_utf8() {
+        for body in [
+            &b"MessageSid=SM1&MessageStatus=sent"[..],
+            b"a=1&a=2&&=&b&c=%&d=%2&e=%zz&f=x=y&g=%2B+%20",
+            b"To=%2B1555&Body=%C3%B1%E2%82%AC",
+            b"",
+            b"&&&",
+        ] {
+            let ours = parse_form(body).expect("UTF-8 forms read");
+            let theirs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(body));
+        }
+        for body in [
+            &b"MessageSid=SM%FF"[..],
+            b"To=%C3%28",
+            b"%FE=1",
+            b"Body=\xff",
+            b"x=%ED%A0%80",
+        ] {
+            assert_eq!(parse_form(body), Err(BodyError::FormNotUtf8));
+        }
+    }
 
     #[test]
     fn an_sms_callback_with_query_links() {

@@ -12,8 +12,12 @@
 //! any `datacontenttype`. Unknown fields are ignored.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
 use std::time::UNIX_EPOCH;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
@@ -35,16 +39,106 @@ pub fn decode_events(
     body: &[u8],
     received_ms: u64,
 ) -> Result<Vec<Result<Event, SkipReason>>, BodyError> {
+    decode_events_bounded(body, received_ms, usize::MAX)
+}
+
+/// [`decode_events`] for a body that may carry at most `max_events` events: a longer array is
+/// [`BodyError::TooManyEvents`]. Parsing stops at the first element past the bound, so what a
+/// hostile body can make tally allocate is bounded by `max_events`, not by the element count.
+pub fn decode_events_bounded(
+    body: &[u8],
+    received_ms: u64,
+    max_events: usize,
+) -> Result<Vec<Result<Event, SkipReason>>, BodyError> {
     // A UTF-8 byte order mark is not JSON, but some proxies add one; it carries no meaning.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let value: Value = serde_json::from_slice(body).map_err(|_| BodyError::NotJson)?;
-    match &value {
-        Value::Array(items) => Ok(items
+    let too_many = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = BoundedBatch {
+        max_events,
+        too_many: &too_many,
+    }
+    .deserialize(&mut de)
+    .and_then(|top| de.end().map(|()| top));
+    match top {
+        Ok(TopLevel::Array(items)) => Ok(items
             .iter()
             .map(|item| decode_event(item, received_ms))
             .collect()),
-        Value::Object(_) => Ok(vec![decode_event(&value, received_ms)]),
-        _ => Err(BodyError::NotArrayOrObject),
+        Ok(TopLevel::Object(value)) => Ok(vec![decode_event(&value, received_ms)]),
+        Ok(TopLevel::Scalar) => Err(BodyError::NotArrayOrObject),
+        Err(_) if too_many.get() => Err(BodyError::TooManyEvents { max: max_events }),
+        Err(_) => Err(BodyError::NotJson),
+    }
+}
+
+/// What the top level of a body holds.
+enum TopLevel {
+    Array(Vec<Value>),
+    Object(Value),
+    Scalar,
+}
+
+/// Reads the top level of a body, refusing an array longer than `max_events` as soon as its
+/// next element begins. `too_many` tells that refusal from a syntax error.
+struct BoundedBatch<'a> {
+    max_events: usize,
+    too_many: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedBatch<'_> {
+    type Value = TopLevel;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TopLevel, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedBatch<'_> {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of CloudEvents or one CloudEvent object")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element::<Value>()? {
+            if items.len() == self.max_events {
+                self.too_many.set(true);
+                return Err(de::Error::custom("too many events"));
+            }
+            items.push(item);
+        }
+        Ok(TopLevel::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TopLevel, A::Error> {
+        Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(TopLevel::Object)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TopLevel, E> {
+        Ok(TopLevel::Scalar)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Scalar)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Scalar)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Scalar)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel, E> {
+        Ok(TopLevel::Scalar)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Scalar)
     }
 }
 
@@ -1048,6 +1142,44 @@ mod tests {
         for body in [&b"1"[..], b"\"text\"", b"null", b"true", b"-0.5"] {
             assert_eq!(decode_events(body, RX), Err(BodyError::NotArrayOrObject));
         }
+    }
+
+    #[test]
+    fn a_batch_longer_than_the_bound_is_refused_whole_and_early() {
+        let event = comms("com.twilio.comms-api.message.sent", message_data());
+        let three = json!([event, event, event]).to_string();
+        assert_eq!(
+            decode_events_bounded(three.as_bytes(), RX, 3)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            decode_events_bounded(three.as_bytes(), RX, 2),
+            Err(BodyError::TooManyEvents { max: 2 })
+        );
+        // Parsing stops at element max + 1: what follows is never looked at, even junk.
+        assert_eq!(
+            decode_events_bounded(b"[{},{},{} this is never read", RX, 2),
+            Err(BodyError::TooManyEvents { max: 2 })
+        );
+        // Junk before the bound is still junk; a single object counts as one event.
+        assert_eq!(
+            decode_events_bounded(b"[{},x", RX, 2),
+            Err(BodyError::NotJson)
+        );
+        let single = event.to_string();
+        assert_eq!(
+            decode_events_bounded(single.as_bytes(), RX, 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(decode_events_bounded(b"[]", RX, 1), Ok(vec![]));
+        assert_eq!(
+            decode_events_bounded(b"\"x\\n\"", RX, 1),
+            Err(BodyError::NotArrayOrObject)
+        );
     }
 
     #[test]

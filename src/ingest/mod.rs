@@ -15,8 +15,8 @@
 pub mod callback;
 pub mod cloudevent;
 
-pub use callback::decode_form;
-pub use cloudevent::decode_events;
+pub use callback::{decode_form, parse_form};
+pub use cloudevent::{decode_events, decode_events_bounded};
 
 use crate::event::{Channel, SkipReason, MAX_ID_BYTES};
 
@@ -38,6 +38,12 @@ pub enum BodyError {
     /// Valid JSON, but a scalar (string, number, boolean, null) rather than an array or object.
     #[error("body is neither a JSON array nor a JSON object")]
     NotArrayOrObject,
+    /// A form body or query string whose names or values are not UTF-8 once decoded.
+    #[error("form parameters are not valid UTF-8")]
+    FormNotUtf8,
+    /// A batch of more events than the configured bound (HTTP 413).
+    #[error("batch holds more than {max} events")]
+    TooManyEvents { max: usize },
 }
 
 /// An id as found in the payload: `None` when absent or empty, [`SkipReason::IdTooLong`] when over

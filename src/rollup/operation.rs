@@ -241,6 +241,13 @@ impl Operation {
         self.resources.get(id)
     }
 
+    /// Drop every recipient address (`[privacy] keep_recipient_addresses = false`).
+    pub fn forget_recipients(&mut self) {
+        for r in self.resources.values_mut() {
+            r.to = None;
+        }
+    }
+
     fn note_kind(&mut self, kind: Option<Kind>) -> bool {
         let before = self.kind;
         match (self.kind, kind) {
@@ -276,7 +283,11 @@ impl Operation {
         time_ms: u64,
         now_ms: u64,
     ) -> bool {
+        let kind_before = self.kind();
         let mut changed = self.note_kind(kind);
+        if self.kind() != kind_before {
+            self.recount();
+        }
         changed |= self.note_time(time_ms);
         if self.phase.is_none_or(|p| phase > p) {
             self.phase = Some(phase);
@@ -293,9 +304,12 @@ impl Operation {
         time_ms: u64,
         now_ms: u64,
     ) -> bool {
+        // The kind names the buckets: taken before `note_kind`, so that a kind changed by this
+        // event recounts every bucket below (found by the `ingest` fuzz target: a change of kind
+        // left the buckets of the old kind in place, and the result depended on event order).
+        let kind_before = self.kind();
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
-        let kind_before = self.kind();
         let resource = self
             .resources
             .entry(resource_id.to_owned())
@@ -489,6 +503,26 @@ mod tests {
             to: None,
             tags: vec![],
         }
+    }
+
+    /// Found by the `ingest` fuzz target: an email read (bucket `opened` for emails, `read` for
+    /// messages) counted under one kind, then a message event that changes the kind.
+    #[test]
+    fn a_change_of_kind_recounts_the_buckets_whatever_the_order() {
+        let email = attempt("comms_email_1", "E1", Channel::Email, AttemptStatus::Opened);
+        let message = attempt("comms_message_1", "SM1", Channel::Sms, AttemptStatus::Read);
+        let mut stats = vec![];
+        for order in [[&email, &message], [&message, &email]] {
+            let mut op = Operation::new("comms_operation_1", 1, 1);
+            for ev in order {
+                op.apply_attempt(ev.resource_id.as_deref().unwrap(), ev, 1, 1);
+                let s = op.stats();
+                assert_eq!(s.bucket_sum(), s.total);
+            }
+            stats.push(op.stats());
+        }
+        assert_eq!(stats[0], stats[1]);
+        assert_eq!((stats[0].kind, stats[0].read), (Kind::Messages, 2));
     }
 
     #[test]

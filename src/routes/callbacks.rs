@@ -10,12 +10,12 @@ use crate::event::{Event, SkipReason};
 use crate::ingest;
 use crate::journal::{Journal, Record};
 use crate::metrics::Metrics;
-use crate::signature::Verifier;
+use crate::signature::{SignatureError, Verifier};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Serialize;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How the URL that Twilio signed is rebuilt from a request.
 #[derive(Debug, Clone)]
@@ -60,12 +60,16 @@ impl UrlPolicy {
     }
 }
 
-/// How callback requests are checked: signature keys, signed-URL policy, body limit.
+/// How callback requests are checked: signature keys, signed-URL policy, body limits.
 #[derive(Debug, Clone)]
 pub struct Intake {
     pub verifier: Verifier,
     pub urls: UrlPolicy,
     pub max_body_bytes: usize,
+    /// Most events one Event Streams request may carry (413 beyond).
+    pub max_events_per_batch: usize,
+    /// Longest time to receive a body once the head is in (408 beyond).
+    pub body_read_timeout: Duration,
 }
 
 /// What a callback request did, returned as its 200 body.
@@ -146,10 +150,29 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-fn signature_header(req: &HttpRequest) -> Option<&[u8]> {
-    req.headers()
-        .get("x-twilio-signature")
-        .map(|v| v.as_bytes())
+/// Read the body within `intake`'s size limit and time limit.
+async fn read_body_in_time(
+    req: &HttpRequest,
+    payload: web::Payload,
+    intake: &Intake,
+) -> Result<web::Bytes, CallbackError> {
+    let timeout = intake.body_read_timeout;
+    actix_web::rt::time::timeout(timeout, read_body(req, payload, intake.max_body_bytes))
+        .await
+        .map_err(|_| CallbackError::BodyTimeout {
+            seconds: timeout.as_secs_f64(),
+        })?
+}
+
+/// The one `X-Twilio-Signature` header. Twilio sends exactly one; two are refused as malformed
+/// rather than guessing which counts.
+fn signature_header(req: &HttpRequest) -> Result<Option<&[u8]>, CallbackError> {
+    let mut values = req.headers().get_all("x-twilio-signature");
+    let first = values.next().map(|v| v.as_bytes());
+    if values.next().is_some() {
+        return Err(CallbackError::Signature(SignatureError::Malformed));
+    }
+    Ok(first)
 }
 
 /// Make the decoded events durable (when a journal is configured), then apply and count
@@ -165,9 +188,15 @@ async fn admit(
     let now = now_ms();
     let mut skipped = Vec::new();
     let mut events = Vec::with_capacity(decoded.len());
+    let keep_recipients = agg.keeps_recipient_addresses();
     for d in decoded {
         match d {
-            Ok(e) => events.push(e),
+            Ok(mut e) => {
+                if !keep_recipients {
+                    e.forget_recipient();
+                }
+                events.push(e)
+            }
             Err(reason) => skipped.push(reason),
         }
     }
@@ -250,13 +279,13 @@ pub async fn events(
                 expected: "application/json",
             });
         }
-        let body = read_body(&req, payload, intake.max_body_bytes).await?;
+        let body = read_body_in_time(&req, payload, &intake).await?;
         let url = intake.urls.signed_url(&req);
         intake
             .verifier
-            .verify_json(&url, &body, signature_header(&req))
+            .verify_json(&url, &body, signature_header(&req)?)
             .map_err(CallbackError::Signature)?;
-        let decoded = ingest::decode_events(&body, now_ms())?;
+        let decoded = ingest::decode_events_bounded(&body, now_ms(), intake.max_events_per_batch)?;
         admit(
             "events",
             decoded,
@@ -286,16 +315,14 @@ pub async fn status(
                 expected: "application/x-www-form-urlencoded",
             });
         }
-        let body = read_body(&req, payload, intake.max_body_bytes).await?;
-        let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let body = read_body_in_time(&req, payload, &intake).await?;
+        let params = ingest::parse_form(&body)?;
         let url = intake.urls.signed_url(&req);
         intake
             .verifier
-            .verify_form(&url, &params, signature_header(&req))
+            .verify_form(&url, &params, signature_header(&req)?)
             .map_err(CallbackError::Signature)?;
-        let query: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
-            .into_owned()
-            .collect();
+        let query = ingest::parse_form(req.query_string().as_bytes())?;
         let decoded = ingest::decode_form(&params, &query, now_ms());
         admit(
             "status",

@@ -15,6 +15,8 @@ pub enum CallbackError {
     TooLarge { limit: usize },
     #[error("request body could not be read: {0}")]
     Unreadable(String),
+    #[error("request body not received within {seconds:.1}s")]
+    BodyTimeout { seconds: f64 },
     #[error("{0}")]
     Undecodable(#[from] BodyError),
     #[error("signature rejected: {}", .0.reason())]
@@ -28,6 +30,10 @@ impl ResponseError for CallbackError {
         match self {
             CallbackError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CallbackError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            CallbackError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            CallbackError::Undecodable(BodyError::TooManyEvents { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             CallbackError::Unreadable(_) | CallbackError::Undecodable(_) => StatusCode::BAD_REQUEST,
             CallbackError::Signature(_) => StatusCode::FORBIDDEN,
             CallbackError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -36,6 +42,46 @@ impl ResponseError for CallbackError {
 
     fn error_response(&self) -> HttpResponse {
         json_error(self.status_code(), &self.to_string())
+    }
+}
+
+/// Why a request was turned away before its handler ran (routes/guard.rs).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("callbacks are not accepted from this source network")]
+    SourceNotAllowed,
+    #[error("too many callbacks in flight; retry shortly")]
+    Overloaded,
+    #[error("no such route")]
+    NotOnThisListener,
+    #[error("method not allowed: use {allow}")]
+    MethodNotAllowed { allow: &'static str },
+}
+
+impl ResponseError for GateError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            GateError::SourceNotAllowed => StatusCode::FORBIDDEN,
+            GateError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            GateError::NotOnThisListener => StatusCode::NOT_FOUND,
+            GateError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = json_error(self.status_code(), &self.to_string());
+        let headers = resp.headers_mut();
+        match self {
+            // Event Streams backs off on 429 by itself; one second is a floor, not a promise.
+            GateError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            GateError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        resp
     }
 }
 

@@ -24,6 +24,8 @@ pub const EVENT_TIME: &str = "2024-04-05T06:20:00Z";
 /// A running tally and everything a test needs to talk to it.
 pub struct TestApp {
     pub port: u16,
+    /// The admin listener's port, when `http.admin_listen` is set.
+    pub admin_port: Option<u16>,
     /// `http://127.0.0.1:PORT`, which is also the base of the URLs Twilio signs.
     pub address: String,
     /// The token the `post_*` helpers sign with.
@@ -78,6 +80,25 @@ impl Resp {
     }
 }
 
+/// A scratch directory for one test (a journal, say), removed when the test passes.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A fresh, empty scratch directory named after the test.
+pub fn scratch(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("tally-api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    Scratch(dir)
+}
+
 /// The environment every test app starts with; a test's own pairs come after and win.
 fn base_env() -> Vec<(String, String)> {
     [
@@ -109,12 +130,14 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
         .unwrap_or_else(|| TOKEN.to_owned());
     let app = Application::build(&settings).expect("the app builds");
     let port = app.port();
+    let admin_port = app.admin_port();
     let (tx, rx) = oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
     TestApp {
         port,
+        admin_port,
         address: format!("http://127.0.0.1:{port}"),
         token,
         client: Client::builder().timeout(Duration::from_secs(10)).finish(),

@@ -4,11 +4,17 @@
 mod auth;
 mod batches;
 mod callbacks;
+mod exposure;
 mod health;
 mod helpers;
+mod hostile;
 mod kafka;
 mod limits;
 mod metrics;
+mod overload;
+mod privacy;
 mod query;
+mod raw;
 mod shutdown;
 mod signatures;
+mod slow_clients;
