@@ -12,6 +12,7 @@
 //!                      → metrics (received = applied + noop + rejected) → 200
 //!  rollup::Operation   attempt lattice → resource status → stats buckets → OperationView
 //!  readers             routes::query (/v1/…, Twilio-shaped), /metrics, [publisher: Kafka seam]
+//!  simulate            acts as Twilio: a seeded scenario, signed requests, the state to expect
 //! ```
 
 pub mod aggregator;
@@ -23,4 +24,5 @@ pub mod metrics;
 pub mod rollup;
 pub mod routes;
 pub mod signature;
+pub mod simulate;
 pub mod startup;

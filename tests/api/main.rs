@@ -11,3 +11,4 @@ mod metrics;
 mod query;
 mod shutdown;
 mod signatures;
+mod simulate;
