@@ -10,8 +10,9 @@ use dashmap::DashMap;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,13 +131,20 @@ impl ResourceFilter {
     }
 }
 
+/// Where a link points: an operation (its id shared with it) and the resource's slot there.
+type Link = (Arc<str>, u32);
+
 /// The in-memory state of every tracked operation.
 pub struct Aggregator {
     ops: DashMap<String, Operation>,
-    /// Attempt (downstream) id → (operation id, resource id).
-    sid_links: DashMap<String, (String, String)>,
-    /// Resource id → operation id.
-    res_links: DashMap<String, String>,
+    /// Hash of an attempt (downstream) id → its operation and resource slot. Keys are 64-bit
+    /// keyed hashes rather than the ids (16 bytes instead of 60 or more per link); a link is
+    /// trusted only once the operation confirms the resource has that attempt, so a collision
+    /// can never misfile an event.
+    sid_links: DashMap<u64, Link>,
+    /// Hash of a resource id → its operation and slot (confirmed the same way).
+    res_links: DashMap<u64, Link>,
+    link_keys: RandomState,
     held: Mutex<HeldBook>,
     /// Events in `held`, raised *before* a holder checks the links (see `hold`).
     held_count: AtomicUsize,
@@ -205,6 +213,7 @@ impl Aggregator {
             ops: DashMap::new(),
             sid_links: DashMap::new(),
             res_links: DashMap::new(),
+            link_keys: RandomState::new(),
             held: Mutex::new(HeldBook::default()),
             held_count: AtomicUsize::new(0),
             held_dropped: AtomicU64::new(0),
@@ -237,11 +246,27 @@ impl Aggregator {
         }
     }
 
+    fn link_key(&self, id: &str) -> u64 {
+        self.link_keys.hash_one(id)
+    }
+
+    /// The (operation id, resource id) an attempt id is linked to.
+    fn sid_link(&self, sid: &str) -> Option<(String, String)> {
+        let (op_id, slot) = self.sid_links.get(&self.link_key(sid))?.value().clone();
+        let op = self.ops.get(&*op_id)?;
+        let res = op.resource_with_attempt(slot, sid)?;
+        Some((op_id.to_string(), res))
+    }
+
+    /// The operation id a resource id is linked to.
+    fn res_link(&self, res: &str) -> Option<String> {
+        let (op_id, slot) = self.res_links.get(&self.link_key(res))?.value().clone();
+        let op = self.ops.get(&*op_id)?;
+        (op.slot_of(res) == Some(slot)).then(|| op_id.to_string())
+    }
+
     fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
-        let by_sid = a
-            .downstream_id
-            .as_ref()
-            .and_then(|s| self.sid_links.get(s).map(|l| l.value().clone()));
+        let by_sid = a.downstream_id.as_deref().and_then(|s| self.sid_link(s));
         let res = a
             .resource_id
             .clone()
@@ -249,10 +274,7 @@ impl Aggregator {
         let op = a
             .operation_id
             .clone()
-            .or_else(|| {
-                res.as_ref()
-                    .and_then(|r| self.res_links.get(r).map(|o| o.value().clone()))
-            })
+            .or_else(|| res.as_deref().and_then(|r| self.res_link(r)))
             .or_else(|| by_sid.map(|l| l.0));
         (op, res)
     }
@@ -277,7 +299,7 @@ impl Aggregator {
         time_ms: u64,
         now_ms: u64,
     ) -> Outcome {
-        let (changed, kind) = {
+        let (changed, kind, link) = {
             let mut op = self
                 .ops
                 .entry(op_id.to_owned())
@@ -287,21 +309,18 @@ impl Aggregator {
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            (changed, op.kind())
+            let slot = op.slot_of(res_id).unwrap_or(u32::MAX);
+            (changed, op.kind(), (op.shared_id(), slot))
         };
         let mut new_link = false;
-        if !self.res_links.contains_key(res_id) {
-            new_link |= self
-                .res_links
-                .insert(res_id.to_owned(), op_id.to_owned())
-                .is_none();
+        let res_key = self.link_key(res_id);
+        if !self.res_links.contains_key(&res_key) {
+            new_link |= self.res_links.insert(res_key, link.clone()).is_none();
         }
         if let Some(sid) = &a.downstream_id {
-            if !self.sid_links.contains_key(sid) {
-                new_link |= self
-                    .sid_links
-                    .insert(sid.clone(), (op_id.to_owned(), res_id.to_owned()))
-                    .is_none();
+            let sid_key = self.link_key(sid);
+            if !self.sid_links.contains_key(&sid_key) {
+                new_link |= self.sid_links.insert(sid_key, link).is_none();
             }
         }
         if new_link {
@@ -412,7 +431,7 @@ impl Aggregator {
                     operation_id: op.id.clone(),
                     kind,
                     status: r.status(),
-                    resource: r.clone(),
+                    resource: r,
                 })
                 .collect(),
         )
@@ -420,14 +439,19 @@ impl Aggregator {
 
     /// One resource by its id.
     pub fn resource(&self, res_id: &str) -> Option<ResourceSnapshot> {
-        let op_id = self.res_links.get(res_id)?.value().clone();
-        let op = self.ops.get(&op_id)?;
+        let op_id = self
+            .res_links
+            .get(&self.link_key(res_id))?
+            .value()
+            .0
+            .clone();
+        let op = self.ops.get(&*op_id)?;
         let r = op.resource(res_id)?;
         Some(ResourceSnapshot {
             operation_id: op.id.clone(),
             kind: op.kind(),
             status: r.status(),
-            resource: r.clone(),
+            resource: r,
         })
     }
 
@@ -479,12 +503,13 @@ impl Aggregator {
         else {
             return false;
         };
-        for r in op.resources() {
-            self.res_links.remove(&r.id);
-            for a in &r.attempts {
-                if let Some(sid) = &a.downstream_id {
-                    self.sid_links.remove(sid);
-                }
+        let mine = |l: &Link| *l.0 == *op.id;
+        for (_, res, sids) in op.links() {
+            self.res_links
+                .remove_if(&self.link_key(&res), |_, l| mine(l));
+            for sid in sids {
+                self.sid_links
+                    .remove_if(&self.link_key(&sid), |_, l| mine(l));
             }
         }
         self.resources
@@ -559,13 +584,15 @@ impl Aggregator {
         self.sid_links.clear();
         let mut resources = 0;
         for op in state.operations {
-            for r in op.resources() {
-                self.res_links.insert(r.id.clone(), op.id.clone());
-                for a in &r.attempts {
-                    if let Some(sid) = &a.downstream_id {
-                        self.sid_links
-                            .insert(sid.clone(), (op.id.clone(), r.id.clone()));
-                    }
+            let shared = op.shared_id();
+            for (slot, res, sids) in op.links() {
+                self.res_links
+                    .entry(self.link_key(&res))
+                    .or_insert_with(|| (shared.clone(), slot));
+                for sid in sids {
+                    self.sid_links
+                        .entry(self.link_key(&sid))
+                        .or_insert_with(|| (shared.clone(), slot));
                 }
             }
             resources += op.resource_count() as u64;

@@ -3,12 +3,22 @@
 //! Every field is a join (maximum, minimum or union), so the state after a set of events does
 //! not depend on their order or on duplicates. Only `updated_ms` and `version` record *when* and
 //! *how often* the state changed.
+//!
+//! Resources are stored compactly (issue 4): in arrival order in one vector, found by id through
+//! a table of slot numbers, with ids packed into 16 bytes where they have Twilio's shapes
+//! ([`Id`]) and the first attempt kept inline. [`Resource`] and [`Attempt`] are the readable
+//! forms the query API, filters and snapshots see; they are built on demand.
 
+use super::compact::Id;
 use super::status::{attempt_rank, join_attempt, Bucket, OperationStatus, ResourceStatus};
 use crate::event::{AttemptEvent, AttemptStatus, Channel, Kind, Phase};
+use hashbrown::HashTable;
 use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
 
 /// Format Unix milliseconds as RFC 3339 UTC with milliseconds (`2024-04-05T06:20:00.000Z`).
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -68,31 +78,21 @@ fn join_opt<T: Ord + Clone>(a: &mut Option<T>, b: &Option<T>) -> bool {
     }
 }
 
-impl Attempt {
-    pub fn from_event(ev: &AttemptEvent) -> Attempt {
-        Attempt {
-            key: AttemptKey::of(ev),
-            downstream_id: ev.downstream_id.clone(),
-            attempt: ev.attempt.clone(),
-            channel: ev.channel,
-            status: ev.status,
-            error_code: ev.error_code,
+/// [`join_opt`] for a stored id and an incoming string, without decoding in the common case
+/// where they are equal.
+fn join_id(a: &mut Option<Id>, b: &Option<String>) -> bool {
+    let Some(v) = b else { return false };
+    match a {
+        None => {
+            *a = Some(Id::new(v));
+            true
         }
-    }
-
-    /// Join `ev` into this attempt; true when anything changed.
-    pub fn join(&mut self, ev: &AttemptEvent) -> bool {
-        let mut changed = false;
-        let status = join_attempt(self.status, ev.status);
-        if status != self.status {
-            self.status = status;
-            changed = true;
+        Some(x) if x.is(v) => false,
+        Some(x) if v.as_str() > x.as_string().as_str() => {
+            *a = Some(Id::new(v));
+            true
         }
-        changed |= join_opt(&mut self.error_code, &ev.error_code);
-        changed |= join_opt(&mut self.downstream_id, &ev.downstream_id);
-        changed |= join_opt(&mut self.attempt, &ev.attempt);
-        changed |= join_opt(&mut self.channel, &ev.channel);
-        changed
+        Some(_) => false,
     }
 }
 
@@ -108,17 +108,6 @@ pub struct Resource {
 }
 
 impl Resource {
-    fn new(id: &str, time_ms: u64) -> Resource {
-        Resource {
-            id: id.to_owned(),
-            to: None,
-            tags: BTreeMap::new(),
-            attempts: Vec::new(),
-            created_ms: time_ms,
-            updated_ms: time_ms,
-        }
-    }
-
     /// The resource's status: the best of its attempts under the resource order.
     pub fn status(&self) -> ResourceStatus {
         self.attempts
@@ -144,24 +133,222 @@ impl Resource {
             .and_then(|a| a.error_code)
             .or_else(|| self.attempts.iter().filter_map(|a| a.error_code).max())
     }
+}
+
+/// An attempt as stored. Its key is not stored: it is the downstream id when there is one,
+/// else the attempt label, else the channel, else implicit, which is exactly what
+/// [`AttemptKey::of`] made it when the attempt was first seen (later joins never change which
+/// of these fields are set, since events only ever match an attempt with the same key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredAttempt {
+    downstream: Option<Id>,
+    attempt: Option<Id>,
+    channel: Option<Channel>,
+    status: AttemptStatus,
+    error_code: Option<NonZeroU32>,
+}
+
+impl StoredAttempt {
+    fn from_event(ev: &AttemptEvent) -> StoredAttempt {
+        StoredAttempt {
+            downstream: ev.downstream_id.as_deref().map(Id::new),
+            attempt: ev.attempt.as_deref().map(Id::new),
+            channel: ev.channel,
+            status: ev.status,
+            error_code: ev.error_code.and_then(NonZeroU32::new),
+        }
+    }
+
+    fn from_attempt(a: &Attempt) -> StoredAttempt {
+        StoredAttempt {
+            downstream: a.downstream_id.as_deref().map(Id::new),
+            attempt: a.attempt.as_deref().map(Id::new),
+            channel: a.channel,
+            status: a.status,
+            error_code: a.error_code.and_then(NonZeroU32::new),
+        }
+    }
+
+    /// Does `ev` report on this attempt (same [`AttemptKey`])?
+    fn matches(&self, ev: &AttemptEvent) -> bool {
+        if let Some(d) = &ev.downstream_id {
+            self.downstream.as_ref().is_some_and(|x| x.is(d))
+        } else if let Some(a) = &ev.attempt {
+            self.downstream.is_none() && self.attempt.as_ref().is_some_and(|x| x.is(a))
+        } else if let Some(c) = ev.channel {
+            self.downstream.is_none() && self.attempt.is_none() && self.channel == Some(c)
+        } else {
+            self.downstream.is_none() && self.attempt.is_none() && self.channel.is_none()
+        }
+    }
+
+    fn key(&self) -> AttemptKey {
+        if let Some(d) = &self.downstream {
+            AttemptKey::Downstream(d.as_string())
+        } else if let Some(a) = &self.attempt {
+            AttemptKey::Attempt(a.as_string())
+        } else if let Some(c) = self.channel {
+            AttemptKey::Channel(c)
+        } else {
+            AttemptKey::Implicit
+        }
+    }
+
+    fn view(&self) -> Attempt {
+        Attempt {
+            key: self.key(),
+            downstream_id: self.downstream.as_ref().map(Id::as_string),
+            attempt: self.attempt.as_ref().map(Id::as_string),
+            channel: self.channel,
+            status: self.status,
+            error_code: self.error_code.map(NonZeroU32::get),
+        }
+    }
+
+    /// Join `ev` into this attempt; true when anything changed.
+    fn join(&mut self, ev: &AttemptEvent) -> bool {
+        let mut changed = false;
+        let status = join_attempt(self.status, ev.status);
+        if status != self.status {
+            self.status = status;
+            changed = true;
+        }
+        let mut code = self.error_code.map(NonZeroU32::get);
+        if join_opt(&mut code, &ev.error_code) {
+            self.error_code = code.and_then(NonZeroU32::new);
+            changed = true;
+        }
+        changed |= join_id(&mut self.downstream, &ev.downstream_id);
+        changed |= join_id(&mut self.attempt, &ev.attempt);
+        changed |= join_opt(&mut self.channel, &ev.channel);
+        changed
+    }
+}
+
+/// A resource's attempts: almost always one or two, so the first is kept inline.
+#[derive(Debug, Clone)]
+enum Attempts {
+    One(StoredAttempt),
+    Many(Box<[StoredAttempt]>),
+}
+
+impl Attempts {
+    fn as_slice(&self) -> &[StoredAttempt] {
+        match self {
+            Attempts::One(a) => std::slice::from_ref(a),
+            Attempts::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [StoredAttempt] {
+        match self {
+            Attempts::One(a) => std::slice::from_mut(a),
+            Attempts::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, a: StoredAttempt) {
+        let mut all: Vec<StoredAttempt> = Vec::with_capacity(self.as_slice().len() + 1);
+        all.extend_from_slice(self.as_slice());
+        all.push(a);
+        *self = Attempts::from_vec(all);
+    }
+
+    fn from_vec(mut v: Vec<StoredAttempt>) -> Attempts {
+        if v.len() == 1 {
+            if let Some(a) = v.pop() {
+                return Attempts::One(a);
+            }
+        }
+        Attempts::Many(v.into_boxed_slice())
+    }
+}
+
+/// One resource as stored.
+#[derive(Debug, Clone)]
+struct Slot {
+    id: Id,
+    to: Option<Id>,
+    tags: Option<Box<BTreeMap<String, String>>>,
+    attempts: Attempts,
+    created_ms: u64,
+    updated_ms: u64,
+}
+
+impl Slot {
+    fn new(id: &str, time_ms: u64) -> Slot {
+        Slot {
+            id: Id::new(id),
+            to: None,
+            tags: None,
+            attempts: Attempts::Many(Box::new([])),
+            created_ms: time_ms,
+            updated_ms: time_ms,
+        }
+    }
+
+    fn from_resource(r: &Resource) -> Slot {
+        let mut attempts: Vec<StoredAttempt> =
+            r.attempts.iter().map(StoredAttempt::from_attempt).collect();
+        attempts.shrink_to_fit();
+        Slot {
+            id: Id::new(&r.id),
+            to: r.to.as_deref().map(Id::new),
+            tags: (!r.tags.is_empty()).then(|| Box::new(r.tags.clone())),
+            attempts: Attempts::from_vec(attempts),
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+
+    fn status(&self) -> ResourceStatus {
+        self.attempts
+            .as_slice()
+            .iter()
+            .map(|a| ResourceStatus::of_attempt(a.status))
+            .max()
+            .unwrap_or(ResourceStatus::Queued)
+    }
+
+    fn view(&self) -> Resource {
+        let mut attempts: Vec<Attempt> = self
+            .attempts
+            .as_slice()
+            .iter()
+            .map(StoredAttempt::view)
+            .collect();
+        attempts.sort_by(|a, b| a.key.cmp(&b.key));
+        Resource {
+            id: self.id.as_string(),
+            to: self.to.as_ref().map(Id::as_string),
+            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            attempts,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
 
     fn join(&mut self, ev: &AttemptEvent) -> bool {
-        let mut changed = join_opt(&mut self.to, &ev.to);
+        let mut changed = join_id(&mut self.to, &ev.to);
         for (k, v) in &ev.tags {
-            match self.tags.get(k) {
+            let tags = self.tags.get_or_insert_with(Default::default);
+            match tags.get(k) {
                 Some(old) if old >= v => {}
                 _ => {
-                    self.tags.insert(k.clone(), v.clone());
+                    tags.insert(k.clone(), v.clone());
                     changed = true;
                 }
             }
         }
-        let key = AttemptKey::of(ev);
-        match self.attempts.iter_mut().find(|a| a.key == key) {
+        match self
+            .attempts
+            .as_mut_slice()
+            .iter_mut()
+            .find(|a| a.matches(ev))
+        {
             Some(a) => changed |= a.join(ev),
             None => {
-                self.attempts.push(Attempt::from_event(ev));
-                self.attempts.sort_by(|a, b| a.key.cmp(&b.key));
+                self.attempts.push(StoredAttempt::from_event(ev));
                 changed = true;
             }
         }
@@ -169,16 +356,31 @@ impl Resource {
     }
 }
 
+/// The hash of resource ids in every operation's slot table: keyed once per process, so ids
+/// chosen by a caller cannot be made to collide.
+fn id_hasher() -> &'static std::hash::RandomState {
+    static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+}
+
+fn hash_id(id: &Id) -> u64 {
+    id_hasher().hash_one(id)
+}
+
 /// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Operation {
     pub id: String,
+    /// The id again, shared with the links that point at this operation.
+    shared_id: Arc<str>,
     kind: Option<Kind>,
     phase: Option<Phase>,
     pub created_ms: u64,
     pub updated_ms: u64,
     pub version: u64,
-    resources: BTreeMap<String, Resource>,
+    slots: Vec<Slot>,
+    /// Slot numbers, found by the hash of their resource id.
+    index: HashTable<u32>,
     buckets: [u64; 9],
     attempts: u64,
 }
@@ -187,58 +389,111 @@ impl Operation {
     pub fn new(id: &str, time_ms: u64, now_ms: u64) -> Operation {
         Operation {
             id: id.to_owned(),
+            shared_id: Arc::from(id),
             kind: None,
             phase: None,
             created_ms: time_ms,
             updated_ms: now_ms,
             version: 0,
-            resources: BTreeMap::new(),
+            slots: Vec::new(),
+            index: HashTable::new(),
             buckets: [0; 9],
             attempts: 0,
         }
     }
 
+    /// The operation id as a shared string, for the aggregator's links.
+    pub fn shared_id(&self) -> Arc<str> {
+        self.shared_id.clone()
+    }
+
     /// The operation's kind: what its events said, else what its resource ids say, else messages.
     pub fn kind(&self) -> Kind {
-        self.kind
-            .or_else(|| {
-                self.resources
-                    .keys()
-                    .next()
-                    .and_then(|id| Kind::from_resource_id(id))
-            })
-            .unwrap_or(Kind::Messages)
+        // Every attempt applied notes the kind its event or its resource id prefix names, so
+        // when none is noted no resource id has a known prefix either: messages, as ever.
+        self.kind.unwrap_or(Kind::Messages)
     }
 
     pub fn resource_count(&self) -> usize {
-        self.resources.len()
+        self.slots.len()
     }
 
     pub fn attempt_count(&self) -> u64 {
         self.attempts
     }
 
-    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
-        self.resources.values()
+    /// Every resource, in arrival order.
+    pub fn resources(&self) -> impl Iterator<Item = Resource> + '_ {
+        self.slots.iter().map(Slot::view)
+    }
+
+    /// Each resource's id and its attempts' downstream ids, with its slot number: what the
+    /// aggregator links.
+    pub fn links(&self) -> impl Iterator<Item = (u32, String, Vec<String>)> + '_ {
+        self.slots.iter().enumerate().map(|(i, s)| {
+            let sids = s
+                .attempts
+                .as_slice()
+                .iter()
+                .filter_map(|a| a.downstream.as_ref().map(Id::as_string))
+                .collect();
+            (i as u32, s.id.as_string(), sids)
+        })
     }
 
     /// Resources whose id is strictly after `after`, in id order.
     pub fn resources_after<'a>(
         &'a self,
         after: Option<&str>,
-    ) -> impl Iterator<Item = &'a Resource> {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) => Bound::Excluded(a.to_owned()),
-            None => Bound::Unbounded,
-        };
-        self.resources
-            .range::<String, _>((lower, Bound::Unbounded))
-            .map(|(_, r)| r)
+    ) -> impl Iterator<Item = Resource> + 'a {
+        let mut order: Vec<(String, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_string(), i as u32))
+            .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+            .collect();
+        order.sort_unstable();
+        order
+            .into_iter()
+            .map(move |(_, i)| self.slots[i as usize].view())
     }
 
-    pub fn resource(&self, id: &str) -> Option<&Resource> {
-        self.resources.get(id)
+    fn slot_index(&self, id: &str) -> Option<u32> {
+        let key = Id::new(id);
+        let h = hash_id(&key);
+        self.index
+            .find(h, |&i| self.slots[i as usize].id == key)
+            .copied()
+    }
+
+    /// The slot number of resource `id`, if this operation has it.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.slot_index(id)
+    }
+
+    /// The id of the resource in `slot`, if it has an attempt with downstream id `sid`.
+    pub fn resource_with_attempt(&self, slot: u32, sid: &str) -> Option<String> {
+        let s = self.slots.get(slot as usize)?;
+        s.attempts
+            .as_slice()
+            .iter()
+            .any(|a| a.downstream.as_ref().is_some_and(|d| d.is(sid)))
+            .then(|| s.id.as_string())
+    }
+
+    pub fn resource(&self, id: &str) -> Option<Resource> {
+        self.slot_index(id).map(|i| self.slots[i as usize].view())
+    }
+
+    fn insert_slot(&mut self, slot: Slot) -> u32 {
+        let i = self.slots.len() as u32;
+        let h = hash_id(&slot.id);
+        self.slots.push(slot);
+        let slots = &self.slots;
+        self.index
+            .insert_unique(h, i, |&j| hash_id(&slots[j as usize].id));
+        i
     }
 
     fn note_kind(&mut self, kind: Option<Kind>) -> bool {
@@ -296,13 +551,14 @@ impl Operation {
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
         let kind_before = self.kind();
-        let resource = self
-            .resources
-            .entry(resource_id.to_owned())
-            .or_insert_with(|| Resource::new(resource_id, time_ms));
-        let was_new = resource.attempts.is_empty();
+        let i = match self.slot_index(resource_id) {
+            Some(i) => i,
+            None => self.insert_slot(Slot::new(resource_id, time_ms)),
+        } as usize;
+        let resource = &mut self.slots[i];
+        let was_new = resource.attempts.as_slice().is_empty();
         let before = resource.status();
-        let attempts_before = resource.attempts.len();
+        let attempts_before = resource.attempts.as_slice().len();
         if time_ms < resource.created_ms {
             resource.created_ms = time_ms;
             changed = true;
@@ -312,7 +568,7 @@ impl Operation {
             resource.updated_ms = resource.updated_ms.max(now_ms);
         }
         let after = resource.status();
-        self.attempts += (resource.attempts.len() - attempts_before) as u64;
+        self.attempts += (resource.attempts.as_slice().len() - attempts_before) as u64;
         changed |= res_changed;
         if self.kind() != kind_before {
             // The bucket names depend on the kind; recount (rare: kinds settle on first event).
@@ -329,14 +585,14 @@ impl Operation {
     fn recount(&mut self) {
         let kind = self.kind();
         self.buckets = [0; 9];
-        for r in self.resources.values() {
+        for r in &self.slots {
             self.buckets[r.status().bucket(kind).index()] += 1;
         }
     }
 
     /// The operation's status (domain.md §3).
     pub fn status(&self) -> OperationStatus {
-        let n = self.resources.len() as u64;
+        let n = self.slots.len() as u64;
         if n > 0 && self.buckets[Bucket::Canceled.index()] == n {
             return OperationStatus::Canceled;
         }
@@ -352,7 +608,7 @@ impl Operation {
     }
 
     pub fn stats(&self) -> Stats {
-        let n = self.resources.len() as u64;
+        let n = self.slots.len() as u64;
         let b = |x: Bucket| self.buckets[x.index()];
         Stats {
             kind: self.kind(),
@@ -383,6 +639,68 @@ impl Operation {
             updated_ms: self.updated_ms,
             version: self.version,
         }
+    }
+}
+
+/// Resources serialised as the map from id to [`Resource`] (in id order) that snapshots have
+/// always held, built one at a time.
+struct ResourcesRef<'a>(&'a Operation);
+
+impl Serialize for ResourcesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.slots.len()))?;
+        for r in self.0.resources_after(None) {
+            m.serialize_entry(&r.id, &r)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Operation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Operation", 9)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("phase", &self.phase)?;
+        st.serialize_field("created_ms", &self.created_ms)?;
+        st.serialize_field("updated_ms", &self.updated_ms)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("resources", &ResourcesRef(self))?;
+        st.serialize_field("buckets", &self.buckets)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.end()
+    }
+}
+
+/// The snapshot form of an operation.
+#[derive(Deserialize)]
+struct OperationRepr {
+    id: String,
+    kind: Option<Kind>,
+    phase: Option<Phase>,
+    created_ms: u64,
+    updated_ms: u64,
+    version: u64,
+    resources: BTreeMap<String, Resource>,
+    buckets: [u64; 9],
+    attempts: u64,
+}
+
+impl<'de> Deserialize<'de> for Operation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
+        let r = OperationRepr::deserialize(d)?;
+        let mut op = Operation::new(&r.id, r.created_ms, r.updated_ms);
+        op.kind = r.kind;
+        op.phase = r.phase;
+        op.version = r.version;
+        op.buckets = r.buckets;
+        op.attempts = r.attempts;
+        op.slots.reserve_exact(r.resources.len());
+        for res in r.resources.values() {
+            op.insert_slot(Slot::from_resource(res));
+        }
+        Ok(op)
     }
 }
 
