@@ -11,8 +11,8 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +131,8 @@ impl ResourceFilter {
     }
 }
 
-/// Where a link points: an operation (its id shared with it) and the resource's slot there.
-type Link = (Arc<str>, u32);
+/// Where a link points: an operation's number and the resource's slot there.
+type Link = (u32, u32);
 
 /// The in-memory state of every tracked operation.
 pub struct Aggregator {
@@ -145,6 +145,9 @@ pub struct Aggregator {
     /// Hash of a resource id → its operation and slot (confirmed the same way).
     res_links: DashMap<u64, Link>,
     link_keys: RandomState,
+    /// Operation number → operation id, for the links.
+    numbers: DashMap<u32, String>,
+    next_number: AtomicU32,
     held: Mutex<HeldBook>,
     /// Events in `held`, raised *before* a holder checks the links (see `hold`).
     held_count: AtomicUsize,
@@ -214,6 +217,8 @@ impl Aggregator {
             sid_links: DashMap::new(),
             res_links: DashMap::new(),
             link_keys: RandomState::new(),
+            numbers: DashMap::new(),
+            next_number: AtomicU32::new(1),
             held: Mutex::new(HeldBook::default()),
             held_count: AtomicUsize::new(0),
             held_dropped: AtomicU64::new(0),
@@ -235,7 +240,7 @@ impl Aggregator {
                 let mut op = self
                     .ops
                     .entry(operation_id.clone())
-                    .or_insert_with(|| Operation::new(operation_id, ev.time_ms, now_ms));
+                    .or_insert_with(|| self.new_operation(operation_id, ev.time_ms, now_ms));
                 if op.apply_phase(*kind, *phase, ev.time_ms, now_ms) {
                     Outcome::Applied(op.kind())
                 } else {
@@ -250,19 +255,47 @@ impl Aggregator {
         self.link_keys.hash_one(id)
     }
 
+    /// A new operation, numbered for the links.
+    fn new_operation(&self, id: &str, time_ms: u64, now_ms: u64) -> Operation {
+        let mut op = Operation::new(id, time_ms, now_ms);
+        op.set_number(self.number(id));
+        op
+    }
+
+    /// Give `op_id` a number no live operation has.
+    fn number(&self, op_id: &str) -> u32 {
+        loop {
+            let n = self.next_number.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            if let dashmap::Entry::Vacant(v) = self.numbers.entry(n) {
+                v.insert(op_id.to_owned());
+                return n;
+            }
+        }
+    }
+
+    /// The operation id behind a link's number.
+    fn numbered(&self, n: u32) -> Option<String> {
+        self.numbers.get(&n).map(|e| e.value().clone())
+    }
+
     /// The (operation id, resource id) an attempt id is linked to.
     fn sid_link(&self, sid: &str) -> Option<(String, String)> {
-        let (op_id, slot) = self.sid_links.get(&self.link_key(sid))?.value().clone();
-        let op = self.ops.get(&*op_id)?;
+        let (n, slot) = *self.sid_links.get(&self.link_key(sid))?.value();
+        let op_id = self.numbered(n)?;
+        let op = self.ops.get(&op_id)?;
         let res = op.resource_with_attempt(slot, sid)?;
-        Some((op_id.to_string(), res))
+        Some((op_id, res))
     }
 
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
-        let (op_id, slot) = self.res_links.get(&self.link_key(res))?.value().clone();
-        let op = self.ops.get(&*op_id)?;
-        (op.slot_of(res) == Some(slot)).then(|| op_id.to_string())
+        let (n, slot) = *self.res_links.get(&self.link_key(res))?.value();
+        let op_id = self.numbered(n)?;
+        let op = self.ops.get(&op_id)?;
+        (op.slot_of(res) == Some(slot)).then_some(op_id)
     }
 
     fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
@@ -303,19 +336,19 @@ impl Aggregator {
             let mut op = self
                 .ops
                 .entry(op_id.to_owned())
-                .or_insert_with(|| Operation::new(op_id, time_ms, now_ms));
+                .or_insert_with(|| self.new_operation(op_id, time_ms, now_ms));
             let before = op.resource_count();
             let changed = op.apply_attempt(res_id, a, time_ms, now_ms);
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
             let slot = op.slot_of(res_id).unwrap_or(u32::MAX);
-            (changed, op.kind(), (op.shared_id(), slot))
+            (changed, op.kind(), (op.number(), slot))
         };
         let mut new_link = false;
         let res_key = self.link_key(res_id);
         if !self.res_links.contains_key(&res_key) {
-            new_link |= self.res_links.insert(res_key, link.clone()).is_none();
+            new_link |= self.res_links.insert(res_key, link).is_none();
         }
         if let Some(sid) = &a.downstream_id {
             let sid_key = self.link_key(sid);
@@ -439,13 +472,8 @@ impl Aggregator {
 
     /// One resource by its id.
     pub fn resource(&self, res_id: &str) -> Option<ResourceSnapshot> {
-        let op_id = self
-            .res_links
-            .get(&self.link_key(res_id))?
-            .value()
-            .0
-            .clone();
-        let op = self.ops.get(&*op_id)?;
+        let op_id = self.res_link(res_id)?;
+        let op = self.ops.get(&op_id)?;
         let r = op.resource(res_id)?;
         Some(ResourceSnapshot {
             operation_id: op.id.clone(),
@@ -503,7 +531,8 @@ impl Aggregator {
         else {
             return false;
         };
-        let mine = |l: &Link| *l.0 == *op.id;
+        self.numbers.remove(&op.number());
+        let mine = |l: &Link| l.0 == op.number();
         for (_, res, sids) in op.links() {
             self.res_links
                 .remove_if(&self.link_key(&res), |_, l| mine(l));
@@ -583,16 +612,18 @@ impl Aggregator {
         self.res_links.clear();
         self.sid_links.clear();
         let mut resources = 0;
-        for op in state.operations {
-            let shared = op.shared_id();
+        self.numbers.clear();
+        for mut op in state.operations {
+            let n = self.number(&op.id);
+            op.set_number(n);
             for (slot, res, sids) in op.links() {
                 self.res_links
                     .entry(self.link_key(&res))
-                    .or_insert_with(|| (shared.clone(), slot));
+                    .or_insert((n, slot));
                 for sid in sids {
                     self.sid_links
                         .entry(self.link_key(&sid))
-                        .or_insert_with(|| (shared.clone(), slot));
+                        .or_insert((n, slot));
                 }
             }
             resources += op.resource_count() as u64;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// Format Unix milliseconds as RFC 3339 UTC with milliseconds (`2024-04-05T06:20:00.000Z`).
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -371,8 +371,8 @@ fn hash_id(id: &Id) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Operation {
     pub id: String,
-    /// The id again, shared with the links that point at this operation.
-    shared_id: Arc<str>,
+    /// The number the aggregator's links know this operation by (0 until it gives one).
+    number: u32,
     kind: Option<Kind>,
     phase: Option<Phase>,
     pub created_ms: u64,
@@ -389,7 +389,7 @@ impl Operation {
     pub fn new(id: &str, time_ms: u64, now_ms: u64) -> Operation {
         Operation {
             id: id.to_owned(),
-            shared_id: Arc::from(id),
+            number: 0,
             kind: None,
             phase: None,
             created_ms: time_ms,
@@ -402,9 +402,13 @@ impl Operation {
         }
     }
 
-    /// The operation id as a shared string, for the aggregator's links.
-    pub fn shared_id(&self) -> Arc<str> {
-        self.shared_id.clone()
+    /// The number the aggregator's links know this operation by.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    pub fn set_number(&mut self, number: u32) {
+        self.number = number;
     }
 
     /// The operation's kind: what its events said, else what its resource ids say, else messages.
