@@ -96,6 +96,9 @@ struct SimulateArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Sender threads (each with its own connections).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// CloudEvents per Event Streams request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -157,6 +160,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             .duration
             .filter(|_| args.operations.is_some() || args.rate.is_none()),
         concurrency: args.concurrency.max(1),
+        threads: args.threads.max(1),
         max_tries: 4,
         api_user: args.api_user.clone(),
         progress: !args.quiet,
@@ -225,6 +229,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             "mix": format!("{:?}", cfg.mix).to_lowercase(),
             "batch": args.batch,
             "concurrency": args.concurrency,
+            "threads": args.threads,
             "rate": args.rate,
             "run": outcome.run,
             "verify": outcome.verify,

@@ -1,7 +1,8 @@
 //! The sending half of `tally simulate`: sign every request as Twilio does, send them at a
 //! target rate with bounded concurrency, show progress, and check the final state through the
-//! query API. Runs on one actix system thread (awc is single-threaded); the requests are signed
-//! before the clock starts, so the sender spends its time sending.
+//! query API. awc is single-threaded, so each sender thread runs its own actix system and
+//! connections; the requests are signed before the clock starts, so the senders spend their
+//! time sending.
 
 use super::{Expected, Request};
 use crate::event::Kind;
@@ -11,6 +12,8 @@ use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How to send.
@@ -26,6 +29,8 @@ pub struct ClientConfig {
     /// Stop sending after this long, even if requests remain.
     pub duration: Option<Duration>,
     pub concurrency: usize,
+    /// Sender threads, each with its own connections (the concurrency is split among them).
+    pub threads: usize,
     /// Tries per request on a connection error, 429 or 5xx (Event Streams retries too).
     pub max_tries: u32,
     /// `user:password` for the query API.
@@ -124,24 +129,23 @@ impl Percentiles {
 
 #[derive(Default)]
 struct Shared {
-    next: Cell<usize>,
-    sent: Cell<u64>,
-    acked: Cell<u64>,
-    errors: Cell<u64>,
-    retries: Cell<u64>,
-    events_sent: Cell<u64>,
-    received: Cell<u64>,
-    applied: Cell<u64>,
-    noop: Cell<u64>,
-    rejected: Cell<u64>,
-    stopped: Cell<bool>,
-    latencies: RefCell<Vec<u32>>,
-    statuses: RefCell<Vec<(u16, u64)>>,
+    next: AtomicUsize,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    retries: AtomicU64,
+    events_sent: AtomicU64,
+    received: AtomicU64,
+    applied: AtomicU64,
+    noop: AtomicU64,
+    rejected: AtomicU64,
+    stopped: AtomicBool,
+    statuses: Mutex<Vec<(u16, u64)>>,
 }
 
 impl Shared {
     fn count_status(&self, code: u16) {
-        let mut s = self.statuses.borrow_mut();
+        let mut s = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
         match s.iter_mut().find(|(c, _)| *c == code) {
             Some(e) => e.1 += 1,
             None => s.push((code, 1)),
@@ -149,8 +153,12 @@ impl Shared {
     }
 }
 
-fn add(c: &Cell<u64>, n: u64) {
-    c.set(c.get() + n);
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 fn client(concurrency: usize) -> Client {
@@ -160,85 +168,130 @@ fn client(concurrency: usize) -> Client {
         .finish()
 }
 
-/// Send every request; must run inside an actix system.
-pub async fn send(requests: Rc<Vec<Signed>>, cfg: &ClientConfig) -> RunReport {
-    let shared = Rc::new(Shared::default());
-    shared
-        .latencies
-        .borrow_mut()
-        .reserve(requests.len().min(10_000_000));
-    let client = client(cfg.concurrency);
-    let target = cfg.target.trim_end_matches('/').to_owned();
+/// Where every sender thread starts from.
+struct Plan {
+    requests: Arc<Vec<Signed>>,
+    shared: Arc<Shared>,
+    target: String,
+    started: Instant,
+    deadline: Option<Instant>,
+    rate: Option<f64>,
+    max_tries: u32,
+    concurrency: usize,
+}
+
+/// One sender thread: its own actix system and client, `concurrency` requests in flight,
+/// taking the next request from the shared counter. Returns its latency samples.
+fn sender_thread(plan: Arc<Plan>) -> Vec<u32> {
+    actix_web::rt::System::new().block_on(async move {
+        let client = client(plan.concurrency);
+        let mut tasks = Vec::new();
+        for _ in 0..plan.concurrency.max(1) {
+            let (plan, client) = (plan.clone(), client.clone());
+            tasks.push(actix_web::rt::spawn(async move {
+                let mut latencies = Vec::new();
+                let shared = &plan.shared;
+                loop {
+                    if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                    if i >= plan.requests.len() {
+                        break;
+                    }
+                    let due = match plan.rate {
+                        Some(r) if r > 0.0 => {
+                            let due = plan.started + Duration::from_secs_f64(i as f64 / r);
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        _ => Instant::now(),
+                    };
+                    let req = &plan.requests[i];
+                    add(&shared.sent, 1);
+                    add(&shared.events_sent, req.events as u64);
+                    let ok = send_one(&client, &plan.target, req, plan.max_tries, shared).await;
+                    latencies.push(due.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    if ok {
+                        add(&shared.acked, 1);
+                    } else {
+                        add(&shared.errors, 1);
+                    }
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all
+    })
+}
+
+/// Send every request from `threads` sender threads (each with its own connections); must run
+/// inside an actix system, which it does not block.
+pub async fn send(requests: Arc<Vec<Signed>>, cfg: &ClientConfig) -> RunReport {
+    let shared = Arc::new(Shared::default());
     let started = Instant::now();
-    let deadline = cfg.duration.map(|d| started + d);
+    let threads = cfg.threads.max(1);
+    let plan = Arc::new(Plan {
+        requests: requests.clone(),
+        shared: shared.clone(),
+        target: cfg.target.trim_end_matches('/').to_owned(),
+        started,
+        deadline: cfg.duration.map(|d| started + d),
+        rate: cfg.rate,
+        max_tries: cfg.max_tries.max(1),
+        concurrency: cfg.concurrency.div_ceil(threads).max(1),
+    });
+    let mut done = Vec::new();
+    for n in 0..threads {
+        let plan = plan.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("simulate-{n}"))
+            .spawn(move || {
+                let _ = tx.send(sender_thread(plan));
+            });
+        if spawned.is_ok() {
+            done.push(rx);
+        }
+    }
     let progress = cfg.progress.then(|| {
         let shared = shared.clone();
         let total = requests.len() as u64;
         actix_web::rt::spawn(progress_loop(shared, total, started))
     });
-    let mut tasks = Vec::new();
-    for _ in 0..cfg.concurrency.max(1) {
-        let (shared, requests, client, target) = (
-            shared.clone(),
-            requests.clone(),
-            client.clone(),
-            target.clone(),
-        );
-        let (rate, max_tries) = (cfg.rate, cfg.max_tries.max(1));
-        tasks.push(actix_web::rt::spawn(async move {
-            loop {
-                let i = shared.next.get();
-                if i >= requests.len() || deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                shared.next.set(i + 1);
-                let due = match rate {
-                    Some(r) if r > 0.0 => {
-                        let due = started + Duration::from_secs_f64(i as f64 / r);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    _ => Instant::now(),
-                };
-                let req = &requests[i];
-                add(&shared.sent, 1);
-                add(&shared.events_sent, req.events as u64);
-                let ok = send_one(&client, &target, req, max_tries, &shared).await;
-                let micros = due.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                shared.latencies.borrow_mut().push(micros);
-                if ok {
-                    add(&shared.acked, 1);
-                } else {
-                    add(&shared.errors, 1);
-                }
-            }
-        }));
+    let mut lat = Vec::new();
+    for rx in done {
+        lat.extend(rx.await.unwrap_or_default());
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    shared.stopped.set(true);
+    shared.stopped.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut lat = std::mem::take(&mut *shared.latencies.borrow_mut());
-    let sent = shared.sent.get();
-    let error_statuses = shared.statuses.borrow().clone();
+    let sent = get(&shared.sent);
+    let error_statuses = shared
+        .statuses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     RunReport {
         requests: requests.len() as u64,
         requests_sent: sent,
-        acked: shared.acked.get(),
-        errors: shared.errors.get(),
-        retries: shared.retries.get(),
-        events_sent: shared.events_sent.get(),
-        received: shared.received.get(),
-        applied: shared.applied.get(),
-        noop: shared.noop.get(),
-        rejected: shared.rejected.get(),
+        acked: get(&shared.acked),
+        errors: get(&shared.errors),
+        retries: get(&shared.retries),
+        events_sent: get(&shared.events_sent),
+        received: get(&shared.received),
+        applied: get(&shared.applied),
+        noop: get(&shared.noop),
+        rejected: get(&shared.rejected),
         elapsed_s: elapsed,
-        requests_per_s: shared.acked.get() as f64 / elapsed.max(1e-9),
-        events_per_s: shared.received.get() as f64 / elapsed.max(1e-9),
+        requests_per_s: get(&shared.acked) as f64 / elapsed.max(1e-9),
+        events_per_s: get(&shared.received) as f64 / elapsed.max(1e-9),
         latency_us: Percentiles::of(&mut lat),
         complete: sent == requests.len() as u64,
         error_statuses,
@@ -291,7 +344,7 @@ async fn send_one(
     false
 }
 
-async fn progress_loop(shared: Rc<Shared>, total: u64, started: Instant) {
+async fn progress_loop(shared: Arc<Shared>, total: u64, started: Instant) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty {
         Duration::from_millis(250)
@@ -300,20 +353,20 @@ async fn progress_loop(shared: Rc<Shared>, total: u64, started: Instant) {
     };
     let mut last = (Instant::now(), 0u64);
     loop {
-        let stopped = shared.stopped.get();
+        let stopped = shared.stopped.load(Ordering::Relaxed);
         if !stopped {
             tokio::time::sleep(every).await;
         }
         let now = Instant::now();
-        let acked = shared.acked.get();
+        let acked = get(&shared.acked);
         let rate = (acked - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
         last = (now, acked);
         let line = format!(
             "sent {}/{} acked {} errors {} | {:.0} req/s now, {:.0} req/s overall | {:.1}s",
-            shared.sent.get(),
+            get(&shared.sent),
             total,
             acked,
-            shared.errors.get(),
+            get(&shared.errors),
             rate,
             acked as f64 / started.elapsed().as_secs_f64().max(1e-9),
             started.elapsed().as_secs_f64(),
@@ -432,7 +485,7 @@ pub async fn run(
     cfg: &ClientConfig,
     check: bool,
 ) -> Outcome {
-    let requests = Rc::new(sign_all(scenario.requests(batch), cfg));
+    let requests = Arc::new(sign_all(scenario.requests(batch), cfg));
     let run = send(requests, cfg).await;
     let verify = if check && run.complete {
         Some(verify(Rc::new(scenario.expected()), cfg).await)

@@ -15,6 +15,7 @@ fn client_config(address: &str, token: &str) -> ClientConfig {
         rate: None,
         duration: None,
         concurrency: 8,
+        threads: 2,
         max_tries: 1,
         api_user: None,
         progress: false,
