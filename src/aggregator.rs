@@ -299,6 +299,9 @@ impl Aggregator {
     }
 
     fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
+        if let (Some(op), Some(res)) = (&a.operation_id, &a.resource_id) {
+            return (Some(op.clone()), Some(res.clone()));
+        }
         let by_sid = a.downstream_id.as_deref().and_then(|s| self.sid_link(s));
         let res = a
             .resource_id
@@ -338,11 +341,10 @@ impl Aggregator {
                 .entry(op_id.to_owned())
                 .or_insert_with(|| self.new_operation(op_id, time_ms, now_ms));
             let before = op.resource_count();
-            let changed = op.apply_attempt(res_id, a, time_ms, now_ms);
+            let (changed, slot) = op.apply_attempt_at(res_id, a, time_ms, now_ms);
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            let slot = op.slot_of(res_id).unwrap_or(u32::MAX);
             (changed, op.kind(), (op.number(), slot))
         };
         let mut new_link = false;

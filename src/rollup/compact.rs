@@ -27,16 +27,36 @@ const INLINE_MAX: usize = 16;
 
 const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
+/// Value of each byte as a lowercase Crockford digit (`0xff`: not one).
+const CROCKFORD_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 32 {
+        t[CROCKFORD[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Value of each byte as a lowercase hex digit (`0xff`: not one).
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 fn crockford_value(c: u8) -> Option<u8> {
-    CROCKFORD.iter().position(|&x| x == c).map(|p| p as u8)
+    let v = CROCKFORD_VALUE[c as usize];
+    (v != 0xff).then_some(v)
 }
 
 fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
+    let v = HEX_VALUE[c as usize];
+    (v != 0xff).then_some(v)
 }
 
 /// An id or short string, 24 bytes, most often without a heap allocation.
@@ -69,6 +89,9 @@ impl Id {
                 bytes,
             });
         }
+        if !s.starts_with("comms_") {
+            return Id::pack_hex(s);
+        }
         for (i, p) in BASE32_PREFIXES.iter().enumerate() {
             if let Some(rest) = s.strip_prefix(p) {
                 let r = rest.as_bytes();
@@ -85,6 +108,10 @@ impl Id {
                 });
             }
         }
+        None
+    }
+
+    fn pack_hex(s: &str) -> Option<Id> {
         for (i, p) in HEX_PREFIXES.iter().enumerate() {
             if let Some(rest) = s.strip_prefix(p) {
                 let r = rest.as_bytes();

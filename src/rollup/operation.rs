@@ -552,13 +552,25 @@ impl Operation {
         time_ms: u64,
         now_ms: u64,
     ) -> bool {
+        self.apply_attempt_at(resource_id, ev, time_ms, now_ms).0
+    }
+
+    /// [`Operation::apply_attempt`], also answering the resource's slot number.
+    pub fn apply_attempt_at(
+        &mut self,
+        resource_id: &str,
+        ev: &AttemptEvent,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> (bool, u32) {
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
         let kind_before = self.kind();
-        let i = match self.slot_index(resource_id) {
+        let slot = match self.slot_index(resource_id) {
             Some(i) => i,
             None => self.insert_slot(Slot::new(resource_id, time_ms)),
-        } as usize;
+        };
+        let i = slot as usize;
         let resource = &mut self.slots[i];
         let was_new = resource.attempts.as_slice().is_empty();
         let before = resource.status();
@@ -583,7 +595,7 @@ impl Operation {
             self.buckets[before.bucket(kind_before).index()] -= 1;
             self.buckets[after.bucket(kind_before).index()] += 1;
         }
-        self.touch(changed, now_ms)
+        (self.touch(changed, now_ms), slot)
     }
 
     fn recount(&mut self) {
