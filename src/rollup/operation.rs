@@ -135,6 +135,36 @@ impl Resource {
     }
 }
 
+/// The attempt labels of one operation ("1", "2", … in practice), each kept once; attempts
+/// refer to them by number (0: no label).
+#[derive(Debug, Clone, Default)]
+struct Labels {
+    texts: Vec<Box<str>>,
+    index: HashTable<u32>,
+}
+
+impl Labels {
+    fn text(&self, n: u32) -> Option<&str> {
+        n.checked_sub(1)
+            .and_then(|i| self.texts.get(i as usize))
+            .map(|t| &**t)
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        let h = id_hasher().hash_one(s);
+        let texts = &self.texts;
+        if let Some(&i) = self.index.find(h, |&i| &*texts[i as usize] == s) {
+            return i + 1;
+        }
+        let i = self.texts.len() as u32;
+        self.texts.push(s.into());
+        let texts = &self.texts;
+        self.index
+            .insert_unique(h, i, |&j| id_hasher().hash_one(&*texts[j as usize]));
+        i + 1
+    }
+}
+
 /// An attempt as stored. Its key is not stored: it is the downstream id when there is one,
 /// else the attempt label, else the channel, else implicit, which is exactly what
 /// [`AttemptKey::of`] made it when the attempt was first seen (later joins never change which
@@ -142,27 +172,28 @@ impl Resource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StoredAttempt {
     downstream: Option<Id>,
-    attempt: Option<Id>,
+    /// A number in the operation's [`Labels`].
+    label: u32,
+    error_code: Option<NonZeroU32>,
     channel: Option<Channel>,
     status: AttemptStatus,
-    error_code: Option<NonZeroU32>,
 }
 
 impl StoredAttempt {
-    fn from_event(ev: &AttemptEvent) -> StoredAttempt {
+    fn from_event(ev: &AttemptEvent, labels: &mut Labels) -> StoredAttempt {
         StoredAttempt {
             downstream: ev.downstream_id.as_deref().map(Id::new),
-            attempt: ev.attempt.as_deref().map(Id::new),
+            label: ev.attempt.as_deref().map_or(0, |a| labels.intern(a)),
             channel: ev.channel,
             status: ev.status,
             error_code: ev.error_code.and_then(NonZeroU32::new),
         }
     }
 
-    fn from_attempt(a: &Attempt) -> StoredAttempt {
+    fn from_attempt(a: &Attempt, labels: &mut Labels) -> StoredAttempt {
         StoredAttempt {
             downstream: a.downstream_id.as_deref().map(Id::new),
-            attempt: a.attempt.as_deref().map(Id::new),
+            label: a.attempt.as_deref().map_or(0, |l| labels.intern(l)),
             channel: a.channel,
             status: a.status,
             error_code: a.error_code.and_then(NonZeroU32::new),
@@ -170,23 +201,23 @@ impl StoredAttempt {
     }
 
     /// Does `ev` report on this attempt (same [`AttemptKey`])?
-    fn matches(&self, ev: &AttemptEvent) -> bool {
+    fn matches(&self, ev: &AttemptEvent, labels: &Labels) -> bool {
         if let Some(d) = &ev.downstream_id {
             self.downstream.as_ref().is_some_and(|x| x.is(d))
         } else if let Some(a) = &ev.attempt {
-            self.downstream.is_none() && self.attempt.as_ref().is_some_and(|x| x.is(a))
+            self.downstream.is_none() && labels.text(self.label) == Some(a.as_str())
         } else if let Some(c) = ev.channel {
-            self.downstream.is_none() && self.attempt.is_none() && self.channel == Some(c)
+            self.downstream.is_none() && self.label == 0 && self.channel == Some(c)
         } else {
-            self.downstream.is_none() && self.attempt.is_none() && self.channel.is_none()
+            self.downstream.is_none() && self.label == 0 && self.channel.is_none()
         }
     }
 
-    fn key(&self) -> AttemptKey {
+    fn key(&self, labels: &Labels) -> AttemptKey {
         if let Some(d) = &self.downstream {
             AttemptKey::Downstream(d.as_string())
-        } else if let Some(a) = &self.attempt {
-            AttemptKey::Attempt(a.as_string())
+        } else if let Some(a) = labels.text(self.label) {
+            AttemptKey::Attempt(a.to_owned())
         } else if let Some(c) = self.channel {
             AttemptKey::Channel(c)
         } else {
@@ -194,11 +225,11 @@ impl StoredAttempt {
         }
     }
 
-    fn view(&self) -> Attempt {
+    fn view(&self, labels: &Labels) -> Attempt {
         Attempt {
-            key: self.key(),
+            key: self.key(labels),
             downstream_id: self.downstream.as_ref().map(Id::as_string),
-            attempt: self.attempt.as_ref().map(Id::as_string),
+            attempt: labels.text(self.label).map(str::to_owned),
             channel: self.channel,
             status: self.status,
             error_code: self.error_code.map(NonZeroU32::get),
@@ -206,7 +237,7 @@ impl StoredAttempt {
     }
 
     /// Join `ev` into this attempt; true when anything changed.
-    fn join(&mut self, ev: &AttemptEvent) -> bool {
+    fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
         let mut changed = false;
         let status = join_attempt(self.status, ev.status);
         if status != self.status {
@@ -219,7 +250,12 @@ impl StoredAttempt {
             changed = true;
         }
         changed |= join_id(&mut self.downstream, &ev.downstream_id);
-        changed |= join_id(&mut self.attempt, &ev.attempt);
+        if let Some(a) = &ev.attempt {
+            if labels.text(self.label).is_none_or(|old| a.as_str() > old) {
+                self.label = labels.intern(a);
+                changed = true;
+            }
+        }
         changed |= join_opt(&mut self.channel, &ev.channel);
         changed
     }
@@ -287,9 +323,12 @@ impl Slot {
         }
     }
 
-    fn from_resource(r: &Resource) -> Slot {
-        let mut attempts: Vec<StoredAttempt> =
-            r.attempts.iter().map(StoredAttempt::from_attempt).collect();
+    fn from_resource(r: &Resource, labels: &mut Labels) -> Slot {
+        let mut attempts: Vec<StoredAttempt> = r
+            .attempts
+            .iter()
+            .map(|a| StoredAttempt::from_attempt(a, labels))
+            .collect();
         attempts.shrink_to_fit();
         Slot {
             id: Id::new(&r.id),
@@ -310,12 +349,12 @@ impl Slot {
             .unwrap_or(ResourceStatus::Queued)
     }
 
-    fn view(&self) -> Resource {
+    fn view(&self, labels: &Labels) -> Resource {
         let mut attempts: Vec<Attempt> = self
             .attempts
             .as_slice()
             .iter()
-            .map(StoredAttempt::view)
+            .map(|a| a.view(labels))
             .collect();
         attempts.sort_by(|a, b| a.key.cmp(&b.key));
         Resource {
@@ -328,7 +367,7 @@ impl Slot {
         }
     }
 
-    fn join(&mut self, ev: &AttemptEvent) -> bool {
+    fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
         let mut changed = join_id(&mut self.to, &ev.to);
         for (k, v) in &ev.tags {
             let tags = self.tags.get_or_insert_with(Default::default);
@@ -344,11 +383,11 @@ impl Slot {
             .attempts
             .as_mut_slice()
             .iter_mut()
-            .find(|a| a.matches(ev))
+            .find(|a| a.matches(ev, labels))
         {
-            Some(a) => changed |= a.join(ev),
+            Some(a) => changed |= a.join(ev, labels),
             None => {
-                self.attempts.push(StoredAttempt::from_event(ev));
+                self.attempts.push(StoredAttempt::from_event(ev, labels));
                 changed = true;
             }
         }
@@ -381,6 +420,7 @@ pub struct Operation {
     slots: Vec<Slot>,
     /// Slot numbers, found by the hash of their resource id.
     index: HashTable<u32>,
+    labels: Labels,
     buckets: [u64; 9],
     attempts: u64,
 }
@@ -397,6 +437,7 @@ impl Operation {
             version: 0,
             slots: Vec::new(),
             index: HashTable::new(),
+            labels: Labels::default(),
             buckets: [0; 9],
             attempts: 0,
         }
@@ -428,7 +469,7 @@ impl Operation {
 
     /// Every resource, in arrival order.
     pub fn resources(&self) -> impl Iterator<Item = Resource> + '_ {
-        self.slots.iter().map(Slot::view)
+        self.slots.iter().map(|s| s.view(&self.labels))
     }
 
     /// Each resource's id and its attempts' downstream ids, with its slot number: what the
@@ -460,7 +501,7 @@ impl Operation {
         order.sort_unstable();
         order
             .into_iter()
-            .map(move |(_, i)| self.slots[i as usize].view())
+            .map(move |(_, i)| self.slots[i as usize].view(&self.labels))
     }
 
     fn slot_index(&self, id: &str) -> Option<u32> {
@@ -487,7 +528,8 @@ impl Operation {
     }
 
     pub fn resource(&self, id: &str) -> Option<Resource> {
-        self.slot_index(id).map(|i| self.slots[i as usize].view())
+        self.slot_index(id)
+            .map(|i| self.slots[i as usize].view(&self.labels))
     }
 
     fn insert_slot(&mut self, slot: Slot) -> u32 {
@@ -579,7 +621,7 @@ impl Operation {
             resource.created_ms = time_ms;
             changed = true;
         }
-        let res_changed = resource.join(ev);
+        let res_changed = resource.join(ev, &mut self.labels);
         if res_changed {
             resource.updated_ms = resource.updated_ms.max(now_ms);
         }
@@ -714,7 +756,8 @@ impl<'de> Deserialize<'de> for Operation {
         op.attempts = r.attempts;
         op.slots.reserve_exact(r.resources.len());
         for res in r.resources.values() {
-            op.insert_slot(Slot::from_resource(res));
+            let slot = Slot::from_resource(res, &mut op.labels);
+            op.insert_slot(slot);
         }
         Ok(op)
     }
@@ -921,6 +964,13 @@ mod tests {
             serde_json::to_string(&s).unwrap(),
             r#"{"total":0,"recipients":0,"attempts":0,"unaddressable":0,"queued":0,"sent":0,"scheduled":0,"delivered":0,"undelivered":0,"failed":0,"canceled":0}"#
         );
+    }
+
+    #[test]
+    fn stored_resources_and_attempts_stay_small() {
+        // Issue 4's memory budget: a resource with 1.5 attempts in about 200 bytes.
+        assert_eq!(std::mem::size_of::<StoredAttempt>(), 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 112);
     }
 
     #[test]
