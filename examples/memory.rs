@@ -68,7 +68,7 @@ fn main() {
         "rss_after_bytes": after,
         "bytes_per_resource": per_resource.round(),
         "build_seconds": elapsed,
-        "decode_and_apply_events_per_s": (events as f64 / elapsed).round(),
+        "generate_decode_apply_events_per_s": (events as f64 / elapsed).round(),
     });
     println!("{out}");
 }
