@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How to send.
-#[derive(Debug, Clone)]
+/// How to send. `Debug` leaves out the token and the API credentials.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Where to connect: `http://127.0.0.1:8080`.
     pub target: String,
@@ -37,6 +37,21 @@ pub struct ClientConfig {
     pub api_user: Option<String>,
     /// Show the one-line progress display on stderr.
     pub progress: bool,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("target", &self.target)
+            .field("public_url", &self.public_url)
+            .field("rate", &self.rate)
+            .field("duration", &self.duration)
+            .field("concurrency", &self.concurrency)
+            .field("threads", &self.threads)
+            .field("max_tries", &self.max_tries)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request signed and ready to send.

@@ -100,3 +100,12 @@ async fn verify_reports_operations_tally_never_saw() {
         report.details
     );
 }
+
+#[test]
+fn the_simulators_debug_output_shows_no_token_or_api_credentials() {
+    let mut cfg = client_config("http://127.0.0.1:9", "secret-auth-token-xyz");
+    cfg.api_user = Some("ops:secret-password-xyz".into());
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("secret-auth-token-xyz"), "{shown}");
+    assert!(!shown.contains("secret-password-xyz"), "{shown}");
+}
