@@ -13,7 +13,8 @@ use dashmap::DashMap;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// What applying one event did.
@@ -146,13 +147,23 @@ impl ResourceFilter {
     }
 }
 
+/// Where a link points: an operation's number and the resource's slot there.
+type Link = (u32, u32);
+
 /// The in-memory state of every tracked operation.
 pub struct Aggregator {
     ops: DashMap<String, Operation>,
-    /// Attempt (downstream) id → (operation id, resource id).
-    sid_links: DashMap<String, (String, String)>,
-    /// Resource id → operation id.
-    res_links: DashMap<String, String>,
+    /// Hash of an attempt (downstream) id → its operation and resource slot. Keys are 64-bit
+    /// keyed hashes rather than the ids (16 bytes instead of 60 or more per link); a link is
+    /// trusted only once the operation confirms the resource has that attempt, so a collision
+    /// can never misfile an event.
+    sid_links: DashMap<u64, Link>,
+    /// Hash of a resource id → its operation and slot (confirmed the same way).
+    res_links: DashMap<u64, Link>,
+    link_keys: RandomState,
+    /// Operation number → operation id, for the links.
+    numbers: DashMap<u32, String>,
+    next_number: AtomicU32,
     held: Mutex<HeldBook>,
     /// Events in `held`, raised *before* a holder checks the links (see `hold`).
     held_count: AtomicUsize,
@@ -225,6 +236,9 @@ impl Aggregator {
             ops: DashMap::new(),
             sid_links: DashMap::new(),
             res_links: DashMap::new(),
+            link_keys: RandomState::new(),
+            numbers: DashMap::new(),
+            next_number: AtomicU32::new(1),
             held: Mutex::new(HeldBook::default()),
             held_count: AtomicUsize::new(0),
             held_dropped: AtomicU64::new(0),
@@ -293,7 +307,7 @@ impl Aggregator {
                 let mut op = self
                     .ops
                     .entry(operation_id.clone())
-                    .or_insert_with(|| Operation::new(operation_id, ev.time_ms, now_ms));
+                    .or_insert_with(|| self.new_operation(operation_id, ev.time_ms, now_ms));
                 if op.apply_phase(*kind, *phase, ev.time_ms, now_ms) {
                     let kind = op.kind();
                     drop(op);
@@ -307,6 +321,53 @@ impl Aggregator {
         }
     }
 
+    fn link_key(&self, id: &str) -> u64 {
+        self.link_keys.hash_one(id)
+    }
+
+    /// A new operation, numbered for the links.
+    fn new_operation(&self, id: &str, time_ms: u64, now_ms: u64) -> Operation {
+        let mut op = Operation::new(id, time_ms, now_ms);
+        op.set_number(self.number(id));
+        op
+    }
+
+    /// Give `op_id` a number no live operation has.
+    fn number(&self, op_id: &str) -> u32 {
+        loop {
+            let n = self.next_number.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            if let dashmap::Entry::Vacant(v) = self.numbers.entry(n) {
+                v.insert(op_id.to_owned());
+                return n;
+            }
+        }
+    }
+
+    /// The operation id behind a link's number.
+    fn numbered(&self, n: u32) -> Option<String> {
+        self.numbers.get(&n).map(|e| e.value().clone())
+    }
+
+    /// The (operation id, resource id) an attempt id is linked to.
+    fn sid_link(&self, sid: &str) -> Option<(String, String)> {
+        let (n, slot) = *self.sid_links.get(&self.link_key(sid))?.value();
+        let op_id = self.numbered(n)?;
+        let op = self.ops.get(&op_id)?;
+        let res = op.resource_with_attempt(slot, sid)?;
+        Some((op_id, res))
+    }
+
+    /// The operation id a resource id is linked to.
+    fn res_link(&self, res: &str) -> Option<String> {
+        let (n, slot) = *self.res_links.get(&self.link_key(res))?.value();
+        let op_id = self.numbered(n)?;
+        let op = self.ops.get(&op_id)?;
+        (op.slot_of(res) == Some(slot)).then_some(op_id)
+    }
+
     /// The operation and resource an attempt belongs to, as far as the links tell now.
     ///
     /// An attempt that names its resource is linked through that resource only: the link of
@@ -314,11 +375,14 @@ impl Aggregator {
     /// attempt resolves exactly when the link it is held under ([`held_key`]) exists, and is
     /// released when that link is made, whatever the order the events came in.
     fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
+        if let (Some(op), Some(res)) = (&a.operation_id, &a.resource_id) {
+            return (Some(op.clone()), Some(res.clone()));
+        }
         let by_sid = a
             .downstream_id
-            .as_ref()
+            .as_deref()
             .filter(|_| a.resource_id.is_none())
-            .and_then(|s| self.sid_links.get(s).map(|l| l.value().clone()));
+            .and_then(|s| self.sid_link(s));
         let res = a
             .resource_id
             .clone()
@@ -326,10 +390,7 @@ impl Aggregator {
         let op = a
             .operation_id
             .clone()
-            .or_else(|| {
-                res.as_ref()
-                    .and_then(|r| self.res_links.get(r).map(|o| o.value().clone()))
-            })
+            .or_else(|| res.as_deref().and_then(|r| self.res_link(r)))
             .or_else(|| by_sid.map(|l| l.0));
         (op, res)
     }
@@ -352,18 +413,18 @@ impl Aggregator {
         time_ms: u64,
         now_ms: u64,
     ) -> Outcome {
-        let (changed, kind, fallback) = {
+        let (changed, kind, fallback, link) = {
             let mut op = self
                 .ops
                 .entry(op_id.to_owned())
-                .or_insert_with(|| Operation::new(op_id, time_ms, now_ms));
+                .or_insert_with(|| self.new_operation(op_id, time_ms, now_ms));
             let before = op.resource_count();
-            let fallback = fallback::detect(op.resource(res_id), a);
-            let changed = op.apply_attempt(res_id, a, time_ms, now_ms);
+            let fallback = fallback::detect(op.resource(res_id).as_ref(), a);
+            let (changed, slot) = op.apply_attempt_at(res_id, a, time_ms, now_ms);
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            (changed, op.kind(), fallback)
+            (changed, op.kind(), fallback, (op.number(), slot))
         };
         if let Some(f) = fallback {
             self.note_fallback(f);
@@ -372,18 +433,14 @@ impl Aggregator {
             self.mark_dirty(op_id, Some(res_id), now_ms);
         }
         let mut new_link = false;
-        if !self.res_links.contains_key(res_id) {
-            new_link |= self
-                .res_links
-                .insert(res_id.to_owned(), op_id.to_owned())
-                .is_none();
+        let res_key = self.link_key(res_id);
+        if !self.res_links.contains_key(&res_key) {
+            new_link |= self.res_links.insert(res_key, link).is_none();
         }
         if let Some(sid) = &a.downstream_id {
-            if !self.sid_links.contains_key(sid) {
-                new_link |= self
-                    .sid_links
-                    .insert(sid.clone(), (op_id.to_owned(), res_id.to_owned()))
-                    .is_none();
+            let sid_key = self.link_key(sid);
+            if !self.sid_links.contains_key(&sid_key) {
+                new_link |= self.sid_links.insert(sid_key, link).is_none();
             }
         }
         if new_link {
@@ -506,7 +563,7 @@ impl Aggregator {
                     operation_id: op.id.clone(),
                     kind,
                     status: r.status(),
-                    resource: r.clone(),
+                    resource: r,
                 })
                 .collect(),
         )
@@ -514,14 +571,14 @@ impl Aggregator {
 
     /// One resource by its id.
     pub fn resource(&self, res_id: &str) -> Option<ResourceSnapshot> {
-        let op_id = self.res_links.get(res_id)?.value().clone();
+        let op_id = self.res_link(res_id)?;
         let op = self.ops.get(&op_id)?;
         let r = op.resource(res_id)?;
         Some(ResourceSnapshot {
             operation_id: op.id.clone(),
             kind: op.kind(),
             status: r.status(),
-            resource: r.clone(),
+            resource: r,
         })
     }
 
@@ -586,12 +643,14 @@ impl Aggregator {
         else {
             return false;
         };
-        for r in op.resources() {
-            self.res_links.remove(&r.id);
-            for a in &r.attempts {
-                if let Some(sid) = &a.downstream_id {
-                    self.sid_links.remove(sid);
-                }
+        self.numbers.remove(&op.number());
+        let mine = |l: &Link| l.0 == op.number();
+        for (_, res, sids) in op.links() {
+            self.res_links
+                .remove_if(&self.link_key(&res), |_, l| mine(l));
+            for sid in sids {
+                self.sid_links
+                    .remove_if(&self.link_key(&sid), |_, l| mine(l));
             }
         }
         self.resources
@@ -665,17 +724,21 @@ impl Aggregator {
         self.res_links.clear();
         self.sid_links.clear();
         let mut resources = 0;
+        self.numbers.clear();
         for mut op in state.operations {
             if !self.limits.keep_recipient_addresses {
                 op.forget_recipients();
             }
-            for r in op.resources() {
-                self.res_links.insert(r.id.clone(), op.id.clone());
-                for a in &r.attempts {
-                    if let Some(sid) = &a.downstream_id {
-                        self.sid_links
-                            .insert(sid.clone(), (op.id.clone(), r.id.clone()));
-                    }
+            let n = self.number(&op.id);
+            op.set_number(n);
+            for (slot, res, sids) in op.links() {
+                self.res_links
+                    .entry(self.link_key(&res))
+                    .or_insert((n, slot));
+                for sid in sids {
+                    self.sid_links
+                        .entry(self.link_key(&sid))
+                        .or_insert((n, slot));
                 }
             }
             resources += op.resource_count() as u64;

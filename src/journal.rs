@@ -116,6 +116,11 @@ enum Command {
 /// The append side of the journal, shared by the request handlers.
 pub struct Journal {
     tx: Mutex<mpsc::Sender<Command>>,
+    /// The writer, shared with its thread: with `fsync = "never"` a request writes its record
+    /// itself (a write to the page cache takes microseconds; handing it to the thread and
+    /// waking the request again cost more than that).
+    writer: Arc<Mutex<Writer>>,
+    fsync: FsyncMode,
     dir: PathBuf,
     pub stats: Arc<JournalStats>,
     /// Held for reading from append to apply; held for writing while a snapshot cuts.
@@ -307,6 +312,8 @@ struct Writer {
     /// Bytes of the current segment known good (written, and synced when the mode syncs).
     len: u64,
     stats: Arc<JournalStats>,
+    /// Set once the writer thread has stopped: no more writes.
+    stopped: bool,
 }
 
 impl Writer {
@@ -386,11 +393,13 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Command>) {
+    fn run(writer: Arc<Mutex<Writer>>, rx: mpsc::Receiver<Command>) {
         let mut pending: Vec<Command> = Vec::new();
         while let Ok(first) = rx.recv() {
+            let mut guard = writer.lock().unwrap_or_else(|e| e.into_inner());
+            let this: &mut Writer = &mut guard;
             pending.push(first);
-            while pending.len() < self.cfg.max_group {
+            while pending.len() < this.cfg.max_group {
                 match rx.try_recv() {
                     Ok(c) => pending.push(c),
                     Err(_) => break,
@@ -401,20 +410,21 @@ impl Writer {
                 match cmd {
                     Command::Append { frame, done } => appends.push((frame, done)),
                     Command::Roll(reply) => {
-                        self.flush_appends(&mut appends);
-                        let _ = reply.send(self.roll());
+                        this.flush_appends(&mut appends);
+                        let _ = reply.send(this.roll());
                     }
                     Command::Stop(reply) => {
-                        self.flush_appends(&mut appends);
-                        if let Some(f) = &self.file {
+                        this.flush_appends(&mut appends);
+                        if let Some(f) = &this.file {
                             let _ = f.sync_data();
                         }
+                        this.stopped = true;
                         let _ = reply.send(());
                         return;
                     }
                 }
             }
-            self.flush_appends(&mut appends);
+            this.flush_appends(&mut appends);
         }
     }
 
@@ -423,15 +433,28 @@ impl Writer {
             return;
         }
         let frames: Vec<&[u8]> = appends.iter().map(|(f, _)| f.as_slice()).collect();
+        let result = self.write_counted(&frames);
+        for (_, done) in appends.drain(..) {
+            let _ = done.send(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| JournalError::Io(e.to_string())),
+            );
+        }
+    }
+
+    /// Write a group and account for it in the stats.
+    fn write_counted(&mut self, frames: &[&[u8]]) -> io::Result<()> {
         let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
-        let result = self.write_group(&frames);
+        let result = self.write_group(frames);
         let stats = &self.stats;
         match &result {
             Ok(()) => {
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats
                     .records
-                    .fetch_add(appends.len() as u64, Ordering::Relaxed);
+                    .fetch_add(frames.len() as u64, Ordering::Relaxed);
                 stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                 stats
                     .bytes_since_snapshot
@@ -450,14 +473,7 @@ impl Writer {
                 *last = Some(e.to_string());
             }
         }
-        for (_, done) in appends.drain(..) {
-            let _ = done.send(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| JournalError::Io(e.to_string())),
-            );
-        }
+        result
     }
 }
 
@@ -478,14 +494,20 @@ impl Journal {
             file: None,
             len: 0,
             stats: stats.clone(),
+            stopped: false,
         };
         writer.open_current()?;
+        let fsync = writer.cfg.fsync;
+        let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::channel();
+        let shared = writer.clone();
         std::thread::Builder::new()
             .name("tally-journal".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || Writer::run(shared, rx))?;
         Ok(Journal {
             tx: Mutex::new(tx),
+            writer,
+            fsync,
             dir,
             stats,
             gate: tokio::sync::RwLock::new(()),
@@ -503,6 +525,16 @@ impl Journal {
     /// Append one record and wait until it is durable (as the fsync mode defines it).
     pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
         let payload = serde_json::to_vec(record).map_err(|e| JournalError::Io(e.to_string()))?;
+        if self.fsync == FsyncMode::Never {
+            let framed = frame(&payload);
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            if w.stopped {
+                return Err(JournalError::Stopped);
+            }
+            return w
+                .write_counted(&[&framed])
+                .map_err(|e| JournalError::Io(e.to_string()));
+        }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.send(Command::Append {
             frame: frame(&payload),
@@ -614,5 +646,45 @@ mod tests {
         let (f, valid) = read_frames(&corrupt);
         assert_eq!(f.len(), 1);
         assert_eq!(valid, frame(b"one").len());
+    }
+
+    #[test]
+    fn with_fsync_never_requests_write_their_records_themselves_and_recovery_reads_them() {
+        use crate::event::{Event, EventBody, Phase};
+        let dir = std::env::temp_dir().join(format!("tally-journal-never-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let record = |n: u64| Record {
+            t: 1_000 + n,
+            events: vec![Event {
+                time_ms: 1_000 + n,
+                body: EventBody::Operation {
+                    operation_id: format!("comms_operation_{n}"),
+                    kind: None,
+                    phase: Phase::Processing,
+                },
+            }],
+        };
+        actix_web::rt::System::new().block_on(async {
+            let j = Journal::open(JournalConfig {
+                dir: dir.clone(),
+                fsync: FsyncMode::Never,
+                segment_bytes: 1 << 20,
+                max_group: 16,
+            })
+            .expect("opens");
+            for n in 0..3 {
+                j.append(&record(n)).await.expect("appends");
+            }
+            assert_eq!(j.stats.records.load(Ordering::Relaxed), 3);
+            j.close();
+            assert!(matches!(
+                j.append(&record(9)).await,
+                Err(JournalError::Stopped)
+            ));
+        });
+        let agg = Aggregator::new(crate::aggregator::Limits::default());
+        let report = recover(&dir, &agg).expect("recovers");
+        assert_eq!((report.records, agg.operation_count()), (3, 3));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

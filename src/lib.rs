@@ -16,6 +16,7 @@
 //!  readers             routes::query (/v1/…, Twilio-shaped), /metrics, /healthz/details
 //!  publisher           every kafka.flush_interval: dirty operations → record(&OperationView)
 //!                      → idempotent producer, one record in flight per operation → Kafka
+//!  simulate            acts as Twilio: a seeded scenario, signed requests, the state to expect
 //! ```
 
 pub mod aggregator;
@@ -30,4 +31,5 @@ pub mod publisher;
 pub mod rollup;
 pub mod routes;
 pub mod signature;
+pub mod simulate;
 pub mod startup;

@@ -115,7 +115,7 @@ mod tests {
         let mut op = Operation::new("comms_operation_1", 0, 0);
         let mut found = Vec::new();
         for e in events {
-            found.extend(detect(op.resource(RES), e));
+            found.extend(detect(op.resource(RES).as_ref(), e));
             op.apply_attempt(RES, e, 0, 0);
         }
         found

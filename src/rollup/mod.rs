@@ -1,6 +1,7 @@
 //! The pure core: status lattices and one operation's state. No locks, clocks, IO or async:
 //! time is an argument, so every rule is a plain test and the lattice laws are property tests.
 
+pub mod compact;
 pub mod fallback;
 pub mod operation;
 pub mod status;

@@ -3,12 +3,22 @@
 //! Every field is a join (maximum, minimum or union), so the state after a set of events does
 //! not depend on their order or on duplicates. Only `updated_ms` and `version` record *when* and
 //! *how often* the state changed.
+//!
+//! Resources are stored compactly (issue 4): in arrival order in one vector, found by id through
+//! a table of slot numbers, with ids packed into 16 bytes where they have Twilio's shapes
+//! ([`Id`]) and the first attempt kept inline. [`Resource`] and [`Attempt`] are the readable
+//! forms the query API, filters and snapshots see; they are built on demand.
 
+use super::compact::Id;
 use super::status::{attempt_rank, join_attempt, Bucket, OperationStatus, ResourceStatus};
 use crate::event::{AttemptEvent, AttemptStatus, Channel, Kind, Phase};
+use hashbrown::HashTable;
 use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
 
 /// Format Unix milliseconds as RFC 3339 UTC with milliseconds (`2024-04-05T06:20:00.000Z`).
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -68,31 +78,21 @@ fn join_opt<T: Ord + Clone>(a: &mut Option<T>, b: &Option<T>) -> bool {
     }
 }
 
-impl Attempt {
-    pub fn from_event(ev: &AttemptEvent) -> Attempt {
-        Attempt {
-            key: AttemptKey::of(ev),
-            downstream_id: ev.downstream_id.clone(),
-            attempt: ev.attempt.clone(),
-            channel: ev.channel,
-            status: ev.status,
-            error_code: ev.error_code,
+/// [`join_opt`] for a stored id and an incoming string, without decoding in the common case
+/// where they are equal.
+fn join_id(a: &mut Option<Id>, b: &Option<String>) -> bool {
+    let Some(v) = b else { return false };
+    match a {
+        None => {
+            *a = Some(Id::new(v));
+            true
         }
-    }
-
-    /// Join `ev` into this attempt; true when anything changed.
-    pub fn join(&mut self, ev: &AttemptEvent) -> bool {
-        let mut changed = false;
-        let status = join_attempt(self.status, ev.status);
-        if status != self.status {
-            self.status = status;
-            changed = true;
+        Some(x) if x.is(v) => false,
+        Some(x) if v.as_str() > x.as_string().as_str() => {
+            *a = Some(Id::new(v));
+            true
         }
-        changed |= join_opt(&mut self.error_code, &ev.error_code);
-        changed |= join_opt(&mut self.downstream_id, &ev.downstream_id);
-        changed |= join_opt(&mut self.attempt, &ev.attempt);
-        changed |= join_opt(&mut self.channel, &ev.channel);
-        changed
+        Some(_) => false,
     }
 }
 
@@ -108,17 +108,6 @@ pub struct Resource {
 }
 
 impl Resource {
-    fn new(id: &str, time_ms: u64) -> Resource {
-        Resource {
-            id: id.to_owned(),
-            to: None,
-            tags: BTreeMap::new(),
-            attempts: Vec::new(),
-            created_ms: time_ms,
-            updated_ms: time_ms,
-        }
-    }
-
     /// The resource's status: the best of its attempts under the resource order.
     pub fn status(&self) -> ResourceStatus {
         self.attempts
@@ -144,24 +133,264 @@ impl Resource {
             .and_then(|a| a.error_code)
             .or_else(|| self.attempts.iter().filter_map(|a| a.error_code).max())
     }
+}
 
-    fn join(&mut self, ev: &AttemptEvent) -> bool {
-        let mut changed = join_opt(&mut self.to, &ev.to);
+/// The attempt labels of one operation ("1", "2", … in practice), each kept once; attempts
+/// refer to them by number (0: no label).
+#[derive(Debug, Clone, Default)]
+struct Labels {
+    texts: Vec<Box<str>>,
+    index: HashTable<u32>,
+}
+
+impl Labels {
+    fn text(&self, n: u32) -> Option<&str> {
+        n.checked_sub(1)
+            .and_then(|i| self.texts.get(i as usize))
+            .map(|t| &**t)
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        let h = id_hasher().hash_one(s);
+        let texts = &self.texts;
+        if let Some(&i) = self.index.find(h, |&i| &*texts[i as usize] == s) {
+            return i + 1;
+        }
+        let i = self.texts.len() as u32;
+        self.texts.push(s.into());
+        let texts = &self.texts;
+        self.index
+            .insert_unique(h, i, |&j| id_hasher().hash_one(&*texts[j as usize]));
+        i + 1
+    }
+}
+
+/// An attempt as stored. Its key is not stored: it is the downstream id when there is one,
+/// else the attempt label, else the channel, else implicit, which is exactly what
+/// [`AttemptKey::of`] made it when the attempt was first seen (later joins never change which
+/// of these fields are set, since events only ever match an attempt with the same key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredAttempt {
+    downstream: Option<Id>,
+    /// A number in the operation's [`Labels`].
+    label: u32,
+    error_code: Option<NonZeroU32>,
+    channel: Option<Channel>,
+    status: AttemptStatus,
+}
+
+impl StoredAttempt {
+    fn from_event(ev: &AttemptEvent, labels: &mut Labels) -> StoredAttempt {
+        StoredAttempt {
+            downstream: ev.downstream_id.as_deref().map(Id::new),
+            label: ev.attempt.as_deref().map_or(0, |a| labels.intern(a)),
+            channel: ev.channel,
+            status: ev.status,
+            error_code: ev.error_code.and_then(NonZeroU32::new),
+        }
+    }
+
+    fn from_attempt(a: &Attempt, labels: &mut Labels) -> StoredAttempt {
+        StoredAttempt {
+            downstream: a.downstream_id.as_deref().map(Id::new),
+            label: a.attempt.as_deref().map_or(0, |l| labels.intern(l)),
+            channel: a.channel,
+            status: a.status,
+            error_code: a.error_code.and_then(NonZeroU32::new),
+        }
+    }
+
+    /// Does `ev` report on this attempt (same [`AttemptKey`])?
+    fn matches(&self, ev: &AttemptEvent, labels: &Labels) -> bool {
+        if let Some(d) = &ev.downstream_id {
+            self.downstream.as_ref().is_some_and(|x| x.is(d))
+        } else if let Some(a) = &ev.attempt {
+            self.downstream.is_none() && labels.text(self.label) == Some(a.as_str())
+        } else if let Some(c) = ev.channel {
+            self.downstream.is_none() && self.label == 0 && self.channel == Some(c)
+        } else {
+            self.downstream.is_none() && self.label == 0 && self.channel.is_none()
+        }
+    }
+
+    fn key(&self, labels: &Labels) -> AttemptKey {
+        if let Some(d) = &self.downstream {
+            AttemptKey::Downstream(d.as_string())
+        } else if let Some(a) = labels.text(self.label) {
+            AttemptKey::Attempt(a.to_owned())
+        } else if let Some(c) = self.channel {
+            AttemptKey::Channel(c)
+        } else {
+            AttemptKey::Implicit
+        }
+    }
+
+    fn view(&self, labels: &Labels) -> Attempt {
+        Attempt {
+            key: self.key(labels),
+            downstream_id: self.downstream.as_ref().map(Id::as_string),
+            attempt: labels.text(self.label).map(str::to_owned),
+            channel: self.channel,
+            status: self.status,
+            error_code: self.error_code.map(NonZeroU32::get),
+        }
+    }
+
+    /// Join `ev` into this attempt; true when anything changed.
+    fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+        let mut changed = false;
+        let status = join_attempt(self.status, ev.status);
+        if status != self.status {
+            self.status = status;
+            changed = true;
+        }
+        let mut code = self.error_code.map(NonZeroU32::get);
+        if join_opt(&mut code, &ev.error_code) {
+            self.error_code = code.and_then(NonZeroU32::new);
+            changed = true;
+        }
+        changed |= join_id(&mut self.downstream, &ev.downstream_id);
+        if let Some(a) = &ev.attempt {
+            if labels.text(self.label).is_none_or(|old| a.as_str() > old) {
+                self.label = labels.intern(a);
+                changed = true;
+            }
+        }
+        changed |= join_opt(&mut self.channel, &ev.channel);
+        changed
+    }
+}
+
+/// A resource's attempts: almost always one or two, so the first is kept inline.
+#[derive(Debug, Clone)]
+enum Attempts {
+    One(StoredAttempt),
+    Many(Box<[StoredAttempt]>),
+}
+
+impl Attempts {
+    fn as_slice(&self) -> &[StoredAttempt] {
+        match self {
+            Attempts::One(a) => std::slice::from_ref(a),
+            Attempts::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [StoredAttempt] {
+        match self {
+            Attempts::One(a) => std::slice::from_mut(a),
+            Attempts::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, a: StoredAttempt) {
+        let mut all: Vec<StoredAttempt> = Vec::with_capacity(self.as_slice().len() + 1);
+        all.extend_from_slice(self.as_slice());
+        all.push(a);
+        *self = Attempts::from_vec(all);
+    }
+
+    fn from_vec(mut v: Vec<StoredAttempt>) -> Attempts {
+        if v.len() == 1 {
+            if let Some(a) = v.pop() {
+                return Attempts::One(a);
+            }
+        }
+        Attempts::Many(v.into_boxed_slice())
+    }
+}
+
+/// One resource as stored.
+#[derive(Debug, Clone)]
+struct Slot {
+    id: Id,
+    to: Option<Id>,
+    /// Boxed on purpose: an empty `BTreeMap` is 24 bytes in every slot, the box 8, and almost
+    /// no resource has tags.
+    #[allow(clippy::box_collection)]
+    tags: Option<Box<BTreeMap<String, String>>>,
+    attempts: Attempts,
+    created_ms: u64,
+    updated_ms: u64,
+}
+
+impl Slot {
+    fn new(id: &str, time_ms: u64) -> Slot {
+        Slot {
+            id: Id::new(id),
+            to: None,
+            tags: None,
+            attempts: Attempts::Many(Box::new([])),
+            created_ms: time_ms,
+            updated_ms: time_ms,
+        }
+    }
+
+    fn from_resource(r: &Resource, labels: &mut Labels) -> Slot {
+        let mut attempts: Vec<StoredAttempt> = r
+            .attempts
+            .iter()
+            .map(|a| StoredAttempt::from_attempt(a, labels))
+            .collect();
+        attempts.shrink_to_fit();
+        Slot {
+            id: Id::new(&r.id),
+            to: r.to.as_deref().map(Id::new),
+            tags: (!r.tags.is_empty()).then(|| Box::new(r.tags.clone())),
+            attempts: Attempts::from_vec(attempts),
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+
+    fn status(&self) -> ResourceStatus {
+        self.attempts
+            .as_slice()
+            .iter()
+            .map(|a| ResourceStatus::of_attempt(a.status))
+            .max()
+            .unwrap_or(ResourceStatus::Queued)
+    }
+
+    fn view(&self, labels: &Labels) -> Resource {
+        let mut attempts: Vec<Attempt> = self
+            .attempts
+            .as_slice()
+            .iter()
+            .map(|a| a.view(labels))
+            .collect();
+        attempts.sort_by(|a, b| a.key.cmp(&b.key));
+        Resource {
+            id: self.id.as_string(),
+            to: self.to.as_ref().map(Id::as_string),
+            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            attempts,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
+
+    fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+        let mut changed = join_id(&mut self.to, &ev.to);
         for (k, v) in &ev.tags {
-            match self.tags.get(k) {
+            let tags = self.tags.get_or_insert_with(Default::default);
+            match tags.get(k) {
                 Some(old) if old >= v => {}
                 _ => {
-                    self.tags.insert(k.clone(), v.clone());
+                    tags.insert(k.clone(), v.clone());
                     changed = true;
                 }
             }
         }
-        let key = AttemptKey::of(ev);
-        match self.attempts.iter_mut().find(|a| a.key == key) {
-            Some(a) => changed |= a.join(ev),
+        match self
+            .attempts
+            .as_mut_slice()
+            .iter_mut()
+            .find(|a| a.matches(ev, labels))
+        {
+            Some(a) => changed |= a.join(ev, labels),
             None => {
-                self.attempts.push(Attempt::from_event(ev));
-                self.attempts.sort_by(|a, b| a.key.cmp(&b.key));
+                self.attempts.push(StoredAttempt::from_event(ev, labels));
                 changed = true;
             }
         }
@@ -169,16 +398,32 @@ impl Resource {
     }
 }
 
+/// The hash of resource ids in every operation's slot table: keyed once per process, so ids
+/// chosen by a caller cannot be made to collide.
+fn id_hasher() -> &'static std::hash::RandomState {
+    static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+}
+
+fn hash_id(id: &Id) -> u64 {
+    id_hasher().hash_one(id)
+}
+
 /// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Operation {
     pub id: String,
+    /// The number the aggregator's links know this operation by (0 until it gives one).
+    number: u32,
     kind: Option<Kind>,
     phase: Option<Phase>,
     pub created_ms: u64,
     pub updated_ms: u64,
     pub version: u64,
-    resources: BTreeMap<String, Resource>,
+    slots: Vec<Slot>,
+    /// Slot numbers, found by the hash of their resource id.
+    index: HashTable<u32>,
+    labels: Labels,
     buckets: [u64; 9],
     attempts: u64,
 }
@@ -187,63 +432,122 @@ impl Operation {
     pub fn new(id: &str, time_ms: u64, now_ms: u64) -> Operation {
         Operation {
             id: id.to_owned(),
+            number: 0,
             kind: None,
             phase: None,
             created_ms: time_ms,
             updated_ms: now_ms,
             version: 0,
-            resources: BTreeMap::new(),
+            slots: Vec::new(),
+            index: HashTable::new(),
+            labels: Labels::default(),
             buckets: [0; 9],
             attempts: 0,
         }
     }
 
+    /// The number the aggregator's links know this operation by.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    pub fn set_number(&mut self, number: u32) {
+        self.number = number;
+    }
+
     /// The operation's kind: what its events said, else what its resource ids say, else messages.
     pub fn kind(&self) -> Kind {
-        self.kind
-            .or_else(|| {
-                self.resources
-                    .keys()
-                    .next()
-                    .and_then(|id| Kind::from_resource_id(id))
-            })
-            .unwrap_or(Kind::Messages)
+        // Every attempt applied notes the kind its event or its resource id prefix names, so
+        // when none is noted no resource id has a known prefix either: messages, as ever.
+        self.kind.unwrap_or(Kind::Messages)
     }
 
     pub fn resource_count(&self) -> usize {
-        self.resources.len()
+        self.slots.len()
     }
 
     pub fn attempt_count(&self) -> u64 {
         self.attempts
     }
 
-    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
-        self.resources.values()
+    /// Every resource, in arrival order.
+    pub fn resources(&self) -> impl Iterator<Item = Resource> + '_ {
+        self.slots.iter().map(|s| s.view(&self.labels))
+    }
+
+    /// Each resource's id and its attempts' downstream ids, with its slot number: what the
+    /// aggregator links.
+    pub fn links(&self) -> impl Iterator<Item = (u32, String, Vec<String>)> + '_ {
+        self.slots.iter().enumerate().map(|(i, s)| {
+            let sids = s
+                .attempts
+                .as_slice()
+                .iter()
+                .filter_map(|a| a.downstream.as_ref().map(Id::as_string))
+                .collect();
+            (i as u32, s.id.as_string(), sids)
+        })
     }
 
     /// Resources whose id is strictly after `after`, in id order.
     pub fn resources_after<'a>(
         &'a self,
         after: Option<&str>,
-    ) -> impl Iterator<Item = &'a Resource> {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) => Bound::Excluded(a.to_owned()),
-            None => Bound::Unbounded,
-        };
-        self.resources
-            .range::<String, _>((lower, Bound::Unbounded))
-            .map(|(_, r)| r)
+    ) -> impl Iterator<Item = Resource> + 'a {
+        let mut order: Vec<(String, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_string(), i as u32))
+            .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
+            .collect();
+        order.sort_unstable();
+        order
+            .into_iter()
+            .map(move |(_, i)| self.slots[i as usize].view(&self.labels))
     }
 
-    pub fn resource(&self, id: &str) -> Option<&Resource> {
-        self.resources.get(id)
+    fn slot_index(&self, id: &str) -> Option<u32> {
+        let key = Id::new(id);
+        let h = hash_id(&key);
+        self.index
+            .find(h, |&i| self.slots[i as usize].id == key)
+            .copied()
+    }
+
+    /// The slot number of resource `id`, if this operation has it.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.slot_index(id)
+    }
+
+    /// The id of the resource in `slot`, if it has an attempt with downstream id `sid`.
+    pub fn resource_with_attempt(&self, slot: u32, sid: &str) -> Option<String> {
+        let s = self.slots.get(slot as usize)?;
+        s.attempts
+            .as_slice()
+            .iter()
+            .any(|a| a.downstream.as_ref().is_some_and(|d| d.is(sid)))
+            .then(|| s.id.as_string())
+    }
+
+    pub fn resource(&self, id: &str) -> Option<Resource> {
+        self.slot_index(id)
+            .map(|i| self.slots[i as usize].view(&self.labels))
+    }
+
+    fn insert_slot(&mut self, slot: Slot) -> u32 {
+        let i = self.slots.len() as u32;
+        let h = hash_id(&slot.id);
+        self.slots.push(slot);
+        let slots = &self.slots;
+        self.index
+            .insert_unique(h, i, |&j| hash_id(&slots[j as usize].id));
+        i
     }
 
     /// Drop every recipient address (`[privacy] keep_recipient_addresses = false`).
     pub fn forget_recipients(&mut self) {
-        for r in self.resources.values_mut() {
+        for r in &mut self.slots {
             r.to = None;
         }
     }
@@ -304,29 +608,42 @@ impl Operation {
         time_ms: u64,
         now_ms: u64,
     ) -> bool {
+        self.apply_attempt_at(resource_id, ev, time_ms, now_ms).0
+    }
+
+    /// [`Operation::apply_attempt`], also answering the resource's slot number.
+    pub fn apply_attempt_at(
+        &mut self,
+        resource_id: &str,
+        ev: &AttemptEvent,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> (bool, u32) {
         // The kind names the buckets: taken before `note_kind`, so that a kind changed by this
         // event recounts every bucket below (found by the `ingest` fuzz target: a change of kind
         // left the buckets of the old kind in place, and the result depended on event order).
         let kind_before = self.kind();
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
-        let resource = self
-            .resources
-            .entry(resource_id.to_owned())
-            .or_insert_with(|| Resource::new(resource_id, time_ms));
-        let was_new = resource.attempts.is_empty();
+        let slot = match self.slot_index(resource_id) {
+            Some(i) => i,
+            None => self.insert_slot(Slot::new(resource_id, time_ms)),
+        };
+        let i = slot as usize;
+        let resource = &mut self.slots[i];
+        let was_new = resource.attempts.as_slice().is_empty();
         let before = resource.status();
-        let attempts_before = resource.attempts.len();
+        let attempts_before = resource.attempts.as_slice().len();
         if time_ms < resource.created_ms {
             resource.created_ms = time_ms;
             changed = true;
         }
-        let res_changed = resource.join(ev);
+        let res_changed = resource.join(ev, &mut self.labels);
         if res_changed {
             resource.updated_ms = resource.updated_ms.max(now_ms);
         }
         let after = resource.status();
-        self.attempts += (resource.attempts.len() - attempts_before) as u64;
+        self.attempts += (resource.attempts.as_slice().len() - attempts_before) as u64;
         changed |= res_changed;
         if self.kind() != kind_before {
             // The bucket names depend on the kind; recount (rare: kinds settle on first event).
@@ -337,20 +654,20 @@ impl Operation {
             self.buckets[before.bucket(kind_before).index()] -= 1;
             self.buckets[after.bucket(kind_before).index()] += 1;
         }
-        self.touch(changed, now_ms)
+        (self.touch(changed, now_ms), slot)
     }
 
     fn recount(&mut self) {
         let kind = self.kind();
         self.buckets = [0; 9];
-        for r in self.resources.values() {
+        for r in &self.slots {
             self.buckets[r.status().bucket(kind).index()] += 1;
         }
     }
 
     /// The operation's status (domain.md §3).
     pub fn status(&self) -> OperationStatus {
-        let n = self.resources.len() as u64;
+        let n = self.slots.len() as u64;
         if n > 0 && self.buckets[Bucket::Canceled.index()] == n {
             return OperationStatus::Canceled;
         }
@@ -366,7 +683,7 @@ impl Operation {
     }
 
     pub fn stats(&self) -> Stats {
-        let n = self.resources.len() as u64;
+        let n = self.slots.len() as u64;
         let b = |x: Bucket| self.buckets[x.index()];
         Stats {
             kind: self.kind(),
@@ -397,6 +714,69 @@ impl Operation {
             updated_ms: self.updated_ms,
             version: self.version,
         }
+    }
+}
+
+/// Resources serialised as the map from id to [`Resource`] (in id order) that snapshots have
+/// always held, built one at a time.
+struct ResourcesRef<'a>(&'a Operation);
+
+impl Serialize for ResourcesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.slots.len()))?;
+        for r in self.0.resources_after(None) {
+            m.serialize_entry(&r.id, &r)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Operation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Operation", 9)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("phase", &self.phase)?;
+        st.serialize_field("created_ms", &self.created_ms)?;
+        st.serialize_field("updated_ms", &self.updated_ms)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("resources", &ResourcesRef(self))?;
+        st.serialize_field("buckets", &self.buckets)?;
+        st.serialize_field("attempts", &self.attempts)?;
+        st.end()
+    }
+}
+
+/// The snapshot form of an operation.
+#[derive(Deserialize)]
+struct OperationRepr {
+    id: String,
+    kind: Option<Kind>,
+    phase: Option<Phase>,
+    created_ms: u64,
+    updated_ms: u64,
+    version: u64,
+    resources: BTreeMap<String, Resource>,
+    buckets: [u64; 9],
+    attempts: u64,
+}
+
+impl<'de> Deserialize<'de> for Operation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
+        let r = OperationRepr::deserialize(d)?;
+        let mut op = Operation::new(&r.id, r.created_ms, r.updated_ms);
+        op.kind = r.kind;
+        op.phase = r.phase;
+        op.version = r.version;
+        op.buckets = r.buckets;
+        op.attempts = r.attempts;
+        op.slots.reserve_exact(r.resources.len());
+        for res in r.resources.values() {
+            let slot = Slot::from_resource(res, &mut op.labels);
+            op.insert_slot(slot);
+        }
+        Ok(op)
     }
 }
 
@@ -621,6 +1001,13 @@ mod tests {
             serde_json::to_string(&s).unwrap(),
             r#"{"total":0,"recipients":0,"attempts":0,"unaddressable":0,"queued":0,"sent":0,"scheduled":0,"delivered":0,"undelivered":0,"failed":0,"canceled":0}"#
         );
+    }
+
+    #[test]
+    fn stored_resources_and_attempts_stay_small() {
+        // Issue 4's memory budget: a resource with 1.5 attempts in about 200 bytes.
+        assert_eq!(std::mem::size_of::<StoredAttempt>(), 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 112);
     }
 
     #[test]

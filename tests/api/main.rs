@@ -17,4 +17,5 @@ mod query;
 mod raw;
 mod shutdown;
 mod signatures;
+mod simulate;
 mod slow_clients;

@@ -1,0 +1,74 @@
+//! Resident memory per tracked resource: build an `Aggregator` in this process from generated
+//! Event Streams batches (decoded by the real decoder) and read VmRSS before and after.
+//!
+//! `memory RESOURCES [RECIPIENTS_PER_OPERATION]` prints one JSON object.
+
+use std::time::Instant;
+use tally::aggregator::{Aggregator, Limits};
+use tally::event::Kind;
+use tally::ingest::decode_events;
+use tally::simulate::{Config, Mix, Scenario};
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let resources: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let per_op: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let cfg = Config {
+        operations: resources.div_ceil(per_op),
+        recipients: per_op,
+        mix: Mix::Events,
+        kinds: vec![Kind::Messages],
+        fallback: 0.5,
+        seed: 42,
+        ..Config::default()
+    };
+    let agg = Aggregator::new(Limits {
+        max_resources: u64::MAX,
+        ..Limits::default()
+    });
+    let before = rss_bytes();
+    let started = Instant::now();
+    let mut events = 0u64;
+    let now = 1_767_225_600_000 + 86_400_000;
+    for i in 0..cfg.operations {
+        for body in Scenario::event_batches_of(&cfg, i, 100) {
+            for ev in decode_events(&body, now)
+                .expect("generated JSON")
+                .into_iter()
+                .flatten()
+            {
+                agg.apply(&ev, now);
+                events += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = rss_bytes();
+    let census = agg.census();
+    let per_resource = (after.saturating_sub(before)) as f64 / census.resources.max(1) as f64;
+    let out = serde_json::json!({
+        "resources": census.resources,
+        "attempts": census.attempts,
+        "attempts_per_resource": census.attempts as f64 / census.resources.max(1) as f64,
+        "operations": agg.operation_count(),
+        "events": events,
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "bytes_per_resource": per_resource.round(),
+        "build_seconds": elapsed,
+        "generate_decode_apply_events_per_s": (events as f64 / elapsed).round(),
+    });
+    println!("{out}");
+}
