@@ -146,10 +146,25 @@ async fn gate_callback(
             .inc();
         return Ok(refuse(req, GateError::Overloaded));
     };
-    metrics.callbacks_in_flight.inc();
-    let result = next.call(req).await;
-    metrics.callbacks_in_flight.dec();
-    result.map(|r| r.map_into_boxed_body())
+    let _counted = InFlight::enter(&metrics);
+    next.call(req).await.map(|r| r.map_into_boxed_body())
+}
+
+/// One callback in `tally_callbacks_in_flight`, for as long as it lives: dropped with the
+/// request future even when a client disconnects mid-request.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(metrics: &Metrics) -> InFlight {
+        metrics.callbacks_in_flight.inc();
+        InFlight(metrics.callbacks_in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The request body, read by the handler through this stream while the middleware keeps the

@@ -141,6 +141,27 @@ async fn when_every_callback_slot_is_busy_callbacks_get_429_at_once_with_retry_a
 }
 
 #[actix_web::test]
+async fn a_client_that_hangs_up_mid_body_gives_its_slot_back() {
+    // Arrange: one slot, taken by a request whose body stops half-way.
+    let app = spawn_app_with(&[
+        ("TALLY_HTTP__MAX_INFLIGHT_CALLBACKS", "1"),
+        ("TALLY_HTTP__BODY_READ_TIMEOUT", "30s"),
+    ])
+    .await;
+    let (conn, _rest) = half_sent(&app, &batch(&op(7)));
+    wait_in_flight(&app, 1.0).await;
+
+    // Act
+    drop(conn);
+    wait_in_flight(&app, 0.0).await;
+    let resp = app.post_events_body(batch(&op(8))).await;
+
+    // Assert
+    assert_eq!(resp.status.as_u16(), 200, "{}", resp.text());
+    assert_eq!(app.operation("Messages", &op(7)).await.status.as_u16(), 404);
+}
+
+#[actix_web::test]
 async fn a_flood_of_concurrent_callbacks_is_answered_200_or_429_and_the_books_balance() {
     // Arrange: a journal that syncs every request keeps each callback in flight a while.
     let dir = scratch("overload-flood");
