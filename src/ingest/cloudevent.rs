@@ -46,8 +46,9 @@ pub fn decode_events(
 }
 
 /// [`decode_events`] for a body that may carry at most `max_events` events: a longer array is
-/// [`BodyError::TooManyEvents`]. Parsing stops at the first element past the bound, so what a
-/// hostile body can make tally allocate is bounded by `max_events`, not by the element count.
+/// [`BodyError::TooManyEvents`], refused before any event is decoded. The array is first split
+/// into borrowed raw elements (16 bytes each, bounded by the body size limit), so a hostile body
+/// cannot make tally build more than `max_events` decoded events.
 pub fn decode_events_bounded(
     body: &[u8],
     received_ms: u64,
