@@ -123,6 +123,18 @@ struct OperationJson<'a> {
     updated_at: String,
 }
 
+/// Split `size + 1` fetched items into the page shown and, when there is more, the id of its
+/// last item (the next page's token).
+fn page_of<T>(items: &[T], size: usize, id: impl Fn(&T) -> &str) -> (&[T], Option<&str>) {
+    let shown = &items[..items.len().min(size)];
+    let last = if items.len() > size {
+        shown.last().map(id)
+    } else {
+        None
+    };
+    (shown, last)
+}
+
 fn operation_json(v: &OperationView) -> OperationJson<'_> {
     OperationJson {
         id: &v.id,
@@ -215,13 +227,7 @@ pub async fn list_operations(
         })?),
     };
     let ops = agg.list_operations(kind, status, page.after.as_deref(), page.size + 1);
-    let more = ops.len() > page.size;
-    let shown = &ops[..ops.len().min(page.size)];
-    let last = if more {
-        shown.last().map(|v| v.id.as_str())
-    } else {
-        None
-    };
+    let (shown, last) = page_of(&ops, page.size, |v| v.id.as_str());
     Ok(HttpResponse::Ok().json(OperationList {
         operations: shown.iter().map(operation_json).collect(),
         pagination: pagination(kind, &req, &q, page.size, last),
@@ -276,13 +282,7 @@ pub async fn list_resources(
     let items = agg
         .resources(op_id, &filter, page.after.as_deref(), page.size + 1)
         .ok_or_else(|| not_found_operation(op_id))?;
-    let more = items.len() > page.size;
-    let shown = &items[..items.len().min(page.size)];
-    let last = if more {
-        shown.last().map(|s| s.resource.id.as_str())
-    } else {
-        None
-    };
+    let (shown, last) = page_of(&items, page.size, |s| s.resource.id.as_str());
     let mut body = Map::new();
     body.insert(
         items_key(kind).into(),
@@ -336,13 +336,7 @@ pub async fn list_errors(
     }
     items.sort_by(|a, b| a.resource.id.cmp(&b.resource.id));
     items.truncate(page.size + 1);
-    let more = items.len() > page.size;
-    let shown = &items[..items.len().min(page.size)];
-    let last = if more {
-        shown.last().map(|s| s.resource.id.as_str())
-    } else {
-        None
-    };
+    let (shown, last) = page_of(&items, page.size, |s| s.resource.id.as_str());
     let errors: Vec<Value> = shown.iter().map(|s| resource_json(s, true)).collect();
     Ok(HttpResponse::Ok().json(json!({
         "errors": errors,
