@@ -136,6 +136,10 @@ pub struct KafkaSettings {
     pub topic_setup_retry: Duration,
     #[serde(with = "humantime_serde_shim")]
     pub shutdown_timeout: Duration,
+    /// With records in flight and a broker connected, how long without any acknowledgement
+    /// before the producer is replaced.
+    #[serde(with = "humantime_serde_shim")]
+    pub stall_timeout: Duration,
     pub librdkafka: LibrdkafkaOptions,
 }
 
@@ -432,8 +436,12 @@ impl Settings {
         if k.resources_topic.as_deref() == Some(k.topic.as_str()) {
             return bad("kafka.resources_topic must differ from kafka.topic".into());
         }
-        if k.flush_interval.is_zero() || k.topic_setup_retry.is_zero() {
-            return bad("kafka.flush_interval and kafka.topic_setup_retry must be positive".into());
+        if k.flush_interval.is_zero() || k.topic_setup_retry.is_zero() || k.stall_timeout.is_zero()
+        {
+            return bad(
+                "kafka.flush_interval, kafka.topic_setup_retry and kafka.stall_timeout must be positive"
+                    .into(),
+            );
         }
         if k.partitions == 0
             || k.partitions < -1

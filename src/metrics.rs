@@ -106,8 +106,12 @@ pub struct KafkaMetrics {
     pub broker_up: IntGauge,
     /// 1 once the topic is known to exist (found or created), else 0, by topic.
     pub topic_ready: IntGaugeVec,
-    /// Producer replacements: after a fatal librdkafka error, or records timing out while connected.
-    pub producer_restarts: IntCounter,
+    /// Producer replacements, by reason: `fatal` (librdkafka's fatal error), `timed_out`
+    /// (records timed out), `fenced` (the broker refused the producer id or epoch), `stalled`
+    /// (no acknowledgement while connected for `kafka.stall_timeout`).
+    pub producer_restarts: IntCounterVec,
+    /// Seconds since the broker last acknowledged a record (-1 before the first).
+    pub last_ack_age: Gauge,
 }
 
 impl KafkaMetrics {
@@ -130,6 +134,13 @@ impl KafkaMetrics {
         )
         .expect("valid metric");
         r.register(Box::new(oldest_unpublished_age.clone()))
+            .expect("registered once");
+        let last_ack_age = Gauge::new(
+            "tally_kafka_last_ack_age_seconds",
+            "Seconds since the broker last acknowledged a record (-1 before the first)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_ack_age.clone()))
             .expect("registered once");
         let topic_ready = IntGaugeVec::new(
             Opts::new(
@@ -177,12 +188,17 @@ impl KafkaMetrics {
                 "1 while the producer is connected to at least one broker",
             ),
             topic_ready,
-            producer_restarts: counter(
+            producer_restarts: counter_vec(
                 r,
                 "tally_kafka_producer_restarts_total",
-                "Producer replacements (after a fatal error, or records timing out while connected)",
+                "Producer replacements, by reason (fatal, timed_out, fenced, stalled)",
+                &["reason"],
             ),
+            last_ack_age,
         };
+        for reason in ["fatal", "timed_out", "fenced", "stalled"] {
+            m.producer_restarts.with_label_values(&[reason]);
+        }
         for topic in ["operations", "resources"] {
             m.records_delivered.with_label_values(&[topic]);
         }

@@ -135,14 +135,25 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let server = actix_web::rt::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
+    let mut app = attach(port, &token);
+    app.admin_port = admin_port;
+    app.shutdown = Some(tx);
+    app.server = Some(server);
+    app
+}
+
+/// A client for a tally started elsewhere (the real binary, say) listening on `port`: the
+/// `post_*`, `get` and `metrics` helpers work as with [`spawn_app`]; stopping it is the
+/// caller's business.
+pub fn attach(port: u16, token: &str) -> TestApp {
     TestApp {
         port,
-        admin_port,
+        admin_port: None,
         address: format!("http://127.0.0.1:{port}"),
-        token,
+        token: token.to_owned(),
         client: Client::builder().timeout(Duration::from_secs(10)).finish(),
-        shutdown: Some(tx),
-        server: Some(server),
+        shutdown: None,
+        server: None,
     }
 }
 

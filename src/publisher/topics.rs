@@ -1,0 +1,140 @@
+//! Topic set-up: each topic found, or created compacted, in the background.
+
+use super::context::Context;
+use super::status::KafkaStatus;
+use super::Role;
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
+use rdkafka::error::RDKafkaErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Check that every topic exists, creating it when missing and allowed; retried with backoff
+/// while it fails, re-checked every `topic_setup_retry` after, and at once whenever the flush
+/// loop finds a topic gone. Never blocks callbacks.
+pub(super) async fn topic_setup(
+    settings: KafkaSettings,
+    mut config: ClientConfig,
+    status: Arc<KafkaStatus>,
+    metrics: Arc<Metrics>,
+    recheck: Arc<Notify>,
+) {
+    // Asking for a topic's metadata must not create it with the broker's defaults.
+    config.set("allow.auto.create.topics", "false");
+    let ctx = Context {
+        status: status.clone(),
+        metrics: metrics.clone(),
+        producer: false,
+    };
+    let admin: AdminClient<Context> = match AdminClient::from_config_and_context(&config, ctx) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "kafka: cannot create the admin client; topics are not checked");
+            return;
+        }
+    };
+    let admin = Arc::new(admin);
+    let mut topics = vec![(Role::Operations, settings.topic.clone())];
+    if let Some(t) = &settings.resources_topic {
+        topics.push((Role::Resources, t.clone()));
+    }
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut all_ready = true;
+        for (role, name) in &topics {
+            let result = ensure_topic(&admin, name, &settings).await;
+            let ready = result.is_ok();
+            metrics
+                .kafka
+                .topic_ready
+                .with_label_values(&[role.as_str()])
+                .set(ready as i64);
+            match result {
+                Ok(how) => {
+                    tracing::debug!(topic = %name, "kafka: topic check: {how}");
+                    if !status_ready(&status, role.as_str()) {
+                        tracing::info!(topic = %name, "kafka: topic {how}");
+                    }
+                    status.set_topic(role.as_str(), true, None);
+                }
+                Err(problem) => {
+                    all_ready = false;
+                    tracing::warn!(topic = %name, retry_in = ?backoff, "kafka: topic not ready: {problem}");
+                    status.set_topic(role.as_str(), false, Some(problem));
+                }
+            }
+        }
+        if all_ready {
+            backoff = Duration::from_millis(500);
+            // Look again now and then: a broker that lost its data has lost the topic too.
+            tokio::select! {
+                _ = recheck.notified() => {}
+                _ = tokio::time::sleep(settings.topic_setup_retry) => {}
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(settings.topic_setup_retry);
+        }
+    }
+}
+
+fn status_ready(status: &KafkaStatus, role: &str) -> bool {
+    status
+        .lock()
+        .topics
+        .iter()
+        .any(|t| t.role == role && t.ready)
+}
+
+/// Make sure `name` exists: found as is, or created (compacted) when allowed.
+async fn ensure_topic(
+    admin: &Arc<AdminClient<Context>>,
+    name: &str,
+    k: &KafkaSettings,
+) -> Result<&'static str, String> {
+    let a = admin.clone();
+    let topic = name.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        a.inner()
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| (t.error(), t.partitions().len()))
+            })
+    })
+    .await
+    .map_err(|e| format!("metadata task failed: {e}"))?
+    .map_err(|e| format!("cannot reach the brokers: {e}"))?;
+    match found {
+        Some((None, n)) if n > 0 => return Ok("found"),
+        Some((Some(err), _))
+            if RDKafkaErrorCode::from(err) != RDKafkaErrorCode::UnknownTopicOrPartition =>
+        {
+            return Err(format!("metadata: {:?}", RDKafkaErrorCode::from(err)));
+        }
+        _ => {}
+    }
+    if !k.create_topics {
+        return Err("topic does not exist and kafka.create_topics is false".into());
+    }
+    let replication = TopicReplication::Fixed(k.replication_factor);
+    let new = NewTopic::new(name, k.partitions, replication).set("cleanup.policy", "compact");
+    let opts = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| format!("create: {e}"))?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok("created (cleanup.policy=compact)"),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok("found"),
+        Some(Err((_, code))) => Err(format!("create: {code:?}")),
+        None => Err("create: no result".into()),
+    }
+}
