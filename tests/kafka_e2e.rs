@@ -770,7 +770,10 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
     ];
     let mut timeouts = vec![("message.timeout.ms", message_timeout)];
     if !defaults {
-        env.push(("TALLY_KAFKA__LIBRDKAFKA__MESSAGE_TIMEOUT_MS", "10000".into()));
+        env.push((
+            "TALLY_KAFKA__LIBRDKAFKA__MESSAGE_TIMEOUT_MS",
+            "10000".into(),
+        ));
         env.push(("TALLY_KAFKA__LIBRDKAFKA__REQUEST_TIMEOUT_MS", "5000".into()));
         env.push(("TALLY_KAFKA__LIBRDKAFKA__SOCKET_TIMEOUT_MS", "10000".into()));
         env.push(("TALLY_KAFKA__STALL_TIMEOUT", "5s".into()));
@@ -840,14 +843,25 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
         post_all(&app, wave, 5, 8).await;
         tokio::time::sleep(pause).await;
         let d = app.get("/healthz/details").await.json();
-        down_seen |= d["kafka"]["brokerUp"] == false && d["kafka"]["brokerDownForSeconds"].as_f64() > Some(0.0);
+        down_seen |= d["kafka"]["brokerUp"] == false
+            && d["kafka"]["brokerDownForSeconds"].as_f64() > Some(0.0);
     }
     tokio::time::sleep(outage.saturating_sub(cut_at.elapsed())).await;
     let details = app.get("/healthz/details").await.json();
-    eprintln!("long outage: health details at the end of the outage: {}", details["kafka"]);
+    eprintln!(
+        "long outage: health details at the end of the outage: {}",
+        details["kafka"]
+    );
     assert!(down_seen, "/healthz/details showed the outage: {details}");
-    assert!(details["kafka"]["recordsTimedOut"].as_u64() > Some(0), "records timed out: {details}");
-    assert_eq!(app.get("/readyz").await.status.as_u16(), 200, "callbacks stay ready");
+    assert!(
+        details["kafka"]["recordsTimedOut"].as_u64() > Some(0),
+        "records timed out: {details}"
+    );
+    assert_eq!(
+        app.get("/readyz").await.status.as_u16(),
+        200,
+        "callbacks stay ready"
+    );
     let rss_during = tally.rss_kb();
     let waiting = app
         .metrics()
@@ -864,7 +878,14 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
     // cannot carry on is replaced within kafka.stall_timeout plus the 5 s between replacements,
     // then one flush interval and the broker's acknowledgement.
     let bound = Duration::from_secs(if defaults { 40 } else { 25 });
-    let recs = read_until_matching(&bootstrap, &topic, &ids, &views, bound + Duration::from_secs(60)).await;
+    let recs = read_until_matching(
+        &bootstrap,
+        &topic,
+        &ids,
+        &views,
+        bound + Duration::from_secs(60),
+    )
+    .await;
     let converged = back_at.elapsed();
     assert_topic_matches(&recs, &ids, &views);
     let m = app.metrics().await;
@@ -890,7 +911,10 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
         converged <= bound,
         "every operation's newest state reached the topic {converged:?} after the broker came back; the documented bound is {bound:?}"
     );
-    assert!(!restarts.is_empty(), "the producer was replaced after the timeouts");
+    assert!(
+        !restarts.is_empty(),
+        "the producer was replaced after the timeouts"
+    );
     assert_eq!(m.get("tally_kafka_broker_up", &[]), Some(1.0));
     assert!(m.get("tally_kafka_last_ack_age_seconds", &[]) < Some(5.0));
     assert!(

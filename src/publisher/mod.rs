@@ -467,7 +467,9 @@ impl Publisher {
             .with_label_values(&[role.as_str(), &failure.name()])
             .inc();
         if failure.0 == Some(RDKafkaErrorCode::MessageTimedOut) {
-            self.status.records_timed_out.fetch_add(1, Ordering::Relaxed);
+            self.status
+                .records_timed_out
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -555,9 +557,11 @@ impl Publisher {
         self.last_gauges = Some(Instant::now());
         let last_ack_age = self.last_ack.map_or(-1.0, |t| t.elapsed().as_secs_f64());
         self.metrics.kafka.last_ack_age.set(last_ack_age);
-        self.status
-            .last_ack_age_ms
-            .store(self.last_ack.map_or(u64::MAX, |t| t.elapsed().as_millis() as u64), Ordering::Relaxed);
+        self.status.last_ack_age_ms.store(
+            self.last_ack
+                .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64),
+            Ordering::Relaxed,
+        );
         let Some(dirty) = self.agg.dirty() else {
             return;
         };
@@ -629,11 +633,14 @@ impl Publisher {
             .with_label_values(&[why.as_str()])
             .inc();
         let old = std::mem::replace(&mut self.producer, p);
-        // Fail whatever the old producer still holds now, instead of waiting for its timeouts:
-        // the delivery reports put the marks back.
-        old.purge(PurgeConfig::default().queue().inflight());
-        // Destroying a producer waits for its threads: not on this runtime's thread.
-        tokio::task::spawn_blocking(move || drop(old));
+        // Fail whatever the old producer still holds now, instead of waiting for its timeouts
+        // (the delivery reports put the marks back; until they arrive those operations stay in
+        // flight, so nothing of theirs goes out on the new producer yet), then destroy it. Both
+        // wait for librdkafka's threads: not on this runtime's thread.
+        tokio::task::spawn_blocking(move || {
+            old.purge(PurgeConfig::default().queue().inflight());
+            drop(old);
+        });
         if !in_flight.is_empty() {
             self.reconfirm
                 .push((Instant::now() + RECONFIRM_AFTER, in_flight));
@@ -643,7 +650,11 @@ impl Publisher {
     /// Mark again the operations whose records were on a replaced producer, once their time
     /// has come.
     fn reconfirm_due(&mut self) {
-        if self.reconfirm.first().is_none_or(|(at, _)| *at > Instant::now()) {
+        if self
+            .reconfirm
+            .first()
+            .is_none_or(|(at, _)| *at > Instant::now())
+        {
             return;
         }
         let Some(dirty) = self.agg.dirty() else {

@@ -410,3 +410,108 @@ async fn after_a_restart_every_operation_recovered_from_the_journal_is_published
     app.stop().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The restart counter by reason, summed over every reason when `reason` is `None`.
+fn restarts(m: &super::helpers::Scrape, reason: Option<&str>) -> f64 {
+    match reason {
+        Some(r) => m.sum("tally_kafka_producer_restarts_total", &[("reason", r)]),
+        None => m.sum("tally_kafka_producer_restarts_total", &[]),
+    }
+}
+
+#[actix_web::test]
+async fn a_producer_the_broker_refuses_is_replaced_and_every_operation_still_reaches_the_topic() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = mock_cluster();
+    let bootstrap = mock.bootstrap_servers();
+    let app = spawn_publishing(&bootstrap, &[("TALLY_KAFKA__FLUSH_INTERVAL", "20ms")]).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let (events, ids) = random_traffic(&mut rng, "fence", 20, 3);
+    // The broker answers the next produce requests as a broker that lost the producer's epoch
+    // would: the same producer cannot get past that.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH; 4],
+    );
+    for chunk in events.chunks(10) {
+        assert_eq!(post(&app, chunk).await, 200);
+    }
+    let (recs, views) = read_until_current(&app, &bootstrap, &ids).await;
+    let newest = newest_by_key(&recs);
+    for (id, view) in ids.iter().zip(&views) {
+        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
+    }
+    assert_eq!(version_regressions(&recs), Vec::<String>::new());
+    let m = app.metrics().await;
+    assert!(
+        m.sum(
+            "tally_kafka_records_failed_total",
+            &[("reason", "InvalidProducerEpoch")]
+        ) > 0.0,
+        "the refusals reached tally"
+    );
+    assert!(restarts(&m, None) >= 1.0, "the producer was replaced");
+    let details = app.get("/healthz/details").await.json();
+    assert!(
+        details["kafka"]["producerReplacements"].as_u64() >= Some(1),
+        "{details}"
+    );
+    assert!(
+        details["kafka"]["lastProducerReplacement"]["reason"]
+            .as_str()
+            .is_some(),
+        "{details}"
+    );
+    app.stop().await.expect("clean shutdown");
+}
+
+#[actix_web::test]
+async fn a_producer_without_acknowledgements_while_connected_is_replaced_after_the_stall_timeout() {
+    let mock = mock_cluster();
+    let bootstrap = mock.bootstrap_servers();
+    let app = spawn_publishing(
+        &bootstrap,
+        &[
+            ("TALLY_KAFKA__FLUSH_INTERVAL", "20ms"),
+            ("TALLY_KAFKA__STALL_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    let (events, ids) = random_traffic(&mut rng, "stall", 20, 3);
+    let (first, rest) = events.split_at(events.len() / 2);
+    for chunk in first.chunks(10) {
+        assert_eq!(post(&app, chunk).await, 200);
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    // Connected, but the broker answers nothing for a long while.
+    mock.broker_round_trip_time(1, Duration::from_secs(30))
+        .expect("rtt");
+    for chunk in rest.chunks(10) {
+        assert_eq!(post(&app, chunk).await, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = app.metrics().await;
+        if restarts(&m, Some("stalled")) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement for a stall; restarts by reason: {:?}",
+            m.samples
+                .iter()
+                .filter(|s| s.name == "tally_kafka_producer_restarts_total")
+                .map(|s| (s.labels.get("reason").cloned(), s.value))
+                .collect::<Vec<_>>()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    mock.broker_round_trip_time(1, Duration::ZERO).expect("rtt");
+    let (recs, views) = read_until_current(&app, &bootstrap, &ids).await;
+    let newest = newest_by_key(&recs);
+    for (id, view) in ids.iter().zip(&views) {
+        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
+    }
+    app.stop().await.expect("clean shutdown");
+}
