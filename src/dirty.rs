@@ -83,7 +83,12 @@ impl Dirty {
 
     /// Put back a mark that was taken but not acknowledged, merged with any newer one.
     pub fn restore(&self, op: String, change: Change) {
-        self.ops.entry(op).or_default().merge(change);
+        match self.ops.entry(op) {
+            dashmap::Entry::Occupied(mut e) => e.get_mut().merge(change),
+            dashmap::Entry::Vacant(e) => {
+                e.insert(change);
+            }
+        }
     }
 
     /// Forget an operation's mark (it no longer exists).
@@ -128,6 +133,22 @@ mod tests {
         assert_eq!(taken[0].1.since_ms, 100);
         assert!(taken[0].1.resources.is_empty(), "resources not tracked");
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_mark_put_back_keeps_the_time_of_its_change_alone_or_merged_with_a_newer_one() {
+        let d = Dirty::new(false);
+        d.mark("alone", None, 500);
+        d.mark("merged", None, 600);
+        let taken = d.take(|_| false, 10);
+        d.mark("merged", None, 900);
+        for (id, change) in taken {
+            d.restore(id, change);
+        }
+        assert_eq!(d.oldest_ms(), Some(500));
+        let again = d.take(|_| false, 10);
+        let times: Vec<(String, u64)> = again.into_iter().map(|(id, c)| (id, c.since_ms)).collect();
+        assert_eq!(times, vec![("alone".into(), 500), ("merged".into(), 600)]);
     }
 
     #[test]

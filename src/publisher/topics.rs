@@ -45,7 +45,19 @@ pub(super) async fn topic_setup(
     loop {
         let mut all_ready = true;
         for (role, name) in &topics {
-            let result = ensure_topic(&admin, name, &settings).await;
+            let was_ready = status_ready(&status, role.as_str());
+            let result = match ensure_topic(&admin, name, &settings).await {
+                // Not reaching the brokers says nothing about a topic already found: it stays
+                // ready, so that publishing resumes the moment a broker answers instead of
+                // after this loop's backoff. A topic that is really gone shows in the produce
+                // errors, which ask for a check at once.
+                Err(TopicProblem::Unreachable(why)) if was_ready => {
+                    tracing::debug!(topic = %name, "kafka: topic re-check: {why}");
+                    Ok("still assumed present (brokers unreachable)")
+                }
+                Err(p) => Err(p.to_string()),
+                Ok(how) => Ok(how),
+            };
             let ready = result.is_ok();
             metrics
                 .kafka
@@ -55,7 +67,7 @@ pub(super) async fn topic_setup(
             match result {
                 Ok(how) => {
                     tracing::debug!(topic = %name, "kafka: topic check: {how}");
-                    if !status_ready(&status, role.as_str()) {
+                    if !was_ready {
                         tracing::info!(topic = %name, "kafka: topic {how}");
                     }
                     status.set_topic(role.as_str(), true, None);
@@ -89,12 +101,28 @@ fn status_ready(status: &KafkaStatus, role: &str) -> bool {
         .any(|t| t.role == role && t.ready)
 }
 
+/// Why a topic check failed.
+enum TopicProblem {
+    /// No broker answered the metadata request.
+    Unreachable(String),
+    /// A broker answered: the topic is missing and cannot be created, or another error.
+    Other(String),
+}
+
+impl std::fmt::Display for TopicProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicProblem::Unreachable(s) | TopicProblem::Other(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Make sure `name` exists: found as is, or created (compacted) when allowed.
 async fn ensure_topic(
     admin: &Arc<AdminClient<Context>>,
     name: &str,
     k: &KafkaSettings,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, TopicProblem> {
     let a = admin.clone();
     let topic = name.to_owned();
     let found = tokio::task::spawn_blocking(move || {
@@ -108,19 +136,24 @@ async fn ensure_topic(
             })
     })
     .await
-    .map_err(|e| format!("metadata task failed: {e}"))?
-    .map_err(|e| format!("cannot reach the brokers: {e}"))?;
+    .map_err(|e| TopicProblem::Other(format!("metadata task failed: {e}")))?
+    .map_err(|e| TopicProblem::Unreachable(format!("cannot reach the brokers: {e}")))?;
     match found {
         Some((None, n)) if n > 0 => return Ok("found"),
         Some((Some(err), _))
             if RDKafkaErrorCode::from(err) != RDKafkaErrorCode::UnknownTopicOrPartition =>
         {
-            return Err(format!("metadata: {:?}", RDKafkaErrorCode::from(err)));
+            return Err(TopicProblem::Other(format!(
+                "metadata: {:?}",
+                RDKafkaErrorCode::from(err)
+            )));
         }
         _ => {}
     }
     if !k.create_topics {
-        return Err("topic does not exist and kafka.create_topics is false".into());
+        return Err(TopicProblem::Other(
+            "topic does not exist and kafka.create_topics is false".into(),
+        ));
     }
     let replication = TopicReplication::Fixed(k.replication_factor);
     let new = NewTopic::new(name, k.partitions, replication).set("cleanup.policy", "compact");
@@ -130,11 +163,11 @@ async fn ensure_topic(
     let results = admin
         .create_topics([&new], &opts)
         .await
-        .map_err(|e| format!("create: {e}"))?;
+        .map_err(|e| TopicProblem::Other(format!("create: {e}")))?;
     match results.into_iter().next() {
         Some(Ok(_)) => Ok("created (cleanup.policy=compact)"),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok("found"),
-        Some(Err((_, code))) => Err(format!("create: {code:?}")),
-        None => Err("create: no result".into()),
+        Some(Err((_, code))) => Err(TopicProblem::Other(format!("create: {code:?}"))),
+        None => Err(TopicProblem::Other("create: no result".into())),
     }
 }
