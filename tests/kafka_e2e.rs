@@ -461,7 +461,7 @@ async fn a_broker_killed_and_restarted_empty_gets_the_topic_again_and_every_late
     let m = app.metrics().await;
     eprintln!(
         "restart: producer restarts {:?}, topic ready {:?}",
-        m.get("tally_kafka_producer_restarts_total", &[]),
+        m.sum("tally_kafka_producer_restarts_total", &[]),
         m.get("tally_kafka_topic_ready", &[("topic", "operations")])
     );
     app.stop().await.expect("clean shutdown");
