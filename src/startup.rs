@@ -19,7 +19,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -84,15 +84,15 @@ impl Application {
             max_resources: settings.retention.max_resources,
             keep_recipient_addresses: settings.privacy.keep_recipient_addresses,
         }));
-        let journal = match &settings.storage.dir {
+        let journal = match settings.storage.data_dir() {
             None => {
                 tracing::warn!(
-                    "storage.dir is empty: state lives in memory only and a restart forgets it"
+                    "storage.memory_only = true: state lives in memory only and a restart forgets it"
                 );
                 None
             }
             Some(dir) => {
-                let dir = PathBuf::from(dir);
+                let dir = data_dir(&dir)?;
                 let report = journal::recover(&dir, &aggregator)
                     .with_context(|| format!("cannot recover from {}", dir.display()))?;
                 let j = Journal::open(JournalConfig {
@@ -238,6 +238,18 @@ impl Application {
         }
         result.context("http server failed")
     }
+}
+
+/// Create the data directory when missing and say where it is: a relative `storage.dir` is
+/// taken from the working directory, so the log line shows the absolute path.
+fn data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create storage.dir {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve storage.dir {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "data directory: the journal and snapshots are kept here");
+    Ok(dir)
 }
 
 /// Kafka publishing: off without brokers (said in one log line); else the aggregator marks

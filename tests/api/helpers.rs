@@ -119,6 +119,11 @@ pub async fn spawn_app() -> TestApp {
 /// Start tally with the test defaults overridden by `env` (`("TALLY_HTTP__…", "…")`).
 pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let mut pairs = base_env();
+    // State in memory unless the test gives a data directory: the default directory is
+    // relative to the working directory, which every test shares.
+    if !env.iter().any(|(k, _)| *k == "TALLY_STORAGE__DIR") {
+        pairs.push(("TALLY_STORAGE__MEMORY_ONLY".into(), "true".into()));
+    }
     pairs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::load(None, pairs).expect("test settings load");
     let token = settings

@@ -1,0 +1,334 @@
+//! Start-up of the real binary on durable defaults: the default run keeps its state in `data/`
+//! under the working directory and a restart finds it; memory-only state is asked for
+//! explicitly; one process owns a data directory, and a stale lock left by `kill -9` never
+//! blocks a restart.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "durable-start-test-token";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory for one test, removed when the test passes.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("tally-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 request with `Connection: close`: status, headers and body.
+fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((code, head.to_owned(), body.to_owned()))
+}
+
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_full(port, method, path, &[], b"").map(|(c, _, b)| (c, b))
+}
+
+/// Post one signed form status callback for `msg` of `op`; the status code.
+fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::io::Result<u16> {
+    let path = format!("/twilio/status?operationId={op}&messageId={msg}");
+    let params = vec![
+        ("MessageSid".to_owned(), sid.to_owned()),
+        ("MessageStatus".to_owned(), status.to_owned()),
+    ];
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let sig = tally::signature::sign(TOKEN, &url, &params);
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    http_full(
+        port,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Twilio-Signature", &sig),
+        ],
+        body.as_bytes(),
+    )
+    .map(|(c, _, _)| c)
+}
+
+/// A `tally serve` child process in a working directory, killed by its id if a test panics.
+struct Tally {
+    child: Option<Child>,
+    port: u16,
+    stderr: PathBuf,
+}
+
+/// How to start one `tally serve`.
+struct Start<'a> {
+    cwd: &'a Path,
+    env: &'a [(&'a str, &'a str)],
+    /// Name of the file (in `cwd`) that receives standard error.
+    log: &'a str,
+}
+
+impl Start<'_> {
+    fn command(&self, port: u16) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.arg("serve")
+            .current_dir(self.cwd)
+            .env_remove("RUST_LOG")
+            .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("TALLY_HTTP__WORKERS", "2")
+            .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Spawn and return at once (nothing waited for).
+    fn spawn(&self) -> Tally {
+        let port = free_port();
+        let stderr = self.cwd.join(self.log);
+        let child = self
+            .command(port)
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("tally starts");
+        Tally {
+            child: Some(child),
+            port,
+            stderr,
+        }
+    }
+
+    /// Spawn and wait until the query API answers (recovery done).
+    fn ready(&self) -> Tally {
+        let t = self.spawn();
+        t.wait_for("/readyz", Duration::from_secs(60));
+        t.wait_queries(Duration::from_secs(120));
+        t
+    }
+
+    /// Run to completion (for a start that must fail), within `limit`.
+    fn run_to_exit(&self, limit: Duration) -> Output {
+        let mut child = self
+            .command(free_port())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tally starts");
+        let deadline = Instant::now() + limit;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "tally did not exit within {limit:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Tally {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn wait_for(&self, path: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(http(self.port, "GET", path), Ok((200, _))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{path} not 200 within {limit:?}; log:\n{}", self.log());
+    }
+
+    fn wait_queries(&self, limit: Duration) {
+        self.wait_for("/readyz", limit);
+    }
+
+    fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = http(self.port, "GET", path).expect("GET works");
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "exit {status:?}; log:\n{}", self.log());
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Non-empty journal segments under `data`.
+fn segments_with_records(data: &Path) -> usize {
+    std::fs::read_dir(data.join("journal"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_default_run_keeps_its_state_in_data_under_the_working_directory_and_a_restart_finds_it() {
+    // Arrange: no storage setting at all, as a new user runs it.
+    let cwd = Scratch::new("default");
+    let start = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    };
+    let first = start.ready();
+    let data = cwd.join("data").canonicalize().expect("data/ created");
+
+    // Act
+    for i in 0..5 {
+        let code = post_status(
+            first.port,
+            "comms_operation_default",
+            &format!("comms_message_d{i}"),
+            &format!("SMd{i}"),
+            "delivered",
+        )
+        .unwrap();
+        assert_eq!(code, 200);
+    }
+    let log = first.log();
+    first.stop();
+    let restarted = Start {
+        log: "second.log",
+        ..start
+    }
+    .ready();
+
+    // Assert
+    assert!(
+        log.contains(&data.display().to_string()),
+        "start-up names the absolute data directory {}:\n{log}",
+        data.display()
+    );
+    assert!(segments_with_records(&data) >= 1, "the journal is on disk");
+    let (code, op) = restarted.get_json("/v1/Messages/Operations/comms_operation_default");
+    assert_eq!(code, 200, "{op}");
+    assert_eq!(op["stats"]["total"], 5, "{op}");
+    assert_eq!(op["stats"]["delivered"], 5, "{op}");
+    restarted.stop();
+}
+
+#[test]
+fn memory_only_must_be_asked_for_and_then_writes_nothing() {
+    // Arrange
+    let cwd = Scratch::new("memory");
+
+    // Act: an empty storage.dir on its own, then memory-only asked for.
+    let refused = Start {
+        cwd: &cwd,
+        env: &[("TALLY_STORAGE__DIR", "")],
+        log: "refused.log",
+    }
+    .run_to_exit(Duration::from_secs(30));
+    let memory = Start {
+        cwd: &cwd,
+        env: &[("TALLY_STORAGE__MEMORY_ONLY", "true")],
+        log: "memory.log",
+    }
+    .ready();
+    let code = post_status(
+        memory.port,
+        "comms_operation_m",
+        "comms_message_m",
+        "SMm",
+        "sent",
+    );
+
+    // Assert
+    assert!(!refused.status.success(), "{:?}", refused.status);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("storage.memory_only"), "{said}");
+    assert_eq!(code.unwrap(), 200);
+    assert!(memory.log().contains("memory only"), "{}", memory.log());
+    memory.stop();
+    assert!(!cwd.join("data").exists(), "memory-only writes no data/");
+}
