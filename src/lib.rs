@@ -21,6 +21,7 @@
 
 pub mod aggregator;
 pub mod config;
+pub mod datadir;
 pub mod dirty;
 pub mod event;
 pub mod ingest;

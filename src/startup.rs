@@ -3,6 +3,7 @@
 
 use crate::aggregator::{Aggregator, Limits};
 use crate::config::{KafkaSettings, Settings};
+use crate::datadir::DataDir;
 use crate::dirty::Dirty;
 use crate::journal::{self, Journal, JournalConfig};
 use crate::metrics::Metrics;
@@ -19,7 +20,6 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -36,11 +36,26 @@ pub struct Application {
     snapshot_bytes: u64,
     publisher: Option<Publisher>,
     kafka_shutdown: Duration,
+    /// The data directory's lock, held until the application is dropped (or the process ends).
+    _data_dir: Option<DataDir>,
 }
 
 impl Application {
     /// Bind `http.listen` and wire every component.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
+        // Before anything else: a second process on the same directory stops here.
+        let data_dir = match settings.storage.data_dir() {
+            None => None,
+            Some(dir) => {
+                let owned = DataDir::acquire(&dir)?;
+                tracing::info!(
+                    dir = %owned.path().display(),
+                    pid = std::process::id(),
+                    "data directory: the journal and snapshots are kept here (locked by this process)"
+                );
+                Some(owned)
+            }
+        };
         let listener = TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
@@ -84,15 +99,15 @@ impl Application {
             max_resources: settings.retention.max_resources,
             keep_recipient_addresses: settings.privacy.keep_recipient_addresses,
         }));
-        let journal = match settings.storage.data_dir() {
+        let journal = match &data_dir {
             None => {
                 tracing::warn!(
                     "storage.memory_only = true: state lives in memory only and a restart forgets it"
                 );
                 None
             }
-            Some(dir) => {
-                let dir = data_dir(&dir)?;
+            Some(owned) => {
+                let dir = owned.path().to_owned();
                 let report = journal::recover(&dir, &aggregator)
                     .with_context(|| format!("cannot recover from {}", dir.display()))?;
                 let j = Journal::open(JournalConfig {
@@ -186,6 +201,7 @@ impl Application {
             snapshot_bytes: settings.storage.snapshot_bytes,
             publisher,
             kafka_shutdown: settings.kafka.shutdown_timeout,
+            _data_dir: data_dir,
         })
     }
 
@@ -238,18 +254,6 @@ impl Application {
         }
         result.context("http server failed")
     }
-}
-
-/// Create the data directory when missing and say where it is: a relative `storage.dir` is
-/// taken from the working directory, so the log line shows the absolute path.
-fn data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create storage.dir {}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve storage.dir {}", dir.display()))?;
-    tracing::info!(dir = %dir.display(), "data directory: the journal and snapshots are kept here");
-    Ok(dir)
 }
 
 /// Kafka publishing: off without brokers (said in one log line); else the aggregator marks

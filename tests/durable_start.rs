@@ -190,6 +190,17 @@ impl Start<'_> {
 }
 
 impl Tally {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown work at all.
+    fn kill_9(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -331,4 +342,104 @@ fn memory_only_must_be_asked_for_and_then_writes_nothing() {
     assert!(memory.log().contains("memory only"), "{}", memory.log());
     memory.stop();
     assert!(!cwd.join("data").exists(), "memory-only writes no data/");
+}
+
+#[test]
+fn a_second_process_on_the_same_data_directory_exits_non_zero_naming_the_owner_pid() {
+    // Arrange
+    let cwd = Scratch::new("owner");
+    let first = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    }
+    .ready();
+    assert_eq!(
+        post_status(
+            first.port,
+            "comms_operation_o",
+            "comms_message_o1",
+            "SMo1",
+            "sent"
+        )
+        .unwrap(),
+        200
+    );
+
+    // Act: the same directory, named differently (absolute, through the parent).
+    let same = cwd.join("data/../data");
+    let same = same.to_str().unwrap();
+    let second = Start {
+        cwd: &cwd,
+        env: &[("TALLY_STORAGE__DIR", same)],
+        log: "second.log",
+    }
+    .run_to_exit(Duration::from_secs(30));
+
+    // Assert
+    assert!(!second.status.success(), "{:?}", second.status);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("in use by another tally process"), "{said}");
+    assert!(said.contains(&format!("pid {}", first.pid())), "{said}");
+    let lock = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
+    assert_eq!(lock.trim(), first.pid().to_string(), "the owner's pid kept");
+    assert_eq!(
+        post_status(
+            first.port,
+            "comms_operation_o",
+            "comms_message_o2",
+            "SMo2",
+            "sent"
+        )
+        .unwrap(),
+        200,
+        "the owner is untouched"
+    );
+    first.stop();
+}
+
+#[test]
+fn after_kill_9_a_restart_takes_the_stale_lock_and_keeps_the_state() {
+    // Arrange
+    let cwd = Scratch::new("stale");
+    let start = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    };
+    let first = start.ready();
+    let killed_pid = first.pid();
+    for i in 0..3 {
+        let code = post_status(
+            first.port,
+            "comms_operation_k",
+            &format!("comms_message_k{i}"),
+            &format!("SMk{i}"),
+            "delivered",
+        )
+        .unwrap();
+        assert_eq!(code, 200);
+    }
+
+    // Act
+    first.kill_9();
+    let stale = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
+    let restarted = Start {
+        log: "second.log",
+        ..start
+    }
+    .ready();
+
+    // Assert
+    assert_eq!(
+        stale.trim(),
+        killed_pid.to_string(),
+        "the lock file was left behind"
+    );
+    let lock = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
+    assert_eq!(lock.trim(), restarted.pid().to_string());
+    let (code, op) = restarted.get_json("/v1/Messages/Operations/comms_operation_k");
+    assert_eq!(code, 200, "{op}");
+    assert_eq!(op["stats"]["delivered"], 3, "{op}");
+    restarted.stop();
 }
