@@ -86,6 +86,8 @@ pub struct StorageSettings {
     #[serde(with = "humantime_serde_shim")]
     pub snapshot_interval: Duration,
     pub snapshot_bytes: u64,
+    /// Most callback events held while start-up recovery runs (503 beyond).
+    pub max_recovery_backlog_events: u64,
 }
 
 impl StorageSettings {

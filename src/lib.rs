@@ -29,6 +29,7 @@ pub mod journal;
 pub mod metrics;
 pub mod network;
 pub mod publisher;
+pub mod recovery;
 pub mod rollup;
 pub mod routes;
 pub mod signature;

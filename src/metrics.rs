@@ -11,6 +11,7 @@
 use crate::aggregator::{Aggregator, Outcome};
 use crate::event::{Event, EventBody, Kind, SkipReason};
 use crate::journal::Journal;
+use crate::recovery::Recovery;
 use crate::rollup::{fallback, OperationStatus};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -81,6 +82,18 @@ pub struct Metrics {
     pub journal_bytes_since_snapshot: IntGauge,
     /// Journal fdatasync latency in seconds.
     pub journal_fsync: prometheus::Histogram,
+    /// Start-up recovery: 1 while the snapshot and journal are replayed, else 0.
+    pub recovery_in_progress: IntGauge,
+    /// Bytes of snapshot and journal replayed by start-up recovery so far.
+    pub recovery_replayed_bytes: IntGauge,
+    /// Bytes of snapshot and journal start-up recovery has to replay.
+    pub recovery_total_bytes: IntGauge,
+    /// Journal records replayed by start-up recovery so far.
+    pub recovery_replayed_records: IntGauge,
+    /// Events of callbacks accepted during recovery, waiting for the replay to end.
+    pub recovery_backlog_events: IntGauge,
+    /// Time start-up recovery has taken (so far, while it runs).
+    pub recovery_duration: Gauge,
 }
 
 /// The Kafka publisher's metrics. The `topic` label is the topic's role (`operations`,
@@ -376,6 +389,40 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("registered once");
                 h
             },
+            recovery_in_progress: gauge(
+                &r,
+                "tally_recovery_in_progress",
+                "1 while start-up recovery replays the snapshot and journal (callbacks are accepted, the query API answers 503), else 0",
+            ),
+            recovery_replayed_bytes: gauge(
+                &r,
+                "tally_recovery_replayed_bytes",
+                "Bytes of snapshot and journal replayed by start-up recovery so far",
+            ),
+            recovery_total_bytes: gauge(
+                &r,
+                "tally_recovery_total_bytes",
+                "Bytes of snapshot and journal start-up recovery has to replay",
+            ),
+            recovery_replayed_records: gauge(
+                &r,
+                "tally_recovery_replayed_records",
+                "Journal records replayed by start-up recovery so far",
+            ),
+            recovery_backlog_events: gauge(
+                &r,
+                "tally_recovery_backlog_events",
+                "Events of callbacks accepted during start-up recovery, waiting for the replay to end",
+            ),
+            recovery_duration: {
+                let g = Gauge::new(
+                    "tally_recovery_duration_seconds",
+                    "Time start-up recovery took (so far, while it runs)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             kafka: KafkaMetrics::new(&r),
             registry: r,
         };
@@ -430,10 +477,16 @@ impl Metrics {
     }
 
     /// Refresh the gauges that mirror the aggregator, then encode every metric.
-    pub fn render(&self, agg: &Aggregator, journal: Option<&Journal>) -> String {
+    pub fn render(
+        &self,
+        agg: &Aggregator,
+        journal: Option<&Journal>,
+        recovery: &Recovery,
+    ) -> String {
         if let Some(j) = journal {
             self.sync_journal(j);
         }
+        self.sync_recovery(recovery);
         let census = agg.census();
         for kind in Kind::ALL {
             for status in OperationStatus::ALL {
@@ -446,7 +499,14 @@ impl Metrics {
         self.resources.set(census.resources as i64);
         self.attempts.set(census.attempts as i64);
         self.held_attempts.set(census.held as i64);
-        for (f, n) in agg.take_fallbacks() {
+        // Fallbacks seen while replaying were counted by the process that received them:
+        // start-up drops them once the replay ends, so they are not taken before.
+        let fallbacks = if recovery.is_done() {
+            agg.take_fallbacks()
+        } else {
+            Vec::new()
+        };
+        for (f, n) in fallbacks {
             self.channel_fallbacks
                 .with_label_values(&[f.from.as_str(), f.to.as_str()])
                 .inc_by(n);
@@ -473,6 +533,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    fn sync_recovery(&self, r: &Recovery) {
+        let p = &r.progress;
+        self.recovery_in_progress.set(i64::from(!r.is_done()));
+        self.recovery_replayed_bytes
+            .set(p.bytes.load(Ordering::Relaxed) as i64);
+        self.recovery_total_bytes
+            .set(p.total_bytes.load(Ordering::Relaxed) as i64);
+        self.recovery_replayed_records
+            .set(p.records.load(Ordering::Relaxed) as i64);
+        self.recovery_backlog_events.set(r.backlog_events() as i64);
+        self.recovery_duration.set(r.elapsed().as_secs_f64());
+    }
+
     fn sync_journal(&self, j: &Journal) {
         let st = &j.stats;
         sync_counter(&self.journal_records, st.records.load(Ordering::Relaxed));

@@ -217,7 +217,7 @@ impl Tally {
     }
 
     fn wait_queries(&self, limit: Duration) {
-        self.wait_for("/readyz", limit);
+        self.wait_for("/readyz/queries", limit);
     }
 
     fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -442,4 +442,219 @@ fn after_kill_9_a_restart_takes_the_stale_lock_and_keeps_the_state() {
     assert_eq!(code, 200, "{op}");
     assert_eq!(op["stats"]["delivered"], 3, "{op}");
     restarted.stop();
+}
+
+/// Operations generated into the first run's journal: enough that a debug build replays them
+/// for several seconds on this 2-core machine (a release build replays about ten times faster).
+const FILL_OPERATIONS: usize = if cfg!(debug_assertions) { 30 } else { 300 };
+
+/// Fill the journal of the tally on `port` with `tally simulate` (Event Streams batches).
+fn fill_with_simulate(port: u16) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "simulate",
+            "--target",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+            "--operations",
+            &FILL_OPERATIONS.to_string(),
+            "--recipients",
+            "1000",
+            "--mix",
+            "events",
+            "--batch",
+            "1000",
+            "--concurrency",
+            "4",
+            "--quiet",
+        ])
+        .output()
+        .expect("tally simulate runs");
+    assert!(
+        out.status.success(),
+        "simulate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every Messages operation, as the query API lists them.
+fn all_operations(t: &Tally) -> serde_json::Value {
+    let (code, body) = t.get_json("/v1/Messages/Operations?pageSize=1000");
+    assert_eq!(code, 200, "{body}");
+    body["operations"].clone()
+}
+
+/// `operations` without the one whose id is `op`.
+fn without(mut operations: serde_json::Value, op: &str) -> serde_json::Value {
+    if let Some(list) = operations.as_array_mut() {
+        list.retain(|o| o["id"] != op);
+    }
+    operations
+}
+
+/// Post one signed Event Streams batch of `message.delivered` events for `msgs` of `op`:
+/// status code and body.
+fn post_delivered_batch(port: u16, op: &str, msgs: &[String]) -> (u16, serde_json::Value) {
+    let events: Vec<serde_json::Value> = msgs
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "specversion": "1.0",
+                "type": "com.twilio.comms-api.message.delivered",
+                "source": "/test", "id": format!("EV{m}"),
+                "time": "2026-11-23T10:00:00.000Z",
+                "data": {"operation_id": op, "message_id": m, "downstream_id": format!("SM{m}"),
+                         "to": {"address": "+15558675310", "channel": "SMS"}}
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&events).unwrap();
+    let url = tally::signature::url_with_body_sha256(
+        &format!("http://127.0.0.1:{port}/twilio/events"),
+        &body,
+    );
+    let sig = tally::signature::sign(TOKEN, &url, &[]);
+    let path = url
+        .trim_start_matches(&format!("http://127.0.0.1:{port}"))
+        .to_owned();
+    let (code, _, text) = http_full(
+        port,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Twilio-Signature", &sig),
+        ],
+        &body,
+    )
+    .expect("answered");
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The sum of a metric's samples whose line starts with `name`.
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = http(port, "GET", "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_queries_wait() {
+    // Arrange: a first run whose journal takes seconds to replay.
+    let cwd = Scratch::new("long-recovery");
+    let start = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    };
+    let first = start.ready();
+    fill_with_simulate(first.port);
+    let before = all_operations(&first);
+    assert_eq!(before.as_array().map(Vec::len), Some(FILL_OPERATIONS));
+    first.stop();
+
+    // Act: restart, and send callbacks from the moment the listener answers.
+    let second = Start {
+        log: "second.log",
+        ..start
+    }
+    .spawn();
+    second.wait_for("/readyz", Duration::from_secs(30));
+    let probe_op = before[0]["id"].as_str().unwrap().to_owned();
+    let (query_code, query_head, _) = http_full(
+        second.port,
+        "GET",
+        &format!("/v1/Messages/Operations/{probe_op}"),
+        &[],
+        b"",
+    )
+    .unwrap();
+    let (_, ready) = second.get_json("/readyz");
+    let op = "comms_operation_during_recovery";
+    let mut deferred = 0;
+    for i in 0..30 {
+        let code = post_status(
+            second.port,
+            op,
+            &format!("comms_message_r{i}"),
+            &format!("SMr{i}"),
+            "delivered",
+        )
+        .unwrap();
+        assert_eq!(code, 200, "form callback {i} during recovery");
+    }
+    for b in 0..3 {
+        let msgs: Vec<String> = (0..10).map(|k| format!("comms_message_e{b}x{k}")).collect();
+        let (code, summary) = post_delivered_batch(second.port, op, &msgs);
+        assert_eq!(code, 200, "batch {b} during recovery: {summary}");
+        deferred += summary["deferred"].as_u64().unwrap_or(0);
+    }
+    let (still_code, _) = second.get_json(&format!("/v1/Messages/Operations/{probe_op}"));
+    let backlog = metric(second.port, "tally_recovery_backlog_events");
+    let in_progress = metric(second.port, "tally_recovery_in_progress");
+    second.wait_queries(Duration::from_secs(300));
+
+    // Assert: the query API waited, the callbacks were taken, and all of it is in the state.
+    assert_eq!(query_code, 503, "queries wait for the replay");
+    assert!(
+        query_head.to_ascii_lowercase().contains("retry-after:"),
+        "{query_head}"
+    );
+    assert_eq!(ready["callbacks"], true, "{ready}");
+    assert_eq!(ready["queries"], false, "{ready}");
+    assert_eq!(ready["recovery"]["state"], "replaying", "{ready}");
+    assert_eq!(
+        still_code, 503,
+        "the replay outlasted the callbacks (else this test proves nothing: fill more)"
+    );
+    assert_eq!(deferred, 30, "the batches' events waited for the replay");
+    assert_eq!(in_progress, 1.0);
+    assert_eq!(
+        backlog, 60.0,
+        "30 form callbacks and 3 batches of 10 waiting"
+    );
+    let (code, during) = second.get_json(&format!("/v1/Messages/Operations/{op}"));
+    assert_eq!(code, 200, "{during}");
+    assert_eq!(during["stats"]["total"], 60, "{during}");
+    assert_eq!(during["stats"]["delivered"], 60, "{during}");
+    assert!(
+        without(all_operations(&second), op) == before,
+        "the replay restored the first run's operations exactly"
+    );
+    assert_eq!(metric(second.port, "tally_recovery_in_progress"), 0.0);
+    assert_eq!(metric(second.port, "tally_recovery_backlog_events"), 0.0);
+    assert!(metric(second.port, "tally_recovery_replayed_bytes") > 0.0);
+    assert_eq!(
+        metric(second.port, "tally_events_received_total"),
+        60.0,
+        "deferred events are counted once, when applied"
+    );
+    let (_, done) = second.get_json("/readyz");
+    eprintln!(
+        "recovery of {} journal bytes took {}s",
+        done["recovery"]["total_bytes"], done["recovery"]["elapsed_seconds"]
+    );
+    let log = second.log();
+    assert!(log.contains("recovery: replaying journal"), "{log}");
+    assert!(log.contains("percent="), "{log}");
+
+    // And a crash right after: the callbacks were journalled after the replayed segments, so
+    // the next start replays both once and ends in the same state.
+    second.kill_9();
+    let third = Start {
+        log: "third.log",
+        ..start
+    }
+    .ready();
+    let (_, again) = third.get_json(&format!("/v1/Messages/Operations/{op}"));
+    assert_eq!(again["stats"], during["stats"]);
+    assert!(without(all_operations(&third), op) == before);
+    third.stop();
 }

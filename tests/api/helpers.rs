@@ -136,10 +136,14 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let app = Application::build(&settings).expect("the app builds");
     let port = app.port();
     let admin_port = app.admin_port();
+    let recovery = app.recovery();
     let (tx, rx) = oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
+    // With a data directory the journal is replayed in the background: tests start once the
+    // query API answers.
+    recovery.wait().await.expect("start-up recovery succeeds");
     TestApp {
         port,
         admin_port,
