@@ -658,3 +658,59 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
     assert!(without(all_operations(&third), op) == before);
     third.stop();
 }
+
+#[test]
+fn the_standard_process_metrics_are_exported_beside_tallys_own() {
+    // Arrange
+    let cwd = Scratch::new("process-metrics");
+    let t = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "tally.log",
+    }
+    .ready();
+
+    // Act
+    let (_, exposition) = http(t.port, "GET", "/metrics").unwrap();
+    let value = |name: &str| -> f64 {
+        exposition
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not exported:\n{exposition}"))
+    };
+
+    // Assert: read from /proc for this very process.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        (rss - rss_kb * 1024.0).abs() < 0.5 * rss_kb * 1024.0,
+        "resident {rss} vs /proc {rss_kb} kB"
+    );
+    assert!(
+        value("process_open_fds") >= 4.0,
+        "listener, lock file, segment, …"
+    );
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_threads") >= 2.0);
+    let started = value("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - started < 600.0 && now >= started - 5.0,
+        "{started} vs {now}"
+    );
+    assert!(
+        exposition.contains("\ntally_build_info{"),
+        "tally's own registry, same page"
+    );
+    t.stop();
+}
