@@ -1,5 +1,6 @@
 //! Typed settings, layered: defaults compiled into the binary → `--config` file →
-//! `TALLY_<SECTION>__<KEY>` environment variables. Nothing depends on the working directory.
+//! `TALLY_<SECTION>__<KEY>` environment variables. Only a relative `storage.dir` depends on the
+//! working directory.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
@@ -74,14 +75,30 @@ pub struct IngestSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    /// Where the journal and snapshots live; see [`StorageSettings::data_dir`].
     #[serde(deserialize_with = "empty_is_none")]
     pub dir: Option<String>,
+    /// State in memory only: `dir` is unused and a restart forgets everything.
+    pub memory_only: bool,
     pub fsync: crate::journal::FsyncMode,
     pub segment_bytes: u64,
     pub max_group: usize,
     #[serde(with = "humantime_serde_shim")]
     pub snapshot_interval: Duration,
     pub snapshot_bytes: u64,
+    /// Most callback events held while start-up recovery runs (503 beyond).
+    pub max_recovery_backlog_events: u64,
+}
+
+impl StorageSettings {
+    /// The data directory, or `None` when state is kept in memory only (asked for with
+    /// `memory_only`). A relative directory is taken from the working directory.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        if self.memory_only {
+            return None;
+        }
+        self.dir.as_ref().map(PathBuf::from)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +431,11 @@ impl Settings {
                 ));
             }
         }
+        if !self.storage.memory_only && self.storage.dir.is_none() {
+            return Err(ConfigError::Invalid(
+                "storage.dir is empty: give the directory for the journal and snapshots (default \"data\"), or set storage.memory_only = true to keep state in memory only, forgotten at every restart".into(),
+            ));
+        }
         if self.storage.max_group == 0 || self.storage.segment_bytes < 4096 {
             return Err(ConfigError::Invalid(
                 "storage.max_group must be positive and storage.segment_bytes at least 4096".into(),
@@ -576,6 +598,28 @@ mod tests {
         assert_eq!(s.retention.ttl, Duration::from_secs(7 * 86400));
         assert!(s.twilio.auth_tokens.is_empty());
         assert_eq!(s.http.public_url, None);
+    }
+
+    #[test]
+    fn the_defaults_keep_state_in_a_local_data_directory_and_memory_only_must_be_asked_for() {
+        let s = Settings::load(None, vec![]).unwrap();
+        assert!(!s.storage.memory_only);
+        assert_eq!(s.storage.data_dir(), Some(PathBuf::from("data")));
+        let s = Settings::load(None, env(&[("TALLY_STORAGE__MEMORY_ONLY", "true")])).unwrap();
+        assert_eq!(s.storage.data_dir(), None);
+        let err = Settings::load(None, env(&[("TALLY_STORAGE__DIR", "")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.memory_only"), "{err}");
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TALLY_STORAGE__DIR", ""),
+                ("TALLY_STORAGE__MEMORY_ONLY", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.storage.data_dir(), None);
     }
 
     #[test]

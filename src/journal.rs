@@ -125,6 +125,7 @@ pub struct Journal {
     pub stats: Arc<JournalStats>,
     /// Held for reading from append to apply; held for writing while a snapshot cuts.
     pub gate: tokio::sync::RwLock<()>,
+    first_segment: u64,
 }
 
 const FRAME_HEADER: usize = 8;
@@ -197,6 +198,28 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// How far a replay has got, read by the probes, the metrics and the progress log while it
+/// runs. Bytes count the snapshot (once loaded) and the journal frames replayed.
+#[derive(Debug, Default)]
+pub struct ReplayProgress {
+    pub total_bytes: AtomicU64,
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub events: AtomicU64,
+}
+
+impl ReplayProgress {
+    /// Share of the bytes replayed, 0 to 100.
+    pub fn percent(&self) -> f64 {
+        let total = self.total_bytes.load(Ordering::Relaxed);
+        if total == 0 {
+            return 100.0;
+        }
+        let done = self.bytes.load(Ordering::Relaxed).min(total);
+        (done as f64 * 1000.0 / total as f64).round() / 10.0
+    }
+}
+
 /// What recovery found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -208,19 +231,59 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
-/// Rebuild `agg` from `dir`, and return what was done. Progress is logged.
+/// Rebuild `agg` from every snapshot and segment in `dir`, and return what was done.
 pub fn recover(dir: &Path, agg: &Aggregator) -> io::Result<RecoveryReport> {
+    recover_before(dir, agg, u64::MAX, &ReplayProgress::default())
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Rebuild `agg` from `dir`: the newest snapshot that reads, then the segments from its cut up
+/// to (not including) segment `before`, which a journal opened for new callbacks writes to.
+/// `progress` is kept current and logged every two seconds.
+pub fn recover_before(
+    dir: &Path,
+    agg: &Aggregator,
+    before: u64,
+    progress: &ReplayProgress,
+) -> io::Result<RecoveryReport> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
     fs::create_dir_all(dir.join("journal"))?;
+    let all_segments: Vec<u64> = list_numbered(&dir.join("journal"), "", ".log")?
+        .into_iter()
+        .filter(|n| *n < before)
+        .collect();
+    let segment_bytes = |from: u64| -> u64 {
+        all_segments
+            .iter()
+            .filter(|n| **n >= from)
+            .map(|n| file_len(&segment_path(dir, *n)))
+            .sum()
+    };
+    let snapshots = list_numbered(dir, "snapshot-", ".bin")?;
+    let newest = snapshots
+        .last()
+        .map_or(0, |n| file_len(&snapshot_path(dir, *n)));
+    progress
+        .total_bytes
+        .store(newest + segment_bytes(0), Ordering::Relaxed);
     let mut from_segment = 0;
-    for n in list_numbered(dir, "snapshot-", ".bin")?.into_iter().rev() {
-        match read_snapshot(&snapshot_path(dir, n)) {
+    for n in snapshots.into_iter().rev() {
+        let path = snapshot_path(dir, n);
+        let size = file_len(&path);
+        tracing::info!(snapshot = n, bytes = size, "recovery: loading snapshot");
+        match read_snapshot(&path) {
             Ok(state) => {
-                tracing::info!(snapshot = n, "recovery: loading snapshot");
                 agg.restore(state);
                 report.snapshot = Some(n);
                 from_segment = n;
+                progress
+                    .total_bytes
+                    .store(size + segment_bytes(n), Ordering::Relaxed);
+                progress.bytes.store(size, Ordering::Relaxed);
                 break;
             }
             Err(e) => {
@@ -228,7 +291,7 @@ pub fn recover(dir: &Path, agg: &Aggregator) -> io::Result<RecoveryReport> {
             }
         }
     }
-    let segments: Vec<u64> = list_numbered(&dir.join("journal"), "", ".log")?
+    let segments: Vec<u64> = all_segments
         .into_iter()
         .filter(|n| *n >= from_segment)
         .collect();
@@ -252,11 +315,21 @@ pub fn recover(dir: &Path, agg: &Aggregator) -> io::Result<RecoveryReport> {
                     tracing::error!(segment = n, error = %e, "recovery: skipping a record that does not decode")
                 }
             }
+            progress.records.store(report.records, Ordering::Relaxed);
+            progress.events.store(report.events, Ordering::Relaxed);
+            progress
+                .bytes
+                .fetch_add((payload.len() + FRAME_HEADER) as u64, Ordering::Relaxed);
             if last_log.elapsed() > Duration::from_secs(2) {
                 tracing::info!(
                     segment = i + 1,
                     of = total,
                     records = report.records,
+                    events = report.events,
+                    bytes = progress.bytes.load(Ordering::Relaxed),
+                    total_bytes = progress.total_bytes.load(Ordering::Relaxed),
+                    percent = progress.percent(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
                     "recovery: replaying journal"
                 );
                 last_log = Instant::now();
@@ -274,6 +347,9 @@ pub fn recover(dir: &Path, agg: &Aggregator) -> io::Result<RecoveryReport> {
                 .open(&path)?
                 .set_len(valid as u64)?;
             report.truncated_tails += 1;
+            progress
+                .bytes
+                .fetch_add((bytes.len() - valid) as u64, Ordering::Relaxed);
         }
         report.segments += 1;
     }
@@ -283,10 +359,11 @@ pub fn recover(dir: &Path, agg: &Aggregator) -> io::Result<RecoveryReport> {
         segments = report.segments,
         records = report.records,
         events = report.events,
+        bytes = progress.bytes.load(Ordering::Relaxed),
         truncated_tails = report.truncated_tails,
         elapsed_ms = report.elapsed.as_millis() as u64,
         operations = agg.operation_count(),
-        "recovery complete"
+        "recovery: replay complete"
     );
     Ok(report)
 }
@@ -478,7 +555,9 @@ impl Writer {
 }
 
 impl Journal {
-    /// Open the journal in `cfg.dir` (after [`recover`]), starting a fresh segment.
+    /// Open the journal in `cfg.dir`, starting a fresh segment after every existing one (see
+    /// [`Journal::first_segment`]): recovery may replay the older ones while this one takes
+    /// new records.
     pub fn open(cfg: JournalConfig) -> io::Result<Journal> {
         let dir = cfg.dir.clone();
         fs::create_dir_all(dir.join("journal"))?;
@@ -511,7 +590,13 @@ impl Journal {
             dir,
             stats,
             gate: tokio::sync::RwLock::new(()),
+            first_segment: last + 1,
         })
+    }
+
+    /// The segment this journal started writing at: recovery replays the ones before it.
+    pub fn first_segment(&self) -> u64 {
+        self.first_segment
     }
 
     fn send(&self, cmd: Command) -> Result<(), JournalError> {

@@ -21,6 +21,7 @@
 
 pub mod aggregator;
 pub mod config;
+pub mod datadir;
 pub mod dirty;
 pub mod event;
 pub mod ingest;
@@ -28,6 +29,7 @@ pub mod journal;
 pub mod metrics;
 pub mod network;
 pub mod publisher;
+pub mod recovery;
 pub mod rollup;
 pub mod routes;
 pub mod signature;

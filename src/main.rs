@@ -306,9 +306,13 @@ fn check_config(config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("signed URL base: {base}");
     println!("twilio auth tokens: {}", s.twilio.auth_tokens.len());
     println!("api credentials: {}", s.api.credentials.len());
-    match &s.storage.dir {
-        Some(dir) => println!("storage: {dir} (fsync {:?})", s.storage.fsync),
-        None => println!("storage: none (state in memory only)"),
+    match s.storage.data_dir() {
+        Some(dir) => println!(
+            "storage: {} (fsync {:?})",
+            std::path::absolute(&dir).unwrap_or(dir).display(),
+            s.storage.fsync
+        ),
+        None => println!("storage: memory only (storage.memory_only; a restart forgets the state)"),
     }
     println!("log: {} {:?}", s.log.level, s.log.format);
     Ok(())

@@ -11,6 +11,7 @@
 use crate::aggregator::{Aggregator, Outcome};
 use crate::event::{Event, EventBody, Kind, SkipReason};
 use crate::journal::Journal;
+use crate::recovery::Recovery;
 use crate::rollup::{fallback, OperationStatus};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -81,6 +82,21 @@ pub struct Metrics {
     pub journal_bytes_since_snapshot: IntGauge,
     /// Journal fdatasync latency in seconds.
     pub journal_fsync: prometheus::Histogram,
+    /// Start-up recovery: 1 while the snapshot and journal are replayed, else 0.
+    pub recovery_in_progress: IntGauge,
+    /// Bytes of snapshot and journal replayed by start-up recovery so far.
+    pub recovery_replayed_bytes: IntGauge,
+    /// Bytes of snapshot and journal start-up recovery has to replay.
+    pub recovery_total_bytes: IntGauge,
+    /// Journal records replayed by start-up recovery so far.
+    pub recovery_replayed_records: IntGauge,
+    /// Events of callbacks accepted during recovery, waiting for the replay to end.
+    pub recovery_backlog_events: IntGauge,
+    /// Time start-up recovery has taken (so far, while it runs).
+    pub recovery_duration: Gauge,
+    /// The memory limit of tally's cgroup (a container's or a systemd unit's), when it has one;
+    /// beside the standard `process_*` metrics (resident memory, CPU, open files).
+    pub memory_limit: Option<IntGauge>,
 }
 
 /// The Kafka publisher's metrics. The `topic` label is the topic's role (`operations`,
@@ -392,9 +408,63 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("registered once");
                 h
             },
+            recovery_in_progress: gauge(
+                &r,
+                "tally_recovery_in_progress",
+                "1 while start-up recovery replays the snapshot and journal (callbacks are accepted, the query API answers 503), else 0",
+            ),
+            recovery_replayed_bytes: gauge(
+                &r,
+                "tally_recovery_replayed_bytes",
+                "Bytes of snapshot and journal replayed by start-up recovery so far",
+            ),
+            recovery_total_bytes: gauge(
+                &r,
+                "tally_recovery_total_bytes",
+                "Bytes of snapshot and journal start-up recovery has to replay",
+            ),
+            recovery_replayed_records: gauge(
+                &r,
+                "tally_recovery_replayed_records",
+                "Journal records replayed by start-up recovery so far",
+            ),
+            recovery_backlog_events: gauge(
+                &r,
+                "tally_recovery_backlog_events",
+                "Events of callbacks accepted during start-up recovery, waiting for the replay to end",
+            ),
+            recovery_duration: {
+                let g = Gauge::new(
+                    "tally_recovery_duration_seconds",
+                    "Time start-up recovery took (so far, while it runs)",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            memory_limit: cgroup_memory_limit(
+                &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+                std::path::Path::new("/sys/fs/cgroup"),
+            )
+            .map(|limit| {
+                let g = gauge(
+                    &r,
+                    "tally_memory_limit_bytes",
+                    "Memory limit of tally's cgroup (container or systemd unit), in bytes; absent without one",
+                );
+                g.set(i64::try_from(limit).unwrap_or(i64::MAX));
+                g
+            }),
             kafka: KafkaMetrics::new(&r),
             registry: r,
         };
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, …
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("registered once");
         m.journal_healthy.set(1);
         for reason in SkipReason::ALL {
             m.events_rejected.with_label_values(&[reason.as_str()]);
@@ -446,10 +516,16 @@ impl Metrics {
     }
 
     /// Refresh the gauges that mirror the aggregator, then encode every metric.
-    pub fn render(&self, agg: &Aggregator, journal: Option<&Journal>) -> String {
+    pub fn render(
+        &self,
+        agg: &Aggregator,
+        journal: Option<&Journal>,
+        recovery: &Recovery,
+    ) -> String {
         if let Some(j) = journal {
             self.sync_journal(j);
         }
+        self.sync_recovery(recovery);
         let census = agg.census();
         for kind in Kind::ALL {
             for status in OperationStatus::ALL {
@@ -462,7 +538,14 @@ impl Metrics {
         self.resources.set(census.resources as i64);
         self.attempts.set(census.attempts as i64);
         self.held_attempts.set(census.held as i64);
-        for (f, n) in agg.take_fallbacks() {
+        // Fallbacks seen while replaying were counted by the process that received them:
+        // start-up drops them once the replay ends, so they are not taken before.
+        let fallbacks = if recovery.is_done() {
+            agg.take_fallbacks()
+        } else {
+            Vec::new()
+        };
+        for (f, n) in fallbacks {
             self.channel_fallbacks
                 .with_label_values(&[f.from.as_str(), f.to.as_str()])
                 .inc_by(n);
@@ -489,6 +572,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    fn sync_recovery(&self, r: &Recovery) {
+        let p = &r.progress;
+        self.recovery_in_progress.set(i64::from(!r.is_done()));
+        self.recovery_replayed_bytes
+            .set(p.bytes.load(Ordering::Relaxed) as i64);
+        self.recovery_total_bytes
+            .set(p.total_bytes.load(Ordering::Relaxed) as i64);
+        self.recovery_replayed_records
+            .set(p.records.load(Ordering::Relaxed) as i64);
+        self.recovery_backlog_events.set(r.backlog_events() as i64);
+        self.recovery_duration.set(r.elapsed().as_secs_f64());
+    }
+
     fn sync_journal(&self, j: &Journal) {
         let st = &j.stats;
         sync_counter(&self.journal_records, st.records.load(Ordering::Relaxed));
@@ -538,6 +634,42 @@ pub fn code_class(code: u32) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The memory limit that applies to this process's cgroup, from `/proc/self/cgroup`'s text and
+/// the cgroup file system mounted at `root`: the smallest limit set on its cgroup or any parent
+/// (cgroup v2 `memory.max`, v1 `memory/…/memory.limit_in_bytes`). `None` when nothing limits it.
+fn cgroup_memory_limit(proc_self_cgroup: &str, root: &std::path::Path) -> Option<u64> {
+    // v1 reports "unlimited" as a huge page-aligned number.
+    const UNLIMITED: u64 = 1 << 62;
+    let read = |file: std::path::PathBuf| -> Option<u64> {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.trim().parse::<u64>().ok().filter(|n| *n < UNLIMITED)
+    };
+    let mut best: Option<u64> = None;
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (base, file) = if controllers.is_empty() {
+            (root.to_owned(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        // The cgroup and its parents; inside a container whose cgroup is its root, the path
+        // may not exist under the mount, and the mount's own root is the container's cgroup.
+        let rel = std::path::Path::new(path.trim_start_matches('/'));
+        for dir in rel.ancestors() {
+            if let Some(limit) = read(base.join(dir).join(file)) {
+                best = Some(best.map_or(limit, |b| b.min(limit)));
+            }
+        }
+    }
+    best
+}
+
 /// Raise a counter to a total kept elsewhere.
 fn sync_counter(c: &IntCounter, total: u64) {
     let now = c.get();
@@ -576,6 +708,43 @@ mod tests {
         assert_eq!(code_class(12345), "other");
         assert_eq!(code_class(0), "other");
         assert_eq!(code_class(u32::MAX), "other");
+    }
+
+    #[test]
+    fn the_memory_limit_is_the_smallest_on_the_cgroup_path_in_v2_and_v1_and_none_without() {
+        let root = std::env::temp_dir().join(format!("tally-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let write = |p: &str, v: &str| {
+            let f = root.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, v).unwrap();
+        };
+        write("memory.max", "max\n");
+        write("system.slice/memory.max", "8589934592\n");
+        write("system.slice/tally.service/memory.max", "4294967296\n");
+        write(
+            "memory/docker/abc/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        write("memory/memory.limit_in_bytes", "2147483648\n");
+
+        let v2 = cgroup_memory_limit("0::/system.slice/tally.service\n", &root);
+        let v2_parent = cgroup_memory_limit("0::/system.slice\n", &root);
+        let v2_none = cgroup_memory_limit("0::/\n", &root);
+        let v1 = cgroup_memory_limit("4:cpu,cpuacct:/docker/abc\n7:memory:/docker/abc\n", &root);
+        let v1_unlimited_leaf =
+            cgroup_memory_limit("7:memory:/docker/abc\n", &root.join("nowhere"));
+
+        assert_eq!(v2, Some(4 << 30));
+        assert_eq!(v2_parent, Some(8 << 30));
+        assert_eq!(v2_none, None, "\"max\" is no limit");
+        assert_eq!(
+            v1,
+            Some(2 << 30),
+            "the unlimited leaf defers to the mount's root"
+        );
+        assert_eq!(v1_unlimited_leaf, None);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

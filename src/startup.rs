@@ -3,10 +3,12 @@
 
 use crate::aggregator::{Aggregator, Limits};
 use crate::config::{KafkaSettings, Settings};
+use crate::datadir::DataDir;
 use crate::dirty::Dirty;
 use crate::journal::{self, Journal, JournalConfig};
 use crate::metrics::Metrics;
 use crate::publisher::{KafkaStatus, Publisher};
+use crate::recovery::Recovery;
 use crate::routes::auth::ApiAuth;
 use crate::routes::callbacks::{now_ms, Intake, UrlPolicy};
 use crate::routes::guard::{CallbackGate, Listeners};
@@ -19,7 +21,6 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -36,11 +37,27 @@ pub struct Application {
     snapshot_bytes: u64,
     publisher: Option<Publisher>,
     kafka_shutdown: Duration,
+    recovery: web::Data<Recovery>,
+    /// The data directory's lock, held until the application is dropped (or the process ends).
+    _data_dir: Option<DataDir>,
 }
 
 impl Application {
     /// Bind `http.listen` and wire every component.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
+        // Before anything else: a second process on the same directory stops here.
+        let data_dir = match settings.storage.data_dir() {
+            None => None,
+            Some(dir) => {
+                let owned = DataDir::acquire(&dir)?;
+                tracing::info!(
+                    dir = %owned.path().display(),
+                    pid = std::process::id(),
+                    "data directory: the journal and snapshots are kept here (locked by this process)"
+                );
+                Some(owned)
+            }
+        };
         let listener = TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
@@ -84,42 +101,54 @@ impl Application {
             max_resources: settings.retention.max_resources,
             keep_recipient_addresses: settings.privacy.keep_recipient_addresses,
         }));
-        let journal = match &settings.storage.dir {
+        let journal = match &data_dir {
             None => {
                 tracing::warn!(
-                    "storage.dir is empty: state lives in memory only and a restart forgets it"
+                    "storage.memory_only = true: state lives in memory only and a restart forgets it"
                 );
                 None
             }
-            Some(dir) => {
-                let dir = PathBuf::from(dir);
-                let report = journal::recover(&dir, &aggregator)
-                    .with_context(|| format!("cannot recover from {}", dir.display()))?;
+            Some(owned) => {
+                let dir = owned.path();
+                // Opened before the replay, on a fresh segment after every existing one:
+                // callbacks are journalled there while the older segments are replayed.
                 let j = Journal::open(JournalConfig {
-                    dir: dir.clone(),
+                    dir: dir.to_owned(),
                     fsync: settings.storage.fsync,
                     segment_bytes: settings.storage.segment_bytes,
                     max_group: settings.storage.max_group,
                 })
                 .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
-                j.stats
-                    .truncated_tails
-                    .store(report.truncated_tails, Ordering::Relaxed);
-                tracing::info!(dir = %dir.display(), fsync = ?settings.storage.fsync, "journal open");
+                tracing::info!(
+                    dir = %dir.display(),
+                    fsync = ?settings.storage.fsync,
+                    segment = j.first_segment(),
+                    "journal open"
+                );
                 Some(web::Data::new(j))
             }
         };
-        // Fallbacks replayed from the journal were counted by the process that received them.
-        aggregator.take_fallbacks();
+        let recovery = web::Data::new(match &journal {
+            None => Recovery::done(),
+            Some(_) => Recovery::replaying(settings.storage.max_recovery_backlog_events),
+        });
         let retention_ms = settings.retention.ttl.as_millis() as u64;
-        let now = now_ms();
-        aggregator.sweep(now.saturating_sub(retention_ms), now);
-        aggregator.evict_to_capacity();
         let metrics = web::Data::new(Metrics::new());
         let (publisher, kafka_status) = kafka_publisher(&settings.kafka, &aggregator, &metrics)?;
+        if let (Some(owned), Some(j)) = (&data_dir, &journal) {
+            spawn_recovery(Replay {
+                dir: owned.path().to_owned(),
+                journal: j.clone(),
+                agg: aggregator.clone(),
+                metrics: metrics.clone(),
+                recovery: recovery.clone(),
+                retention_ms,
+            })?;
+        }
         let auth = web::Data::new(ApiAuth::new(&credentials));
         let agg = aggregator.clone();
         let journal_data = journal.clone();
+        let recovery_data = recovery.clone();
         let mut server = HttpServer::new(move || {
             let app = App::new();
             let app = match &journal_data {
@@ -135,6 +164,7 @@ impl Application {
                 .app_data(auth.clone())
                 .app_data(health.clone())
                 .app_data(kafka_status.clone())
+                .app_data(recovery_data.clone())
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
                     actix_web::error::InternalError::from_response(
                         e.to_string(),
@@ -186,6 +216,8 @@ impl Application {
             snapshot_bytes: settings.storage.snapshot_bytes,
             publisher,
             kafka_shutdown: settings.kafka.shutdown_timeout,
+            recovery,
+            _data_dir: data_dir,
         })
     }
 
@@ -199,13 +231,19 @@ impl Application {
         self.admin_port
     }
 
-    /// Serve until `shutdown` resolves; then stop accepting, drain in-flight requests within
-    /// `http.shutdown_timeout`, and return.
+    /// Start-up recovery's state: `wait()` resolves once the query API answers.
+    pub fn recovery(&self) -> std::sync::Arc<Recovery> {
+        self.recovery.clone().into_inner()
+    }
+
+    /// Serve until `shutdown` resolves (or start-up recovery fails); then stop accepting, drain
+    /// in-flight requests within `http.shutdown_timeout`, and return.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let maintenance = actix_web::rt::spawn(maintain(
             self.aggregator.clone(),
             self.journal.clone(),
+            self.recovery.clone(),
             Schedule {
                 sweep_every: self.sweep_interval,
                 retention_ms: self.retention_ms,
@@ -213,9 +251,29 @@ impl Application {
                 snapshot_bytes: self.snapshot_bytes,
             },
         ));
-        let kafka = self.publisher.map(Publisher::start);
+        // Publishing starts once the replay is over: what Kafka gets is whole state.
+        let kafka = self.publisher.map(|publisher| {
+            let (recovery, agg) = (self.recovery.clone(), self.aggregator.clone());
+            actix_web::rt::spawn(async move {
+                recovery.wait().await.ok()?;
+                let recovered = agg.mark_all_changed(now_ms());
+                tracing::info!(
+                    recovered,
+                    "kafka: recovery done; publishing starts with every operation held"
+                );
+                Some(publisher.start())
+            })
+        });
+        let recovery = self.recovery.clone();
+        let recovery_failed = async move {
+            match recovery.wait().await {
+                Err(why) => why,
+                Ok(()) => std::future::pending().await,
+            }
+        };
         let server = self.server;
         let mut server = std::pin::pin!(server);
+        let mut failure = None;
         let result = tokio::select! {
             r = &mut server => r,
             _ = shutdown => {
@@ -225,25 +283,99 @@ impl Application {
                 let (stopped, ()) = tokio::join!(&mut server, handle.stop(true));
                 stopped
             }
+            why = recovery_failed => {
+                tracing::error!(error = %why, "start-up recovery failed: stopping (callbacks journalled meanwhile stay on disk)");
+                failure = Some(why);
+                let (stopped, ()) = tokio::join!(&mut server, handle.stop(true));
+                stopped
+            }
         };
         maintenance.abort();
-        if let Some(kafka) = kafka {
-            // Requests are drained: publish the final state of every changed operation.
-            kafka
-                .stop(self.kafka_shutdown + Duration::from_secs(1))
-                .await;
+        if let Some(starter) = kafka {
+            if self.recovery.is_done() {
+                if let Ok(Some(kafka)) = starter.await {
+                    // Requests are drained: publish the final state of every changed operation.
+                    kafka
+                        .stop(self.kafka_shutdown + Duration::from_secs(1))
+                        .await;
+                }
+            } else {
+                starter.abort();
+            }
         }
         if let Some(j) = &self.journal {
             j.close();
+        }
+        if let Some(why) = failure {
+            anyhow::bail!("start-up recovery failed: {why}");
         }
         result.context("http server failed")
     }
 }
 
+/// What the recovery thread needs.
+struct Replay {
+    dir: std::path::PathBuf,
+    journal: web::Data<Journal>,
+    agg: web::Data<Aggregator>,
+    metrics: web::Data<Metrics>,
+    recovery: web::Data<Recovery>,
+    retention_ms: u64,
+}
+
+/// Replay the snapshot and the journal segments older than the journal's first one on a thread
+/// of its own, while callbacks are taken; then retention, then the callbacks' backlog, then the
+/// query API (docs/architecture.md, Recovery).
+fn spawn_recovery(r: Replay) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("tally-recovery".into())
+        .spawn(move || {
+            let before = r.journal.first_segment();
+            let report = match journal::recover_before(&r.dir, &r.agg, before, &r.recovery.progress)
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    r.recovery
+                        .fail(format!("cannot recover from {}: {e}", r.dir.display()));
+                    return;
+                }
+            };
+            r.journal
+                .stats
+                .truncated_tails
+                .store(report.truncated_tails, Ordering::Relaxed);
+            // Fallbacks replayed from the journal were counted by the process that received them.
+            r.agg.take_fallbacks();
+            let now = now_ms();
+            r.agg.sweep(now.saturating_sub(r.retention_ms), now);
+            r.agg.evict_to_capacity();
+            let mut backlog = 0;
+            r.recovery.finish(|item| {
+                for e in &item.record.events {
+                    let outcome = r.agg.apply(e, item.record.t);
+                    r.metrics.count_event(item.route, Ok(e), outcome);
+                }
+                backlog += item.record.events.len();
+            });
+            if r.agg.over_capacity() {
+                r.agg.evict_to_capacity();
+            }
+            tracing::info!(
+                elapsed_ms = r.recovery.elapsed().as_millis() as u64,
+                records = report.records,
+                events = report.events,
+                backlog_events = backlog,
+                operations = r.agg.operation_count(),
+                "recovery complete: the callbacks taken meanwhile are applied; the query API answers"
+            );
+        })?;
+    Ok(())
+}
+
 /// Kafka publishing: off without brokers (said in one log line); else the aggregator marks
-/// changed operations and a publisher (started by `run_until_stopped`) publishes them. What
-/// was recovered from the journal is published again in full: which of it reached the topic
-/// before the restart is not known.
+/// changed operations and a publisher (started by `run_until_stopped` once recovery is done)
+/// publishes them. What was recovered from the journal is published again in full: which of it
+/// reached the topic before the restart is not known.
 fn kafka_publisher(
     settings: &KafkaSettings,
     aggregator: &web::Data<Aggregator>,
@@ -254,7 +386,6 @@ fn kafka_publisher(
         return Ok((None, web::Data::new(KafkaStatus::disabled())));
     }
     aggregator.track_changes(Dirty::new(settings.resources_topic.is_some()));
-    let recovered = aggregator.mark_all_changed(now_ms());
     let publisher = Publisher::new(
         settings,
         aggregator.clone().into_inner(),
@@ -266,8 +397,7 @@ fn kafka_publisher(
         topic = %settings.topic,
         resources_topic = settings.resources_topic.as_deref().unwrap_or("off"),
         flush_interval = ?settings.flush_interval,
-        recovered,
-        "kafka: publishing operations"
+        "kafka: publishing operations (once start-up recovery is done)"
     );
     Ok((Some(publisher), status))
 }
@@ -324,13 +454,27 @@ struct Schedule {
 }
 
 /// Background upkeep, once a second: retention sweeps, snapshots when due, and a probe write
-/// while the journal is failing so that tally notices by itself when the disk is back.
-async fn maintain(agg: web::Data<Aggregator>, journal: Option<web::Data<Journal>>, s: Schedule) {
+/// while the journal is failing so that tally notices by itself when the disk is back. Neither
+/// sweeps nor snapshots run before start-up recovery is done: the state is not whole yet.
+async fn maintain(
+    agg: web::Data<Aggregator>,
+    journal: Option<web::Data<Journal>>,
+    recovery: web::Data<Recovery>,
+    s: Schedule,
+) {
     let mut tick = actix_web::rt::time::interval(Duration::from_secs(1));
     let mut last_sweep = Instant::now();
     let mut last_snapshot = Instant::now();
     loop {
         tick.tick().await;
+        if !recovery.is_done() {
+            if let Some(j) = journal.as_ref().filter(|j| j.last_error().is_some()) {
+                if j.probe().await.is_ok() {
+                    tracing::info!("journal writable again: accepting callbacks");
+                }
+            }
+            continue;
+        }
         if last_sweep.elapsed() >= s.sweep_every {
             last_sweep = Instant::now();
             let now = now_ms();

@@ -70,6 +70,8 @@ impl Served {
             .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("TALLY_HTTP__WORKERS", "1")
             .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
+            .env("TALLY_STORAGE__MEMORY_ONLY", "true")
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));

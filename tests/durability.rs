@@ -174,13 +174,17 @@ impl Tally {
 
     fn wait_ready(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if matches!(http(self.port, "GET", "/readyz", &[], b""), Ok((200, _))) {
-                return;
+        // Ready for callbacks, and start-up recovery done (the query API answers).
+        for probe in ["/readyz", "/readyz/queries"] {
+            while !matches!(http(self.port, "GET", probe, &[], b""), Ok((200, _))) {
+                assert!(
+                    Instant::now() < deadline,
+                    "tally did not become ready on port {}",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tally did not become ready on port {}", self.port);
     }
 
     fn get_json(&self, path: &str) -> (u16, serde_json::Value) {

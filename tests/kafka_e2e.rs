@@ -670,24 +670,34 @@ struct Binary {
     child: Child,
     port: u16,
     log: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl Binary {
     fn start(env: &[(&str, String)]) -> Binary {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("tally-e2e-{}-{port}.log", std::process::id()));
+        // Its own data directory (durable, as by default), removed when the test ends.
+        let dir =
+            std::env::temp_dir().join(format!("tally-e2e-{}-{port}.data", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .arg("serve")
             .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("TALLY_TWILIO__AUTH_TOKENS", helpers::TOKEN)
             .env("RUST_LOG", "info")
+            .env("TALLY_STORAGE__DIR", &dir)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("the tally binary starts");
         wait_for_port(port, Duration::from_secs(20));
-        Binary { child, port, log }
+        Binary {
+            child,
+            port,
+            log,
+            dir,
+        }
     }
 
     /// Resident memory now and at its peak, in kB, from /proc.
@@ -728,6 +738,7 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -499,6 +499,7 @@ def main():
     args = ap.parse_args()
 
     wait_ok(f"{args.tally}/readyz", "tally")
+    wait_ok(f"{args.tally}/readyz/queries", "tally's query API (start-up recovery)")
     wait_ok(f"{args.prometheus}/-/ready", "Prometheus")
     tally, prom = Tally(args.tally, args.token), Prometheus(args.prometheus)
 

@@ -10,6 +10,7 @@ use crate::event::{Event, SkipReason};
 use crate::ingest;
 use crate::journal::{Journal, Record};
 use crate::metrics::Metrics;
+use crate::recovery::{Deferred, Recovery};
 use crate::signature::{SignatureError, Verifier};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -79,6 +80,14 @@ pub struct Summary {
     pub applied: u64,
     pub noop: u64,
     pub rejected: u64,
+    /// Events journalled during start-up recovery, applied once the replay ends (shown only
+    /// then): `received = applied + noop + rejected + deferred`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deferred: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -176,12 +185,14 @@ fn signature_header(req: &HttpRequest) -> Result<Option<&[u8]>, CallbackError> {
 }
 
 /// Make the decoded events durable (when a journal is configured), then apply and count
-/// them. Skipped events are counted too; nothing is counted for a request that gets 503, since
-/// Twilio sends it again.
+/// them, or, while start-up recovery runs, leave them to be applied (and counted) when the
+/// replay ends (docs/architecture.md, Recovery). Skipped events are counted at once; nothing
+/// is counted for a request that gets 503, since Twilio sends it again.
 async fn admit(
-    route: &str,
+    route: &'static str,
     decoded: Vec<Result<Event, SkipReason>>,
     journal: Option<&Journal>,
+    recovery: &Recovery,
     agg: &Aggregator,
     metrics: &Metrics,
 ) -> Result<Summary, CallbackError> {
@@ -201,6 +212,17 @@ async fn admit(
         }
     }
     let record = Record { t: now, events };
+    // Room in the recovery backlog, taken before the append so that a refused request leaves
+    // nothing in the journal.
+    let reservation = match journal {
+        Some(_) if !record.events.is_empty() => recovery
+            .reserve(record.events.len() as u64)
+            .map_err(|e| CallbackError::Recovering {
+                message: e.to_string(),
+                retry_after: recovery.retry_after_secs(),
+            })?,
+        _ => None,
+    };
     let _gate = match journal {
         Some(j) => {
             let gate = j.gate.read().await;
@@ -214,7 +236,19 @@ async fn admit(
         None => None,
     };
     let mut summary = Summary::default();
-    for e in &record.events {
+    let record = match reservation {
+        None => Some(record),
+        Some(room) => {
+            let n = record.events.len() as u64;
+            let back = recovery.defer(room, Deferred { route, record });
+            if back.is_none() {
+                summary.received += n;
+                summary.deferred += n;
+            }
+            back.map(|d| d.record)
+        }
+    };
+    for e in record.iter().flat_map(|r| &r.events) {
         let outcome = agg.apply(e, now);
         metrics.count_event(route, Ok(e), outcome);
         summary.add(outcome);
@@ -271,6 +305,7 @@ pub async fn events(
     agg: web::Data<Aggregator>,
     metrics: web::Data<Metrics>,
     journal: Option<web::Data<Journal>>,
+    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
@@ -290,6 +325,7 @@ pub async fn events(
             "events",
             decoded,
             journal.as_ref().map(|j| j.get_ref()),
+            &recovery,
             &agg,
             &metrics,
         )
@@ -307,6 +343,7 @@ pub async fn status(
     agg: web::Data<Aggregator>,
     metrics: web::Data<Metrics>,
     journal: Option<web::Data<Journal>>,
+    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
@@ -328,6 +365,7 @@ pub async fn status(
             "status",
             vec![decoded],
             journal.as_ref().map(|j| j.get_ref()),
+            &recovery,
             &agg,
             &metrics,
         )

@@ -23,6 +23,9 @@ pub enum CallbackError {
     Signature(SignatureError),
     #[error("cannot make the callback durable right now: {0}")]
     Unavailable(String),
+    /// Start-up recovery's backlog is full; retry after the given seconds.
+    #[error("{message}")]
+    Recovering { message: String, retry_after: u64 },
 }
 
 impl ResponseError for CallbackError {
@@ -36,12 +39,19 @@ impl ResponseError for CallbackError {
             }
             CallbackError::Unreadable(_) | CallbackError::Undecodable(_) => StatusCode::BAD_REQUEST,
             CallbackError::Signature(_) => StatusCode::FORBIDDEN,
-            CallbackError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CallbackError::Unavailable(_) | CallbackError::Recovering { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        json_error(self.status_code(), &self.to_string())
+        let mut resp = json_error(self.status_code(), &self.to_string());
+        if let CallbackError::Recovering { retry_after, .. } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
+        }
+        resp
     }
 }
 

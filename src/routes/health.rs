@@ -1,9 +1,15 @@
-//! Health, readiness and metrics endpoints.
+//! Health, readiness and metrics endpoints, and the query API's wait for start-up recovery.
 
 use crate::aggregator::Aggregator;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::publisher::KafkaStatus;
+use crate::recovery::Recovery;
+use crate::routes::error::json_error;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use std::sync::RwLock;
 
@@ -37,29 +43,79 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: ready to accept callbacks (200), or not (503) with the reasons.
+/// `GET /readyz`: ready to accept callbacks (200), or not (503) with the reasons. Start-up
+/// recovery does not make it fail: callbacks are taken (journalled, answered, applied after the
+/// replay) from the first second, so a load balancer keeps sending them. The body says whether
+/// the query API answers yet (`queries`) and how far recovery is.
 pub async fn readyz(
     health: web::Data<Health>,
     agg: web::Data<Aggregator>,
     journal: Option<web::Data<Journal>>,
+    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     let mut problems = health.snapshot();
     if let Some(err) = journal.as_ref().and_then(|j| j.last_error()) {
         problems.push(("journal", err));
     }
+    let callbacks = problems.is_empty();
     let body = serde_json::json!({
-        "ready": problems.is_empty(),
+        "ready": callbacks,
+        "callbacks": callbacks,
+        "queries": recovery.is_done(),
+        "recovery": recovery.details(),
         "problems": problems
             .iter()
             .map(|(c, m)| serde_json::json!({"component": c, "message": m}))
             .collect::<Vec<_>>(),
         "operations": agg.operation_count(),
     });
-    if problems.is_empty() {
+    if callbacks {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// `GET /readyz/queries`: the query API answers (200), or start-up recovery is still replaying
+/// the journal (503 with `Retry-After` and its progress). For whatever reads `/v1`; the
+/// callback path's probe is `/readyz`.
+pub async fn readyz_queries(recovery: web::Data<Recovery>) -> HttpResponse {
+    let body = serde_json::json!({
+        "ready": recovery.is_done(),
+        "recovery": recovery.details(),
+    });
+    if recovery.is_done() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, recovery.retry_after_secs()))
+            .json(body)
+    }
+}
+
+/// Middleware in front of the query API: 503 with `Retry-After` until start-up recovery is
+/// done, so no reader ever sees a half-replayed state.
+pub async fn after_recovery(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(recovery) = req.app_data::<web::Data<Recovery>>() {
+        if !recovery.is_done() {
+            let mut resp = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "start-up recovery is replaying the journal ({:.1}% done): the query API answers once it is over",
+                    recovery.progress.percent()
+                ),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(recovery.retry_after_secs()),
+            );
+            return Ok(req.into_response(resp));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 /// `GET /healthz/details`: readiness with its reasons, plus details that never decide it (the
@@ -68,10 +124,12 @@ pub async fn details(
     health: web::Data<Health>,
     kafka: web::Data<KafkaStatus>,
     agg: web::Data<Aggregator>,
+    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     let problems = health.snapshot();
     HttpResponse::Ok().json(serde_json::json!({
         "ready": problems.is_empty(),
+        "recovery": recovery.details(),
         "problems": problems
             .iter()
             .map(|(c, m)| serde_json::json!({"component": c, "message": m}))
@@ -86,8 +144,9 @@ pub async fn metrics(
     metrics: web::Data<Metrics>,
     agg: web::Data<Aggregator>,
     journal: Option<web::Data<Journal>>,
+    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics.render(&agg, journal.as_ref().map(|j| j.get_ref())))
+        .body(metrics.render(&agg, journal.as_ref().map(|j| j.get_ref()), &recovery))
 }

@@ -14,16 +14,19 @@ use actix_web::{web, FromRequest, Handler, Responder, Route};
 /// Register every route. Shared state comes as `web::Data` from the app builder.
 ///
 /// Callbacks pass `guard::callbacks` (listener, source network, in-flight bound) and answer
-/// other methods with 405; `/metrics` and `/v1` pass `guard::admin_only` (listener).
+/// other methods with 405; `/metrics` and `/v1` pass `guard::admin_only` (listener), and `/v1`
+/// then the credentials and `health::after_recovery` (503 until start-up recovery is done).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(callback("/twilio/events", callbacks::events))
         .service(callback("/twilio/status", callbacks::status))
         .route("/healthz", web::get().to(health::healthz))
         .route("/healthz/details", web::get().to(health::details))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/readyz/queries", web::get().to(health::readyz_queries))
         .service(admin("/metrics", web::get().to(health::metrics)))
         .service(
             web::scope("/v1")
+                .wrap(from_fn(health::after_recovery))
                 .wrap(from_fn(auth::require_api_access))
                 .wrap(from_fn(guard::admin_only))
                 .route(

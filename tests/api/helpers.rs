@@ -119,6 +119,11 @@ pub async fn spawn_app() -> TestApp {
 /// Start tally with the test defaults overridden by `env` (`("TALLY_HTTP__…", "…")`).
 pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let mut pairs = base_env();
+    // State in memory unless the test gives a data directory: the default directory is
+    // relative to the working directory, which every test shares.
+    if !env.iter().any(|(k, _)| *k == "TALLY_STORAGE__DIR") {
+        pairs.push(("TALLY_STORAGE__MEMORY_ONLY".into(), "true".into()));
+    }
     pairs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::load(None, pairs).expect("test settings load");
     let token = settings
@@ -131,10 +136,14 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let app = Application::build(&settings).expect("the app builds");
     let port = app.port();
     let admin_port = app.admin_port();
+    let recovery = app.recovery();
     let (tx, rx) = oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
+    // With a data directory the journal is replayed in the background: tests start once the
+    // query API answers.
+    recovery.wait().await.expect("start-up recovery succeeds");
     let mut app = attach(port, &token);
     app.admin_port = admin_port;
     app.shutdown = Some(tx);

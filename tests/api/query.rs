@@ -18,11 +18,11 @@ fn final_status(n: usize) -> &'static str {
 }
 
 fn has_rcs(n: usize) -> bool {
-    n % 4 == 0
+    n.is_multiple_of(4)
 }
 
 fn campaign(n: usize) -> &'static str {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         "spring"
     } else {
         "autumn"
@@ -30,7 +30,7 @@ fn campaign(n: usize) -> &'static str {
 }
 
 fn in_eu(n: usize) -> bool {
-    n % 3 == 0
+    n.is_multiple_of(3)
 }
 
 /// Twenty-three messages: every fourth tried RCS first; tags `campaign` and sometimes `region`.

@@ -1,0 +1,716 @@
+//! Start-up of the real binary on durable defaults: the default run keeps its state in `data/`
+//! under the working directory and a restart finds it; memory-only state is asked for
+//! explicitly; one process owns a data directory, and a stale lock left by `kill -9` never
+//! blocks a restart.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "durable-start-test-token";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch directory for one test, removed when the test passes.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("tally-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 request with `Connection: close`: status, headers and body.
+fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((code, head.to_owned(), body.to_owned()))
+}
+
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_full(port, method, path, &[], b"").map(|(c, _, b)| (c, b))
+}
+
+/// Post one signed form status callback for `msg` of `op`; the status code.
+fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::io::Result<u16> {
+    let path = format!("/twilio/status?operationId={op}&messageId={msg}");
+    let params = vec![
+        ("MessageSid".to_owned(), sid.to_owned()),
+        ("MessageStatus".to_owned(), status.to_owned()),
+    ];
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let sig = tally::signature::sign(TOKEN, &url, &params);
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    http_full(
+        port,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Twilio-Signature", &sig),
+        ],
+        body.as_bytes(),
+    )
+    .map(|(c, _, _)| c)
+}
+
+/// A `tally serve` child process in a working directory, killed by its id if a test panics.
+struct Tally {
+    child: Option<Child>,
+    port: u16,
+    stderr: PathBuf,
+}
+
+/// How to start one `tally serve`.
+struct Start<'a> {
+    cwd: &'a Path,
+    env: &'a [(&'a str, &'a str)],
+    /// Name of the file (in `cwd`) that receives standard error.
+    log: &'a str,
+}
+
+impl Start<'_> {
+    fn command(&self, port: u16) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+        cmd.arg("serve")
+            .current_dir(self.cwd)
+            .env_remove("RUST_LOG")
+            .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("TALLY_HTTP__WORKERS", "2")
+            .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Spawn and return at once (nothing waited for).
+    fn spawn(&self) -> Tally {
+        let port = free_port();
+        let stderr = self.cwd.join(self.log);
+        let child = self
+            .command(port)
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("tally starts");
+        Tally {
+            child: Some(child),
+            port,
+            stderr,
+        }
+    }
+
+    /// Spawn and wait until the query API answers (recovery done).
+    fn ready(&self) -> Tally {
+        let t = self.spawn();
+        t.wait_for("/readyz", Duration::from_secs(60));
+        t.wait_queries(Duration::from_secs(120));
+        t
+    }
+
+    /// Run to completion (for a start that must fail), within `limit`.
+    fn run_to_exit(&self, limit: Duration) -> Output {
+        let mut child = self
+            .command(free_port())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tally starts");
+        let deadline = Instant::now() + limit;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "tally did not exit within {limit:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Tally {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown work at all.
+    fn kill_9(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn wait_for(&self, path: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(http(self.port, "GET", path), Ok((200, _))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{path} not 200 within {limit:?}; log:\n{}", self.log());
+    }
+
+    fn wait_queries(&self, limit: Duration) {
+        self.wait_for("/readyz/queries", limit);
+    }
+
+    fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = http(self.port, "GET", path).expect("GET works");
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "exit {status:?}; log:\n{}", self.log());
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Non-empty journal segments under `data`.
+fn segments_with_records(data: &Path) -> usize {
+    std::fs::read_dir(data.join("journal"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_default_run_keeps_its_state_in_data_under_the_working_directory_and_a_restart_finds_it() {
+    // Arrange: no storage setting at all, as a new user runs it.
+    let cwd = Scratch::new("default");
+    let start = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    };
+    let first = start.ready();
+    let data = cwd.join("data").canonicalize().expect("data/ created");
+
+    // Act
+    for i in 0..5 {
+        let code = post_status(
+            first.port,
+            "comms_operation_default",
+            &format!("comms_message_d{i}"),
+            &format!("SMd{i}"),
+            "delivered",
+        )
+        .unwrap();
+        assert_eq!(code, 200);
+    }
+    let log = first.log();
+    first.stop();
+    let restarted = Start {
+        log: "second.log",
+        ..start
+    }
+    .ready();
+
+    // Assert
+    assert!(
+        log.contains(&data.display().to_string()),
+        "start-up names the absolute data directory {}:\n{log}",
+        data.display()
+    );
+    assert!(segments_with_records(&data) >= 1, "the journal is on disk");
+    let (code, op) = restarted.get_json("/v1/Messages/Operations/comms_operation_default");
+    assert_eq!(code, 200, "{op}");
+    assert_eq!(op["stats"]["total"], 5, "{op}");
+    assert_eq!(op["stats"]["delivered"], 5, "{op}");
+    restarted.stop();
+}
+
+#[test]
+fn memory_only_must_be_asked_for_and_then_writes_nothing() {
+    // Arrange
+    let cwd = Scratch::new("memory");
+
+    // Act: an empty storage.dir on its own, then memory-only asked for.
+    let refused = Start {
+        cwd: &cwd,
+        env: &[("TALLY_STORAGE__DIR", "")],
+        log: "refused.log",
+    }
+    .run_to_exit(Duration::from_secs(30));
+    let memory = Start {
+        cwd: &cwd,
+        env: &[("TALLY_STORAGE__MEMORY_ONLY", "true")],
+        log: "memory.log",
+    }
+    .ready();
+    let code = post_status(
+        memory.port,
+        "comms_operation_m",
+        "comms_message_m",
+        "SMm",
+        "sent",
+    );
+
+    // Assert
+    assert!(!refused.status.success(), "{:?}", refused.status);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("storage.memory_only"), "{said}");
+    assert_eq!(code.unwrap(), 200);
+    assert!(memory.log().contains("memory only"), "{}", memory.log());
+    memory.stop();
+    assert!(!cwd.join("data").exists(), "memory-only writes no data/");
+}
+
+#[test]
+fn a_second_process_on_the_same_data_directory_exits_non_zero_naming_the_owner_pid() {
+    // Arrange
+    let cwd = Scratch::new("owner");
+    let first = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    }
+    .ready();
+    assert_eq!(
+        post_status(
+            first.port,
+            "comms_operation_o",
+            "comms_message_o1",
+            "SMo1",
+            "sent"
+        )
+        .unwrap(),
+        200
+    );
+
+    // Act: the same directory, named differently (absolute, through the parent).
+    let same = cwd.join("data/../data");
+    let same = same.to_str().unwrap();
+    let second = Start {
+        cwd: &cwd,
+        env: &[("TALLY_STORAGE__DIR", same)],
+        log: "second.log",
+    }
+    .run_to_exit(Duration::from_secs(30));
+
+    // Assert
+    assert!(!second.status.success(), "{:?}", second.status);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("in use by another tally process"), "{said}");
+    assert!(said.contains(&format!("pid {}", first.pid())), "{said}");
+    let lock = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
+    assert_eq!(lock.trim(), first.pid().to_string(), "the owner's pid kept");
+    assert_eq!(
+        post_status(
+            first.port,
+            "comms_operation_o",
+            "comms_message_o2",
+            "SMo2",
+            "sent"
+        )
+        .unwrap(),
+        200,
+        "the owner is untouched"
+    );
+    first.stop();
+}
+
+#[test]
+fn after_kill_9_a_restart_takes_the_stale_lock_and_keeps_the_state() {
+    // Arrange
+    let cwd = Scratch::new("stale");
+    let start = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    };
+    let first = start.ready();
+    let killed_pid = first.pid();
+    for i in 0..3 {
+        let code = post_status(
+            first.port,
+            "comms_operation_k",
+            &format!("comms_message_k{i}"),
+            &format!("SMk{i}"),
+            "delivered",
+        )
+        .unwrap();
+        assert_eq!(code, 200);
+    }
+
+    // Act
+    first.kill_9();
+    let stale = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
+    let restarted = Start {
+        log: "second.log",
+        ..start
+    }
+    .ready();
+
+    // Assert
+    assert_eq!(
+        stale.trim(),
+        killed_pid.to_string(),
+        "the lock file was left behind"
+    );
+    let lock = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
+    assert_eq!(lock.trim(), restarted.pid().to_string());
+    let (code, op) = restarted.get_json("/v1/Messages/Operations/comms_operation_k");
+    assert_eq!(code, 200, "{op}");
+    assert_eq!(op["stats"]["delivered"], 3, "{op}");
+    restarted.stop();
+}
+
+/// Operations generated into the first run's journal: enough that a debug build replays them
+/// for several seconds on this 2-core machine (a release build replays about ten times faster).
+const FILL_OPERATIONS: usize = if cfg!(debug_assertions) { 30 } else { 300 };
+
+/// Fill the journal of the tally on `port` with `tally simulate` (Event Streams batches).
+fn fill_with_simulate(port: u16) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "simulate",
+            "--target",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+            "--operations",
+            &FILL_OPERATIONS.to_string(),
+            "--recipients",
+            "1000",
+            "--mix",
+            "events",
+            "--batch",
+            "1000",
+            "--concurrency",
+            "4",
+            "--quiet",
+        ])
+        .output()
+        .expect("tally simulate runs");
+    assert!(
+        out.status.success(),
+        "simulate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every Messages operation, as the query API lists them.
+fn all_operations(t: &Tally) -> serde_json::Value {
+    let (code, body) = t.get_json("/v1/Messages/Operations?pageSize=1000");
+    assert_eq!(code, 200, "{body}");
+    body["operations"].clone()
+}
+
+/// `operations` without the one whose id is `op`.
+fn without(mut operations: serde_json::Value, op: &str) -> serde_json::Value {
+    if let Some(list) = operations.as_array_mut() {
+        list.retain(|o| o["id"] != op);
+    }
+    operations
+}
+
+/// Post one signed Event Streams batch of `message.delivered` events for `msgs` of `op`:
+/// status code and body.
+fn post_delivered_batch(port: u16, op: &str, msgs: &[String]) -> (u16, serde_json::Value) {
+    let events: Vec<serde_json::Value> = msgs
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "specversion": "1.0",
+                "type": "com.twilio.comms-api.message.delivered",
+                "source": "/test", "id": format!("EV{m}"),
+                "time": "2026-11-23T10:00:00.000Z",
+                "data": {"operation_id": op, "message_id": m, "downstream_id": format!("SM{m}"),
+                         "to": {"address": "+15558675310", "channel": "SMS"}}
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&events).unwrap();
+    let url = tally::signature::url_with_body_sha256(
+        &format!("http://127.0.0.1:{port}/twilio/events"),
+        &body,
+    );
+    let sig = tally::signature::sign(TOKEN, &url, &[]);
+    let path = url
+        .trim_start_matches(&format!("http://127.0.0.1:{port}"))
+        .to_owned();
+    let (code, _, text) = http_full(
+        port,
+        "POST",
+        &path,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Twilio-Signature", &sig),
+        ],
+        &body,
+    )
+    .expect("answered");
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The sum of a metric's samples whose line starts with `name`.
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = http(port, "GET", "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_queries_wait() {
+    // Arrange: a first run whose journal takes seconds to replay.
+    let cwd = Scratch::new("long-recovery");
+    let start = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "first.log",
+    };
+    let first = start.ready();
+    fill_with_simulate(first.port);
+    let before = all_operations(&first);
+    assert_eq!(before.as_array().map(Vec::len), Some(FILL_OPERATIONS));
+    first.stop();
+
+    // Act: restart, and send callbacks from the moment the listener answers.
+    let second = Start {
+        log: "second.log",
+        ..start
+    }
+    .spawn();
+    second.wait_for("/readyz", Duration::from_secs(30));
+    let probe_op = before[0]["id"].as_str().unwrap().to_owned();
+    let (query_code, query_head, _) = http_full(
+        second.port,
+        "GET",
+        &format!("/v1/Messages/Operations/{probe_op}"),
+        &[],
+        b"",
+    )
+    .unwrap();
+    let (_, ready) = second.get_json("/readyz");
+    let op = "comms_operation_during_recovery";
+    let mut deferred = 0;
+    for i in 0..30 {
+        let code = post_status(
+            second.port,
+            op,
+            &format!("comms_message_r{i}"),
+            &format!("SMr{i}"),
+            "delivered",
+        )
+        .unwrap();
+        assert_eq!(code, 200, "form callback {i} during recovery");
+    }
+    for b in 0..3 {
+        let msgs: Vec<String> = (0..10).map(|k| format!("comms_message_e{b}x{k}")).collect();
+        let (code, summary) = post_delivered_batch(second.port, op, &msgs);
+        assert_eq!(code, 200, "batch {b} during recovery: {summary}");
+        deferred += summary["deferred"].as_u64().unwrap_or(0);
+    }
+    let (still_code, _) = second.get_json(&format!("/v1/Messages/Operations/{probe_op}"));
+    let backlog = metric(second.port, "tally_recovery_backlog_events");
+    let in_progress = metric(second.port, "tally_recovery_in_progress");
+    second.wait_queries(Duration::from_secs(300));
+
+    // Assert: the query API waited, the callbacks were taken, and all of it is in the state.
+    assert_eq!(query_code, 503, "queries wait for the replay");
+    assert!(
+        query_head.to_ascii_lowercase().contains("retry-after:"),
+        "{query_head}"
+    );
+    assert_eq!(ready["callbacks"], true, "{ready}");
+    assert_eq!(ready["queries"], false, "{ready}");
+    assert_eq!(ready["recovery"]["state"], "replaying", "{ready}");
+    assert_eq!(
+        still_code, 503,
+        "the replay outlasted the callbacks (else this test proves nothing: fill more)"
+    );
+    assert_eq!(deferred, 30, "the batches' events waited for the replay");
+    assert_eq!(in_progress, 1.0);
+    assert_eq!(
+        backlog, 60.0,
+        "30 form callbacks and 3 batches of 10 waiting"
+    );
+    let (code, during) = second.get_json(&format!("/v1/Messages/Operations/{op}"));
+    assert_eq!(code, 200, "{during}");
+    assert_eq!(during["stats"]["total"], 60, "{during}");
+    assert_eq!(during["stats"]["delivered"], 60, "{during}");
+    assert!(
+        without(all_operations(&second), op) == before,
+        "the replay restored the first run's operations exactly"
+    );
+    assert_eq!(metric(second.port, "tally_recovery_in_progress"), 0.0);
+    assert_eq!(metric(second.port, "tally_recovery_backlog_events"), 0.0);
+    assert!(metric(second.port, "tally_recovery_replayed_bytes") > 0.0);
+    assert_eq!(
+        metric(second.port, "tally_events_received_total"),
+        60.0,
+        "deferred events are counted once, when applied"
+    );
+    let (_, done) = second.get_json("/readyz");
+    eprintln!(
+        "recovery of {} journal bytes took {}s",
+        done["recovery"]["total_bytes"], done["recovery"]["elapsed_seconds"]
+    );
+    let log = second.log();
+    assert!(log.contains("recovery: replaying journal"), "{log}");
+    assert!(log.contains("percent="), "{log}");
+
+    // And a crash right after: the callbacks were journalled after the replayed segments, so
+    // the next start replays both once and ends in the same state.
+    second.kill_9();
+    let third = Start {
+        log: "third.log",
+        ..start
+    }
+    .ready();
+    let (_, again) = third.get_json(&format!("/v1/Messages/Operations/{op}"));
+    assert_eq!(again["stats"], during["stats"]);
+    assert!(without(all_operations(&third), op) == before);
+    third.stop();
+}
+
+#[test]
+fn the_standard_process_metrics_are_exported_beside_tallys_own() {
+    // Arrange
+    let cwd = Scratch::new("process-metrics");
+    let t = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "tally.log",
+    }
+    .ready();
+
+    // Act
+    let (_, exposition) = http(t.port, "GET", "/metrics").unwrap();
+    let value = |name: &str| -> f64 {
+        exposition
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not exported:\n{exposition}"))
+    };
+
+    // Assert: read from /proc for this very process.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        (rss - rss_kb * 1024.0).abs() < 0.5 * rss_kb * 1024.0,
+        "resident {rss} vs /proc {rss_kb} kB"
+    );
+    assert!(
+        value("process_open_fds") >= 4.0,
+        "listener, lock file, segment, …"
+    );
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_threads") >= 2.0);
+    let started = value("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - started < 600.0 && now >= started - 5.0,
+        "{started} vs {now}"
+    );
+    assert!(
+        exposition.contains("\ntally_build_info{"),
+        "tally's own registry, same page"
+    );
+    t.stop();
+}
