@@ -32,6 +32,7 @@ pub(super) fn note_broker(status: &KafkaStatus, metrics: &Metrics, up: bool) {
     metrics.kafka.broker_up.set(up as i64);
     if status.broker_up.swap(up, Ordering::Relaxed) != up {
         if up {
+            status.up_since_ms.store(now_ms(), Ordering::Relaxed);
             let since = status.down_since_ms.swap(0, Ordering::Relaxed);
             if since == 0 {
                 tracing::info!("kafka: connected to the brokers");
@@ -40,6 +41,7 @@ pub(super) fn note_broker(status: &KafkaStatus, metrics: &Metrics, up: bool) {
                 tracing::info!(outage_s, "kafka: connected to the brokers again");
             }
         } else {
+            status.up_since_ms.store(0, Ordering::Relaxed);
             status.down_since_ms.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(
                 "kafka: no broker reachable; callbacks are still accepted and changed operations wait until a broker is back"

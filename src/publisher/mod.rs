@@ -547,8 +547,18 @@ impl Publisher {
         if !self.status.broker_up() {
             return;
         }
-        let progress = self.last_ack.map_or(since, |a| a.max(since));
-        if progress.elapsed() >= self.settings.stall_timeout {
+        // The clock starts at the latest of: records going in flight, the last acknowledgement,
+        // the connection coming up (records queued during an outage are not a stall).
+        let quiet_ms = [
+            since.elapsed().as_millis() as u64,
+            self.last_ack
+                .map_or(u64::MAX, |a| a.elapsed().as_millis() as u64),
+            self.status.up_for_ms(),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+        if quiet_ms >= self.settings.stall_timeout.as_millis() as u64 {
             self.restart.get_or_insert(Replace::Stalled);
         }
     }
@@ -609,6 +619,11 @@ impl Publisher {
             .last_restart
             .is_some_and(|t| t.elapsed() < MIN_RESTART_INTERVAL)
         {
+            return;
+        }
+        if why == Replace::TimedOut && !self.status.broker_up() {
+            // A new producer would reach no broker either: replace the one in hand the moment a
+            // broker answers again, before it sends anything under its self-bumped epoch.
             return;
         }
         self.restart = None;

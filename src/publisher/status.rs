@@ -27,6 +27,8 @@ pub struct KafkaStatus {
     pub(super) last_ack_age_ms: AtomicU64,
     /// When the producer lost its last broker connection (Unix ms), 0 while connected.
     pub(super) down_since_ms: AtomicU64,
+    /// When the producer's broker connection last came up (Unix ms), 0 while down.
+    pub(super) up_since_ms: AtomicU64,
     pub(super) records_timed_out: AtomicU64,
     replacements: AtomicU64,
     inner: Mutex<StatusInner>,
@@ -54,6 +56,7 @@ impl KafkaStatus {
             oldest_ms: AtomicU64::new(0),
             last_ack_age_ms: AtomicU64::new(u64::MAX),
             down_since_ms: AtomicU64::new(0),
+            up_since_ms: AtomicU64::new(0),
             records_timed_out: AtomicU64::new(0),
             replacements: AtomicU64::new(0),
             inner: Mutex::new(StatusInner {
@@ -88,6 +91,14 @@ impl KafkaStatus {
 
     pub(super) fn set_error(&self, e: String) {
         self.lock().last_error = Some(e);
+    }
+
+    /// How long the broker connection has been up, in ms (0 while down).
+    pub(super) fn up_for_ms(&self) -> u64 {
+        match self.up_since_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => now_ms().saturating_sub(t),
+        }
     }
 
     /// A producer replacement, and why.
