@@ -267,7 +267,8 @@ pub struct AttemptEvent {
 /// Why an event in a request was skipped. A bounded set: used as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SkipReason {
-    /// Not a JSON object, or `data` not an object (nor a JSON string holding one).
+    /// Not a JSON object, `data` not an object (nor a JSON string holding one), or a member
+    /// named twice.
     Malformed,
     /// An event type tally does not handle.
     UnknownType,
