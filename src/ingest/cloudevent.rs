@@ -1,6 +1,6 @@
 //! Event Streams bodies: CloudEvents 1.0 in JSON, as Twilio's webhook sink posts them.
 //!
-//! Three families are understood:
+//! Three families are understood (docs/contract.md, "Event Streams events"):
 //! - `com.twilio.comms-api.operation.{scheduled,processing,completed}` → [`EventBody::Operation`];
 //! - `com.twilio.comms-api.{message,email,push-notification}.<status>` → an attempt whose kind is
 //!   the family and whose status is the rest of the type;
@@ -11,7 +11,7 @@
 //! one, snake_case or camelCase keys, a missing or junk `time` (receive time is used instead) and
 //! any `datacontenttype`. Unknown members are ignored; a member named twice (in one spelling or
 //! both) makes the event malformed. Each event is read once, straight into the borrowed shapes of
-//! [`wire`].
+//! `cloudevent/wire.rs`.
 
 use std::cell::Cell;
 use std::fmt;
@@ -166,8 +166,8 @@ const ATTEMPT_PREFIXES: [(&str, Kind); 5] = [
         "com.twilio.comms-api.push-notification.",
         Kind::PushNotifications,
     ),
-    // No push event type is published yet (twilio-protocol.md §1.3); accept the other spellings
-    // Twilio uses for the family in case the eventual name follows one of them.
+    // No push event type is published yet; accept the other spellings Twilio uses for the
+    // family in case the eventual name follows one of them (docs/contract.md).
     (
         "com.twilio.comms-api.push_notification.",
         Kind::PushNotifications,
