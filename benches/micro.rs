@@ -60,6 +60,28 @@ fn signatures(c: &mut Criterion) {
     g.finish();
 }
 
+/// `n` classic Messaging events (camelCase `data`, linked through the operation-info tag), the
+/// other shape Twilio sends to an Event Streams sink.
+fn classic_batch(n: usize) -> Vec<u8> {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "specversion": "1.0", "type": "com.twilio.messaging.message.delivered",
+                "source": "/2010-04-01/Accounts/AC1/Messages/SM1.json", "id": format!("EZ{i}"),
+                "time": "2026-01-02T00:00:00.000Z", "datacontenttype": "application/json",
+                "data": {
+                    "accountSid": "AC0123456789abcdef0123456789abcdef",
+                    "messageSid": format!("SM{i:032}"), "messageStatus": "DELIVERED",
+                    "from": "+15017122661", "to": "whatsapp:+15558675310", "errorCode": null,
+                    "tags": {"Twilio.operation_info":
+                        format!("comms_operation_{i:026},comms_message_{i:026},1")},
+                },
+            })
+        })
+        .collect();
+    serde_json::to_vec(&events).expect("serialises")
+}
+
 fn parsing(c: &mut Criterion) {
     let s = scenario(Mix::Both);
     let reqs = s.requests(100);
@@ -71,6 +93,10 @@ fn parsing(c: &mut Criterion) {
     g.throughput(Throughput::Elements(100));
     g.bench_function("decode_events_batch_of_100", |b| {
         b.iter(|| decode_events(black_box(&batch.body), NOW))
+    });
+    let classic = classic_batch(100);
+    g.bench_function("decode_events_classic_batch_of_100", |b| {
+        b.iter(|| decode_events(black_box(&classic), NOW))
     });
     let form = reqs.iter().find(|r| !r.params.is_empty()).expect("a form");
     let query = query_pairs(&form.path_and_query);

@@ -1,4 +1,4 @@
-//! Recovery time (issue 4): journal the events of RESOURCES generated resources, then time a
+//! Recovery time: journal the events of RESOURCES generated resources, then time a
 //! start from the journal alone, take a snapshot, and time a start from the snapshot.
 //!
 //! `recovery RESOURCES DIR` (DIR is emptied first) prints one JSON object.

@@ -132,6 +132,9 @@ pub struct RetentionSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+    /// At most one "signature rejected" line per this interval; the rest are only counted.
+    #[serde(with = "humantime_serde_shim")]
+    pub signature_failure_interval: Duration,
 }
 
 /// Publishing rolled-up state to Kafka (docs/kafka.md).
@@ -550,22 +553,38 @@ fn merge(base: &mut toml::Table, user: toml::Table, prefix: &str) -> Result<(), 
             }
             (None, _) => return Err(ConfigError::UnknownKey(dotted)),
             (Some(toml::Value::Table(b)), toml::Value::Table(u)) => merge(b, u, &dotted)?,
+            // A list may be written as one comma-separated string, as in the environment.
+            (Some(slot @ toml::Value::Array(_)), toml::Value::String(list)) => {
+                *slot = comma_list(&list);
+            }
+            (Some(slot), v) if slot.type_str() != v.type_str() => {
+                return Err(ConfigError::Invalid(format!(
+                    "{dotted}: expected {}, found {}",
+                    slot.type_str(),
+                    v.type_str()
+                )))
+            }
             (Some(slot), v) => *slot = v,
         }
     }
     Ok(())
 }
 
+/// `a, b,,c` as the list `["a", "b", "c"]`: items trimmed, empty ones dropped.
+fn comma_list(raw: &str) -> toml::Value {
+    toml::Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_owned()))
+            .collect(),
+    )
+}
+
 /// Parse an environment value as the type its default has.
 fn env_value(old: &toml::Value, raw: &str) -> Result<toml::Value, String> {
     Ok(match old {
-        toml::Value::Array(_) => toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_owned()))
-                .collect(),
-        ),
+        toml::Value::Array(_) => comma_list(raw),
         toml::Value::Integer(_) => toml::Value::Integer(
             raw.trim()
                 .parse()
@@ -756,6 +775,26 @@ mod tests {
         assert!(s.kafka.librdkafka.0.is_empty());
         let s = Settings::load(None, env(&[("TALLY_KAFKA__BROKERS", "k1:9092, k2:9092")])).unwrap();
         assert_eq!(s.kafka.brokers, vec!["k1:9092", "k2:9092"]);
+    }
+
+    #[test]
+    fn a_list_in_a_file_may_be_one_comma_separated_string_as_in_the_environment() {
+        let f = write_config("brokers.toml", "[kafka]\nbrokers = \"h1:9092, h2:9092,\"\n");
+        let from_file = Settings::load(Some(&f), vec![]).unwrap();
+        assert_eq!(from_file.kafka.brokers, vec!["h1:9092", "h2:9092"]);
+        let from_env =
+            Settings::load(None, env(&[("TALLY_KAFKA__BROKERS", "h1:9092,h2:9092")])).unwrap();
+        assert_eq!(from_env.kafka.brokers, from_file.kafka.brokers);
+        let f = write_config("array.toml", "[kafka]\nbrokers = [\"h1:9092\"]\n");
+        let from_array = Settings::load(Some(&f), vec![]).unwrap();
+        assert_eq!(from_array.kafka.brokers, vec!["h1:9092"]);
+        // Anything else is still refused, naming the key.
+        let f = write_config("number.toml", "[kafka]\nbrokers = 9092\n");
+        let err = Settings::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid settings: kafka.brokers: expected array, found integer"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-/// Longest id (operation, resource or attempt) accepted, in bytes (domain.md §1).
+/// Longest id (operation, resource or attempt) accepted, in bytes (docs/contract.md, "Ids").
 pub const MAX_ID_BYTES: usize = 256;
 
 /// The family of an operation, which decides its stats field set and query routes.
@@ -121,8 +121,8 @@ impl Channel {
     }
 }
 
-/// A delivery attempt's status. The declaration order is the attempt lattice of domain.md §2
-/// (join = maximum); `Opened` ranks with `Read`.
+/// A delivery attempt's status. The declaration order is the attempt lattice (docs/contract.md,
+/// "Statuses: the lattices"; join = maximum); `Opened` ranks with `Read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AttemptStatus {
     Scheduled,
@@ -267,7 +267,8 @@ pub struct AttemptEvent {
 /// Why an event in a request was skipped. A bounded set: used as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SkipReason {
-    /// Not a JSON object, or `data` not an object (nor a JSON string holding one).
+    /// Not a JSON object, `data` not an object (nor a JSON string holding one), or a member
+    /// named twice.
     Malformed,
     /// An event type tally does not handle.
     UnknownType,

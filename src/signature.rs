@@ -1,15 +1,16 @@
 //! `X-Twilio-Signature`: canonical strings, candidate URLs and constant-time verification.
 //!
-//! Twilio signs a webhook as `base64(HMAC-SHA1(auth_token, url + sorted params))` (spec §4.1):
+//! Twilio signs a webhook as `base64(HMAC-SHA1(auth_token, url + sorted params))`
+//! (docs/contract.md, "Signatures"):
 //!
 //! * form callbacks: `url` is the URL Twilio requested (raw query included) and the decoded body
 //!   parameters are appended as `key + value`, keys sorted by byte order, each key's distinct values
-//!   sorted (Python/Node SDK semantics, §4.4);
+//!   sorted (as Twilio's Python and Node SDKs do);
 //! * JSON callbacks (Event Streams): Twilio adds `bodySHA256=<hex sha256(body)>` to the query and
-//!   signs the URL alone; the body is covered by that hash (§4.3).
+//!   signs the URL alone; the body is covered by that hash.
 //!
 //! Twilio is inconsistent about ports and apostrophes, so a signature is accepted if it matches any
-//! of [`candidate_urls`] (§4.2). This module is pure: no IO, no clocks, nothing from the rest of
+//! of [`candidate_urls`]. This module is pure: no IO, no clocks, nothing from the rest of
 //! the crate.
 
 use std::fmt;
@@ -195,7 +196,7 @@ fn decode_header(header: &[u8]) -> Result<[u8; TAG_BYTES], SignatureError> {
 
 /// `Some(all bodySHA256 values equal the body's hash)`, or `None` if the URL has none.
 ///
-/// Every occurrence is checked (a duplicated parameter has been seen in the wild, §4.3) and each
+/// Every occurrence is checked (a duplicated parameter has been seen in the wild) and each
 /// comparison is constant time.
 fn body_hash_matches(url: &str, body: &[u8]) -> Option<bool> {
     let want = body_sha256_hex(body);
@@ -237,7 +238,7 @@ pub fn canonical_string(url: &str, params: &[(String, String)]) -> String {
 /// The sorted, deduplicated `key + value` concatenation appended to the URL.
 ///
 /// Sorting whole `(key, value)` pairs orders keys first and then each key's values, and is not
-/// the same as sorting the concatenated strings (the twilio-go pitfall, spec §4.1). Byte order of
+/// the same as sorting the concatenated strings (docs/contract.md, "Signatures"). Byte order of
 /// UTF-8 equals code point order, which is what Python's `sorted` uses.
 fn canonical_suffix(params: &[(String, String)]) -> String {
     let mut pairs: Vec<(&str, &str)> = params
@@ -390,7 +391,7 @@ impl<'a> Authority<'a> {
 
 #[cfg(test)]
 mod tests {
-    //! The §4.5 vectors of `shared/spec/twilio-protocol.md` (token `12345`), then the edges.
+    //! The test vectors Twilio publishes with its SDKs (token `12345`), then the edges.
 
     use super::*;
     use proptest::prelude::*;

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::publisher::{KafkaStatus, Publisher};
 use crate::recovery::Recovery;
 use crate::routes::auth::ApiAuth;
-use crate::routes::callbacks::{now_ms, Intake, UrlPolicy};
+use crate::routes::callbacks::{now_ms, Intake, LogThrottle, UrlPolicy};
 use crate::routes::guard::{CallbackGate, Listeners};
 use crate::routes::health::Health;
 use crate::routes::query::PageLimits;
@@ -89,6 +89,7 @@ impl Application {
             max_body_bytes: settings.http.max_body_bytes,
             max_events_per_batch: settings.http.max_events_per_batch,
             body_read_timeout: settings.http.body_read_timeout,
+            signature_failure_log: LogThrottle::new(settings.log.signature_failure_interval),
         });
         let (gate, listeners, admin_listener) = hardening(settings)?;
         let admin_port = listeners.admin.map(|a| a.port());

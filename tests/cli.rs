@@ -633,6 +633,48 @@ fn logs_at_trace_show_no_token_signature_phone_number_email_or_message_body() {
 }
 
 #[test]
+fn a_flood_of_forged_callbacks_logs_a_line_or_two_and_counts_every_one() {
+    // Arrange: the default pacing, one line per 10 s.
+    const FORGED: usize = 300;
+    let dir = scratch("forged");
+    let served = Served::start(&dir, &[]);
+    let body = form_body(&classic_params(
+        "SM80000000000000000000000000000009",
+        "sent",
+    ));
+    let headers = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("X-Twilio-Signature", "Zm9yZ2VkLXNpZ25hdHVyZS0wMDAwMDAwMDA="),
+    ];
+
+    // Act
+    for _ in 0..FORGED {
+        let (code, _) = http(served.port, "POST", "/twilio/status", &headers, &body);
+        assert_eq!(code, 403);
+    }
+
+    // Assert
+    let (_, scrape) = http(served.port, "GET", "/metrics", &[], b"");
+    let counted: f64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("tally_signature_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, FORGED as f64, "{scrape}");
+    let output = served.output();
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("signature rejected"))
+        .collect();
+    assert!(
+        (1..=2).contains(&lines.len()),
+        "{} log lines for {FORGED} forged callbacks:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+}
+
+#[test]
 fn an_unknown_key_in_the_config_file_stops_serve_with_a_message_naming_it() {
     // Arrange
     let dir = scratch("bad-config");

@@ -1,4 +1,4 @@
-//! Twilio's own Python SDK as an independent signer (style.md habit 10).
+//! Twilio's own Python SDK as an independent signer: a real component where one can run here.
 //!
 //! `tests/support/twilio_signer.py` makes up random callbacks (unicode, empty and repeated keys,
 //! `+`, `'`, `&`, userinfo, IPv6, odd ports, JSON bodies) and signs them with

@@ -1,5 +1,5 @@
 //! Classic Programmable Messaging status callbacks: `application/x-www-form-urlencoded` bodies
-//! (twilio-protocol.md §3).
+//! (docs/contract.md, "Status callbacks").
 //!
 //! A callback names only the attempt (`MessageSid`) and its status. The links to a resource and an
 //! operation come from the query string of the StatusCallback URL, where the sender put

@@ -1,6 +1,6 @@
 //! Event Streams bodies: CloudEvents 1.0 in JSON, as Twilio's webhook sink posts them.
 //!
-//! Three families are understood (domain.md §4, twilio-protocol.md §1.3, §2.5):
+//! Three families are understood (docs/contract.md, "Event Streams events"):
 //! - `com.twilio.comms-api.operation.{scheduled,processing,completed}` → [`EventBody::Operation`];
 //! - `com.twilio.comms-api.{message,email,push-notification}.<status>` → an attempt whose kind is
 //!   the family and whose status is the rest of the type;
@@ -9,27 +9,26 @@
 //!
 //! Everything else about the envelope is forgiven: `data` as an object or as a JSON string holding
 //! one, snake_case or camelCase keys, a missing or junk `time` (receive time is used instead) and
-//! any `datacontenttype`. Unknown fields are ignored.
+//! any `datacontenttype`. Unknown members are ignored; a member named twice (in one spelling or
+//! both) makes the event malformed. Each event is read once, straight into the borrowed shapes of
+//! `cloudevent/wire.rs`.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 use std::time::UNIX_EPOCH;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-mod fast;
+mod wire;
 
-use super::{
-    bounded_address, bounded_id, default_messaging_channel, named_channel, parse_error_code,
-    push_tag, split_channel_prefix, BodyError,
-};
+use super::{bounded_id, default_messaging_channel, named_channel, BodyError};
 use crate::event::{
     AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind, Phase, SkipReason,
 };
+use wire::{address_channel, address_text, error_code, id_text, tag_map, tags};
+use wire::{Data, Envelope, Loose};
 
 /// Decode the raw body of `POST /twilio/events`: a JSON array of CloudEvents, or one CloudEvent
 /// object.
@@ -46,9 +45,10 @@ pub fn decode_events(
 }
 
 /// [`decode_events`] for a body that may carry at most `max_events` events: a longer array is
-/// [`BodyError::TooManyEvents`], refused before any event is decoded. The array is first split
-/// into borrowed raw elements (16 bytes each, bounded by the body size limit), so a hostile body
-/// cannot make tally build more than `max_events` decoded events.
+/// [`BodyError::TooManyEvents`], refused as soon as element `max_events + 1` has been read and
+/// before any event is decoded. The array is first split into borrowed raw elements (16 bytes
+/// each, bounded by the body size limit), so a hostile body cannot make tally build more than
+/// `max_events` decoded events.
 pub fn decode_events_bounded(
     body: &[u8],
     received_ms: u64,
@@ -56,122 +56,84 @@ pub fn decode_events_bounded(
 ) -> Result<Vec<Result<Event, SkipReason>>, BodyError> {
     // A UTF-8 byte order mark is not JSON, but some proxies add one; it carries no meaning.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    // The common case, a batch in the shape Twilio sends, is read without building a `Value`
-    // tree for each event; any event the fast path is unsure of is read the tolerant way.
-    if let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(body) {
-        if items.len() > max_events {
-            return Err(BodyError::TooManyEvents { max: max_events });
-        }
-        let mut out = Vec::with_capacity(items.len());
-        for raw in items {
-            match fast::decode(raw.get(), received_ms) {
-                Some(decoded) => out.push(decoded),
-                None => match serde_json::from_str::<Value>(raw.get()) {
-                    Ok(v) => out.push(decode_event(&v, received_ms)),
-                    // Too deep to read as a whole: the whole body is judged below.
-                    Err(_) => return decode_tolerantly(body, received_ms, max_events),
-                },
-            }
-        }
-        return Ok(out);
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return split_batch(body, max_events)?
+            .into_iter()
+            .map(|raw| decode_element(raw.get(), received_ms).ok_or(BodyError::NotJson))
+            .collect();
     }
-    decode_tolerantly(body, received_ms, max_events)
-}
-
-/// [`decode_events_bounded`] through `serde_json::Value`, refusing an array longer than
-/// `max_events` as soon as its next element begins.
-fn decode_tolerantly(
-    body: &[u8],
-    received_ms: u64,
-    max_events: usize,
-) -> Result<Vec<Result<Event, SkipReason>>, BodyError> {
-    let too_many = Cell::new(false);
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let top = BoundedBatch {
-        max_events,
-        too_many: &too_many,
-    }
-    .deserialize(&mut de)
-    .and_then(|top| de.end().map(|()| top));
-    match top {
-        Ok(TopLevel::Array(items)) => Ok(items
-            .iter()
-            .map(|item| decode_event(item, received_ms))
-            .collect()),
-        Ok(TopLevel::Object(value)) => Ok(vec![decode_event(&value, received_ms)]),
-        Ok(TopLevel::Scalar) => Err(BodyError::NotArrayOrObject),
-        Err(_) if too_many.get() => Err(BodyError::TooManyEvents { max: max_events }),
+    // One event object (or junk): read whole, which also holds it to the parser's depth limit.
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(_)) => {
+            let text = std::str::from_utf8(body).map_err(|_| BodyError::NotJson)?;
+            Ok(vec![decode_event(text, received_ms)])
+        }
+        Ok(_) => Err(BodyError::NotArrayOrObject),
         Err(_) => Err(BodyError::NotJson),
     }
 }
 
-/// What the top level of a body holds.
-enum TopLevel {
-    Array(Vec<Value>),
-    Object(Value),
-    Scalar,
+/// The elements of a JSON array body, unread, or why the body is refused.
+fn split_batch(body: &[u8], max_events: usize) -> Result<Vec<&RawValue>, BodyError> {
+    let too_many = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    BoundedArray {
+        max_events,
+        too_many: &too_many,
+    }
+    .deserialize(&mut de)
+    .and_then(|elements| de.end().map(|()| elements))
+    .map_err(|_| match too_many.get() {
+        true => BodyError::TooManyEvents { max: max_events },
+        false => BodyError::NotJson,
+    })
 }
 
-/// Reads the top level of a body, refusing an array longer than `max_events` as soon as its
-/// next element begins. `too_many` tells that refusal from a syntax error.
-struct BoundedBatch<'a> {
+/// Reads a JSON array into raw elements, refusing it as soon as element `max_events + 1` has
+/// been read. `too_many` tells that refusal from a syntax error.
+struct BoundedArray<'a> {
     max_events: usize,
     too_many: &'a Cell<bool>,
 }
 
-impl<'de> DeserializeSeed<'de> for BoundedBatch<'_> {
-    type Value = TopLevel;
+impl<'de> DeserializeSeed<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TopLevel, D::Error> {
-        d.deserialize_any(self)
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for BoundedBatch<'_> {
-    type Value = TopLevel;
+impl<'de> Visitor<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array of CloudEvents or one CloudEvent object")
+        f.write_str("a JSON array of CloudEvents")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(item) = seq.next_element::<Value>()? {
-            if items.len() == self.max_events {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut elements = Vec::new();
+        while let Some(element) = seq.next_element()? {
+            if elements.len() == self.max_events {
                 self.too_many.set(true);
                 return Err(de::Error::custom("too many events"));
             }
-            items.push(item);
+            elements.push(element);
         }
-        Ok(TopLevel::Array(items))
+        Ok(elements)
     }
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TopLevel, A::Error> {
-        Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(TopLevel::Object)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TopLevel, E> {
-        Ok(TopLevel::Scalar)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TopLevel, E> {
-        Ok(TopLevel::Scalar)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TopLevel, E> {
-        Ok(TopLevel::Scalar)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TopLevel, E> {
-        Ok(TopLevel::Scalar)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel, E> {
-        Ok(TopLevel::Scalar)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<TopLevel, E> {
-        Ok(TopLevel::Scalar)
+/// One element of a batch: the event, or why it was skipped. `None` when the element is not an
+/// object and nests deeper than the parser's recursion limit: the whole body is then unreadable,
+/// as it would be without the surrounding array.
+fn decode_element(raw: &str, received_ms: u64) -> Option<Result<Event, SkipReason>> {
+    if raw.trim_start().starts_with('{') {
+        Some(decode_event(raw, received_ms))
+    } else {
+        serde_json::from_str::<Value>(raw)
+            .ok()
+            .map(|_| Err(SkipReason::Malformed))
     }
 }
 
@@ -204,8 +166,8 @@ const ATTEMPT_PREFIXES: [(&str, Kind); 5] = [
         "com.twilio.comms-api.push-notification.",
         Kind::PushNotifications,
     ),
-    // No push event type is published yet (twilio-protocol.md §1.3); accept the other spellings
-    // Twilio uses for the family in case the eventual name follows one of them.
+    // No push event type is published yet; accept the other spellings Twilio uses for the
+    // family in case the eventual name follows one of them (docs/contract.md).
     (
         "com.twilio.comms-api.push_notification.",
         Kind::PushNotifications,
@@ -256,184 +218,151 @@ fn attempt_status(word: &str, kind: Kind) -> Result<AttemptStatus, SkipReason> {
     }
 }
 
-/// Decode one element of the batch.
-fn decode_event(value: &Value, received_ms: u64) -> Result<Event, SkipReason> {
-    let envelope = value.as_object().ok_or(SkipReason::Malformed)?;
+/// Decode one event object.
+fn decode_event(raw: &str, received_ms: u64) -> Result<Event, SkipReason> {
+    let envelope: Envelope = serde_json::from_str(raw).map_err(|_| SkipReason::Malformed)?;
     // `type` is the one required attribute tally cannot do without.
     let ty = envelope
-        .get("type")
-        .and_then(Value::as_str)
+        .ty
+        .as_ref()
+        .and_then(Loose::as_text)
         .ok_or(SkipReason::Malformed)?;
     let ty = classify(ty)?;
-    let data = data_object(envelope)?;
-    let body = match ty {
-        EventType::Operation(phase) => EventBody::Operation {
-            operation_id: bounded_id(id_text(field(&data, "operation_id", "operationId")))?
-                .ok_or(SkipReason::MissingId)?,
-            // Operation events carry only `operation_id` (additionalProperties: false), so the
-            // kind is left to whichever attempt event names it.
-            kind: None,
-            phase,
+    // Absent or `null` data reads as empty, so the event fails on the id it lacks rather than as
+    // malformed; a JSON string holding an object reads as that object.
+    let body = match &envelope.data {
+        None => event_body(ty, &Data::default()),
+        Some(Loose::Object(data)) => event_body(ty, data),
+        Some(Loose::Text(text)) => match serde_json::from_str::<Loose<Data>>(text) {
+            Ok(Loose::Object(data)) => event_body(ty, &data),
+            _ => Err(SkipReason::Malformed),
         },
-        EventType::Attempt { kind, status } => {
-            EventBody::Attempt(comms_attempt(kind, status, &data)?)
-        }
-        EventType::Classic { status } => EventBody::Attempt(classic_attempt(status, &data)?),
-    };
+        Some(_) => Err(SkipReason::Malformed),
+    }?;
+    let time = envelope.time.as_ref().and_then(Loose::as_text);
     Ok(Event {
-        time_ms: event_time_ms(envelope.get("time"), received_ms),
+        time_ms: event_time_ms(time, received_ms),
         body,
     })
 }
 
-/// The `data` member as an object: an object, or a JSON string holding one. Absent or `null`
-/// data reads as empty, so the event fails on the id it lacks rather than as malformed.
-fn data_object(envelope: &Map<String, Value>) -> Result<Cow<'_, Map<String, Value>>, SkipReason> {
-    match envelope.get("data") {
-        None | Some(Value::Null) => Ok(Cow::Owned(Map::new())),
-        Some(Value::Object(data)) => Ok(Cow::Borrowed(data)),
-        Some(Value::String(text)) => match serde_json::from_str(text) {
-            Ok(Value::Object(data)) => Ok(Cow::Owned(data)),
-            _ => Err(SkipReason::Malformed),
+/// What an event of type `ty` says, read from its `data`.
+fn event_body(ty: EventType<'_>, data: &Data<'_>) -> Result<EventBody, SkipReason> {
+    Ok(match ty {
+        EventType::Operation(phase) => EventBody::Operation {
+            operation_id: bounded_id(id_text(data.operation_id.as_ref()))?
+                .ok_or(SkipReason::MissingId)?,
+            // Operation events carry only `operation_id`, so the kind is left to whichever
+            // attempt event names it.
+            kind: None,
+            phase,
         },
-        Some(_) => Err(SkipReason::Malformed),
-    }
+        EventType::Attempt { kind, status } => {
+            EventBody::Attempt(attempt_event(Family::Comms(kind), status, data)?)
+        }
+        EventType::Classic { status } => {
+            // `messageStatus` is the authoritative status of the moment; the type suffix stands
+            // in when it is missing.
+            let word = data
+                .message_status
+                .as_ref()
+                .and_then(Loose::as_text)
+                .unwrap_or(status);
+            let status = attempt_status(word, Kind::Messages)?;
+            EventBody::Attempt(attempt_event(Family::Classic, status, data)?)
+        }
+    })
 }
 
-/// A member by its snake_case or camelCase name (snake_case, the event payload spelling, wins
-/// when both are present). `null` counts as absent.
-fn field<'a>(obj: &'a Map<String, Value>, snake: &str, camel: &str) -> Option<&'a Value> {
-    let present = |key: &str| obj.get(key).filter(|v| !v.is_null());
-    present(snake).or_else(|| present(camel))
+/// Which family an attempt event belongs to: the two spell their ids and channels differently.
+#[derive(Clone, Copy)]
+enum Family {
+    /// `com.twilio.comms-api.{message,email,push-notification}.*`.
+    Comms(Kind),
+    /// `com.twilio.messaging.message.*`.
+    Classic,
 }
 
-/// The first of several alternative members that is present.
-fn first_field<'a>(obj: &'a Map<String, Value>, names: &[(&str, &str)]) -> Option<&'a Value> {
-    names
-        .iter()
-        .find_map(|&(snake, camel)| field(obj, snake, camel))
-}
-
-/// An id-like value as text: a string, or a number (Twilio's `attempt` is a string in one client
-/// and a number in others). Anything else is junk and reads as absent.
-fn id_text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// `error_code`/`errorCode`: an integer or a string holding one. Junk and `0` read as absent.
-fn error_code(value: Option<&Value>) -> Option<u32> {
-    match value? {
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|code| u32::try_from(code).ok())
-            .filter(|&code| code != 0),
-        Value::String(s) => parse_error_code(s),
-        _ => None,
-    }
-}
-
-/// The channel an address names: `{channel}` (or push's `{provider}`) on an address object, or a
-/// `whatsapp:`-style prefix on a plain address string.
-fn address_channel(value: Option<&Value>) -> Option<Channel> {
-    match value? {
-        Value::Object(address) => ["channel", "provider"]
-            .iter()
-            .filter_map(|key| address.get(*key).and_then(Value::as_str))
-            .find_map(named_channel),
-        Value::String(address) => split_channel_prefix(address).0,
-        _ => None,
-    }
-}
-
-/// The address itself, from `{address}` or a plain string, without any channel prefix.
-fn address_text(value: Option<&Value>) -> Option<String> {
-    let raw = match value? {
-        Value::Object(address) => address.get("address").and_then(Value::as_str)?,
-        Value::String(address) => address.as_str(),
-        _ => return None,
-    };
-    bounded_address(split_channel_prefix(raw).1)
-}
-
-/// `tags` as bounded string pairs. Numbers and booleans are stringified; nulls, arrays and objects
-/// are skipped; oversized pairs and pairs past the cap are dropped.
-fn tags(data: &Map<String, Value>) -> Vec<(String, String)> {
-    let mut kept = Vec::new();
-    let Some(Value::Object(tags)) = data.get("tags") else {
-        return kept;
-    };
-    for (key, value) in tags {
-        let value = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => continue,
-        };
-        push_tag(&mut kept, key, value);
-    }
-    kept
-}
-
-/// A Comms API attempt event (`com.twilio.comms-api.{message,email,push-notification}.*`).
-fn comms_attempt(
-    kind: Kind,
+/// The attempt an event of `family` reports.
+fn attempt_event(
+    family: Family,
     status: AttemptStatus,
-    data: &Map<String, Value>,
+    data: &Data<'_>,
 ) -> Result<AttemptEvent, SkipReason> {
-    let resource_names: &[(&str, &str)] = match kind {
-        Kind::Messages => &[("message_id", "messageId")],
-        Kind::Emails => &[("email_id", "emailId")],
-        // One push sample spells the resource `comms_notification_…`; accept its field too.
-        Kind::PushNotifications => &[
-            ("push_notification_id", "pushNotificationId"),
-            ("notification_id", "notificationId"),
-        ],
+    // A classic event links to its operation through a tag; explicit fields, should a future
+    // schema carry them, win over it.
+    let [info_operation, info_resource, info_attempt] = match family {
+        Family::Classic => operation_info(data),
+        Family::Comms(_) => Default::default(),
     };
-    let operation_id = bounded_id(id_text(field(data, "operation_id", "operationId")))?;
-    let resource_id = bounded_id(id_text(first_field(data, resource_names)))?;
-    let downstream_id = bounded_id(id_text(field(data, "downstream_id", "downstreamId")))?;
-    let attempt = bounded_id(id_text(data.get("attempt")))?;
+    // The first of the alternative members present counts, even when it is junk.
+    let resource = match family {
+        Family::Comms(Kind::Emails) => data.email_id.as_ref(),
+        Family::Comms(Kind::PushNotifications) => data
+            .push_notification_id
+            .as_ref()
+            .or(data.notification_id.as_ref()),
+        Family::Comms(Kind::Messages) | Family::Classic => data.message_id.as_ref(),
+    };
+    let downstream = match family {
+        Family::Comms(_) => data.downstream_id.as_ref(),
+        Family::Classic => data.message_sid.as_ref().or(data.sms_sid.as_ref()),
+    };
+    let operation_id = bounded_id(id_text(data.operation_id.as_ref()).or(info_operation))?;
+    let resource_id = bounded_id(id_text(resource).or(info_resource))?;
+    let downstream_id = bounded_id(id_text(downstream))?;
+    let attempt = bounded_id(id_text(data.attempt.as_ref()).or(info_attempt))?;
     if operation_id.is_none() && resource_id.is_none() && downstream_id.is_none() {
         return Err(SkipReason::MissingId);
     }
-    let (from, to) = (data.get("from"), data.get("to"));
-    // `from.channel` names the sender channel (SMS, RCS, WHATSAPP); a recipient's channel is
-    // often just `phone`, which names no delivery channel, so the sender is asked first.
-    let channel = address_channel(from)
-        .or_else(|| address_channel(to))
-        .or_else(|| {
-            data.get("channel")
-                .and_then(Value::as_str)
-                .and_then(named_channel)
-        })
-        .or((kind == Kind::Emails).then_some(Channel::Email));
+    let (from, to) = (data.from.as_ref(), data.to.as_ref());
+    let (kind, channel) = match family {
+        // `from.channel` names the sender channel (SMS, RCS, WHATSAPP); a recipient's channel is
+        // often just `phone`, which names no delivery channel, so the sender is asked first.
+        Family::Comms(kind) => (
+            Some(kind),
+            address_channel(from)
+                .or_else(|| address_channel(to))
+                .or_else(|| text_channel(data.channel.as_ref()))
+                .or((kind == Kind::Emails).then_some(Channel::Email)),
+        ),
+        Family::Classic => (
+            resource_id.as_deref().and_then(Kind::from_resource_id),
+            Some(
+                text_channel(data.channel_prefix.as_ref())
+                    .or_else(|| address_channel(from))
+                    .or_else(|| address_channel(to))
+                    .unwrap_or_else(|| default_messaging_channel(downstream_id.as_deref())),
+            ),
+        ),
+    };
     Ok(AttemptEvent {
-        kind: Some(kind),
+        kind,
         operation_id,
         resource_id,
         downstream_id,
         attempt,
         channel,
         status,
-        error_code: error_code(field(data, "error_code", "errorCode")),
+        error_code: error_code(data.error_code.as_ref()),
         to: address_text(to),
         tags: tags(data),
     })
+}
+
+/// A channel named by a string member (`channel`, `channelPrefix`).
+fn text_channel(value: Option<&Loose<'_>>) -> Option<Channel> {
+    value.and_then(Loose::as_text).and_then(named_channel)
 }
 
 /// The tag Twilio puts on classic attempts created by a Comms API send.
 const OPERATION_INFO_TAG: &str = "Twilio.operation_info";
 
 /// `comms_operation_…,comms_message_…,attempt` split into its three parts; blanks are absent.
-fn operation_info(data: &Map<String, Value>) -> [Option<String>; 3] {
-    let info = data
-        .get("tags")
+fn operation_info(data: &Data<'_>) -> [Option<String>; 3] {
+    let info = tag_map(data)
         .and_then(|tags| tags.get(OPERATION_INFO_TAG))
-        .and_then(Value::as_str)
+        .and_then(Loose::as_text)
         .unwrap_or_default();
     let mut parts = info
         .split(',')
@@ -442,60 +371,9 @@ fn operation_info(data: &Map<String, Value>) -> [Option<String>; 3] {
     [(); 3].map(|()| parts.next().flatten())
 }
 
-/// A classic Programmable Messaging attempt event (`com.twilio.messaging.message.*`).
-fn classic_attempt(
-    type_status: &str,
-    data: &Map<String, Value>,
-) -> Result<AttemptEvent, SkipReason> {
-    // `messageStatus` is the authoritative status of the moment; the type suffix stands in when
-    // it is missing.
-    let word = field(data, "message_status", "messageStatus")
-        .and_then(Value::as_str)
-        .unwrap_or(type_status);
-    let status = attempt_status(word, Kind::Messages)?;
-    let [info_operation, info_resource, info_attempt] = operation_info(data);
-    // Explicit fields, should a future schema carry them, win over the tag.
-    let operation_id =
-        bounded_id(id_text(field(data, "operation_id", "operationId")).or(info_operation))?;
-    let resource_id =
-        bounded_id(id_text(field(data, "message_id", "messageId")).or(info_resource))?;
-    let downstream_id = bounded_id(id_text(first_field(
-        data,
-        &[("message_sid", "messageSid"), ("sms_sid", "smsSid")],
-    )))?;
-    let attempt = bounded_id(id_text(data.get("attempt")).or(info_attempt))?;
-    if operation_id.is_none() && resource_id.is_none() && downstream_id.is_none() {
-        return Err(SkipReason::MissingId);
-    }
-    let (from, to) = (data.get("from"), data.get("to"));
-    let channel = field(data, "channel_prefix", "channelPrefix")
-        .and_then(Value::as_str)
-        .and_then(named_channel)
-        .or_else(|| address_channel(from))
-        .or_else(|| address_channel(to))
-        .unwrap_or_else(|| default_messaging_channel(downstream_id.as_deref()));
-    Ok(AttemptEvent {
-        kind: resource_id.as_deref().and_then(Kind::from_resource_id),
-        operation_id,
-        resource_id,
-        downstream_id,
-        attempt,
-        channel: Some(channel),
-        status,
-        error_code: error_code(field(data, "error_code", "errorCode")),
-        to: address_text(to),
-        tags: tags(data),
-    })
-}
-
 /// The event time: `time` when it is an RFC 3339 timestamp between the years 2000 and 2200, else
 /// the receive time.
-fn event_time_ms(time: Option<&Value>, received_ms: u64) -> u64 {
-    event_time_text(time.and_then(Value::as_str), received_ms)
-}
-
-/// [`event_time_ms`] of a `time` already read as text (or not text at all).
-fn event_time_text(time: Option<&str>, received_ms: u64) -> u64 {
+fn event_time_ms(time: Option<&str>, received_ms: u64) -> u64 {
     time.and_then(parse_time_ms)
         .filter(|ms| (MIN_TIME_MS..END_TIME_MS).contains(ms))
         .unwrap_or(received_ms)
@@ -754,6 +632,62 @@ mod tests {
         let as_string = one(comms(ty, Value::String(message_data().to_string())));
         assert_eq!(as_object, as_string);
         assert!(as_object.is_ok());
+    }
+
+    #[test]
+    fn a_member_named_twice_makes_only_that_event_malformed() {
+        let ty = "com.twilio.comms-api.message.sent";
+        let good = comms(ty, message_data()).to_string();
+        let both_spellings = comms(ty, json!({"operation_id": OP, "operationId": OP})).to_string();
+        let same_name_twice =
+            format!(r#"{{"type":"{ty}","data":{{"message_id":"{MSG}","message_id":"{MSG}"}}}}"#);
+        let type_twice = format!(r#"{{"type":"{ty}","type":"{ty}","data":{{"message_id":"m"}}}}"#);
+        let body = format!("[{good},{both_spellings},{same_name_twice},{type_twice},{good}]");
+        let got = decode_events(body.as_bytes(), RX).unwrap();
+        assert!(got[0].is_ok() && got[4].is_ok());
+        assert_eq!(got[1..4], [const { Err(SkipReason::Malformed) }; 3]);
+    }
+
+    #[test]
+    fn a_tag_named_twice_keeps_its_last_value() {
+        let ty = "com.twilio.comms-api.message.sent";
+        let body = format!(
+            r#"[{{"type":"{ty}","data":{{"message_id":"m","tags":{{"a":"1","a":"2"}}}}}}]"#
+        );
+        let got = decode_events(body.as_bytes(), RX)
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let EventBody::Attempt(got) = got.body else {
+            panic!("not an attempt")
+        };
+        assert_eq!(got.tags, vec![("a".into(), "2".into())]);
+    }
+
+    #[test]
+    fn floats_read_as_json_prints_them() {
+        let ty = "com.twilio.comms-api.message.sent";
+        let got = attempt(comms(
+            ty,
+            json!({"message_id": MSG, "attempt": 1.5, "tags": {"x": 2.5, "big": 1e300}}),
+        ));
+        assert_eq!(got.attempt.as_deref(), Some("1.5"));
+        assert_eq!(
+            got.tags,
+            vec![("big".into(), "1e+300".into()), ("x".into(), "2.5".into())]
+        );
+    }
+
+    #[test]
+    fn white_space_and_unknown_members_at_any_depth_are_ignored() {
+        let ty = "com.twilio.comms-api.message.sent";
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let event =
+            format!(r#"{{"type":"{ty}","x":{deep},"data":{{"message_id":"m","y":{deep}}}}}"#);
+        let body = format!(" [ \n{event} ,\t{event}\r\n] ");
+        let got = decode_events(body.as_bytes(), RX).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(Result::is_ok), "{got:?}");
     }
 
     #[test]

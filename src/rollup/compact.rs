@@ -1,4 +1,5 @@
-//! Compact storage for what an operation tracks per resource and per attempt (issue 4).
+//! Compact storage for what an operation tracks per resource and per attempt (the memory figures
+//! and target are in docs/performance.md).
 //!
 //! Twilio's ids have two common shapes that fit in 16 bytes: a known prefix (`comms_message_`,
 //! `comms_operation_`, …) followed by 26 lowercase Crockford base32 characters whose first is

@@ -4,7 +4,7 @@
 //! not depend on their order or on duplicates. Only `updated_ms` and `version` record *when* and
 //! *how often* the state changed.
 //!
-//! Resources are stored compactly (issue 4): in arrival order in one vector, found by id through
+//! Resources are stored compactly (the memory target is in docs/performance.md): in arrival order in one vector, found by id through
 //! a table of slot numbers, with ids packed into 16 bytes where they have Twilio's shapes
 //! ([`Id`]) and the first attempt kept inline. [`Resource`] and [`Attempt`] are the readable
 //! forms the query API, filters and snapshots see; they are built on demand.
@@ -26,7 +26,7 @@ pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// How an attempt is told apart from its siblings (domain.md §2, "Attempt identity").
+/// How an attempt is told apart from its siblings (docs/contract.md, "Attempt identity").
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -665,7 +665,7 @@ impl Operation {
         }
     }
 
-    /// The operation's status (domain.md §3).
+    /// The operation's status (docs/contract.md, "Operation status and stats").
     pub fn status(&self) -> OperationStatus {
         let n = self.slots.len() as u64;
         if n > 0 && self.buckets[Bucket::Canceled.index()] == n {
@@ -1005,7 +1005,8 @@ mod tests {
 
     #[test]
     fn stored_resources_and_attempts_stay_small() {
-        // Issue 4's memory budget: a resource with 1.5 attempts in about 200 bytes.
+        // The memory target of docs/performance.md: a resource with 1.5 attempts in about 200
+        // bytes.
         assert_eq!(std::mem::size_of::<StoredAttempt>(), 40);
         assert_eq!(std::mem::size_of::<Slot>(), 112);
     }

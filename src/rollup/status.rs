@@ -1,4 +1,4 @@
-//! The status lattices of domain.md §2.
+//! The status lattices (docs/contract.md, "Statuses: the lattices").
 //!
 //! Attempts join by maximum in the attempt order (declaration order of [`AttemptStatus`]).
 //! A resource's status is the best of its attempts under the *resource* order, in which anything

@@ -16,6 +16,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Serialize;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How the URL that Twilio signed is rebuilt from a request.
@@ -62,7 +63,7 @@ impl UrlPolicy {
 }
 
 /// How callback requests are checked: signature keys, signed-URL policy, body limits.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Intake {
     pub verifier: Verifier,
     pub urls: UrlPolicy,
@@ -71,6 +72,49 @@ pub struct Intake {
     pub max_events_per_batch: usize,
     /// Longest time to receive a body once the head is in (408 beyond).
     pub body_read_timeout: Duration,
+    /// Paces the log line of a refused signature, so a flood of forgeries cannot flood the log.
+    pub signature_failure_log: LogThrottle,
+}
+
+/// At most one log line per interval for something that may come in floods (forged
+/// callbacks). The occurrences in between are only counted, and the next line says how many;
+/// the metrics count every one.
+#[derive(Debug)]
+pub struct LogThrottle {
+    interval: Duration,
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleState {
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogThrottle {
+    /// A throttle that lets one line through per `interval` (zero: every line).
+    pub fn new(interval: Duration) -> LogThrottle {
+        LogThrottle {
+            interval,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether the occurrence at `now` gets a log line: `Some(n)` when it does, `n` being how
+    /// many occurrences went unlogged since the previous line; `None` when it is only counted.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.last_line {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                state.unlogged += 1;
+                None
+            }
+            _ => {
+                state.last_line = Some(now);
+                Some(std::mem::take(&mut state.unlogged))
+            }
+        }
+    }
 }
 
 /// What a callback request did, returned as its 200 body.
@@ -268,6 +312,7 @@ async fn admit(
 fn finish(
     route: &str,
     started: Instant,
+    intake: &Intake,
     metrics: &Metrics,
     result: Result<Summary, CallbackError>,
 ) -> HttpResponse {
@@ -279,7 +324,14 @@ fn finish(
                     .signature_failures
                     .with_label_values(&[route, s.reason()])
                     .inc();
-                tracing::warn!(route, reason = s.reason(), "callback signature rejected");
+                if let Some(unlogged) = intake.signature_failure_log.admit(Instant::now()) {
+                    tracing::warn!(
+                        route,
+                        reason = s.reason(),
+                        unlogged_since_last_line = unlogged,
+                        "callback signature rejected (tally_signature_failures_total counts all)"
+                    );
+                }
             } else {
                 tracing::info!(route, error = %e, "callback refused");
             }
@@ -332,7 +384,7 @@ pub async fn events(
         .await
     }
     .await;
-    finish("events", started, &metrics, result)
+    finish("events", started, &intake, &metrics, result)
 }
 
 /// `POST /twilio/status`: one classic form-encoded status callback.
@@ -372,5 +424,33 @@ pub async fn status(
         .await
     }
     .await;
-    finish("status", started, &metrics, result)
+    finish("status", started, &intake, &metrics, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_gets_one_line_per_interval_and_the_next_line_counts_the_rest() {
+        let throttle = LogThrottle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(throttle.admit(at(0)), Some(0));
+        for ms in 1..=999 {
+            assert_eq!(throttle.admit(at(ms)), None);
+        }
+        assert_eq!(throttle.admit(at(10_000)), Some(999));
+        assert_eq!(throttle.admit(at(10_001)), None);
+        assert_eq!(throttle.admit(at(25_000)), Some(1));
+        // A clock read out of order is never a reason to log more.
+        assert_eq!(throttle.admit(at(24_000)), None);
+    }
+
+    #[test]
+    fn a_zero_interval_logs_every_occurrence() {
+        let throttle = LogThrottle::new(Duration::ZERO);
+        let now = Instant::now();
+        assert!((0..100).all(|_| throttle.admit(now) == Some(0)));
+    }
 }

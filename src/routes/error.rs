@@ -104,8 +104,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("the query API answers loopback clients only until api.credentials is set")]
     LoopbackOnly,
+    /// A fixed text: it never names what was asked for.
     #[error("{0}")]
-    NotFound(String),
+    NotFound(&'static str),
 }
 
 impl ResponseError for ApiError {

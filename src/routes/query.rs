@@ -22,15 +22,10 @@ fn family(name: &str) -> Result<Kind, ApiError> {
         "Messages" => Ok(Kind::Messages),
         "Emails" => Ok(Kind::Emails),
         "PushNotifications" => Ok(Kind::PushNotifications),
-        other => Err(ApiError::NotFound(format!(
-            "no such resource family {:?}: use Messages, Emails or PushNotifications",
-            truncate(other)
-        ))),
+        _ => Err(ApiError::NotFound(
+            "no such resource family: use Messages, Emails or PushNotifications",
+        )),
     }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// The list key Twilio uses for each family's items.
@@ -190,9 +185,9 @@ fn resource_json(s: &ResourceSnapshot, with_attempts: bool) -> Value {
     Value::Object(m)
 }
 
-fn not_found_operation(id: &str) -> ApiError {
-    ApiError::NotFound(format!("operation {:?} not found", truncate(id)))
-}
+/// The 404 for an unknown operation id (which it does not repeat: error bodies never echo the
+/// request).
+const OPERATION_NOT_FOUND: ApiError = ApiError::NotFound("operation not found");
 
 /// `GET /v1/{family}/Operations/{id}`.
 pub async fn get_operation(
@@ -204,7 +199,7 @@ pub async fn get_operation(
     let view = agg
         .operation(&id)
         .filter(|v| v.kind == kind)
-        .ok_or_else(|| not_found_operation(&id))?;
+        .ok_or(OPERATION_NOT_FOUND)?;
     Ok(HttpResponse::Ok().json(operation_json(&view)))
 }
 
@@ -237,10 +232,10 @@ pub async fn list_operations(
 fn resource_filter(q: &HashMap<String, String>) -> Result<ResourceFilter, ApiError> {
     let status = match q.get("status") {
         None => None,
-        Some(s) => Some(
-            Bucket::parse(s)
-                .ok_or_else(|| ApiError::BadRequest(format!("unknown status {:?}", truncate(s))))?,
-        ),
+        Some(s) => Some(Bucket::parse(s).ok_or_else(|| {
+            let known: Vec<&str> = Bucket::ALL.into_iter().map(Bucket::api_str).collect();
+            ApiError::BadRequest(format!("status must be one of {}", known.join(", ")))
+        })?),
     };
     let channel = q.get("channel").map(|c| Channel::parse(c));
     let tags = match q.get("tags") {
@@ -277,11 +272,11 @@ pub async fn list_resources(
     let page = page(&q, &limits)?;
     let filter = resource_filter(&q)?;
     if agg.operation(op_id).is_none_or(|v| v.kind != kind) {
-        return Err(not_found_operation(op_id));
+        return Err(OPERATION_NOT_FOUND);
     }
     let items = agg
         .resources(op_id, &filter, page.after.as_deref(), page.size + 1)
-        .ok_or_else(|| not_found_operation(op_id))?;
+        .ok_or(OPERATION_NOT_FOUND)?;
     let (shown, last) = page_of(&items, page.size, |s| s.resource.id.as_str());
     let mut body = Map::new();
     body.insert(
@@ -305,7 +300,7 @@ pub async fn get_resource(
     let snap = agg
         .resource(&id)
         .filter(|s| s.kind == kind)
-        .ok_or_else(|| ApiError::NotFound(format!("resource {:?} not found", truncate(&id))))?;
+        .ok_or(ApiError::NotFound("resource not found"))?;
     Ok(HttpResponse::Ok().json(resource_json(&snap, true)))
 }
 
@@ -321,7 +316,7 @@ pub async fn list_errors(
     let kind = family(&fam)?;
     let page = page(&q, &limits)?;
     if agg.operation(&id).is_none_or(|v| v.kind != kind) {
-        return Err(not_found_operation(&id));
+        return Err(OPERATION_NOT_FOUND);
     }
     let mut items = Vec::new();
     for bucket in [Bucket::Failed, Bucket::Undelivered] {

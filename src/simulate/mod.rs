@@ -1,7 +1,7 @@
 //! `tally simulate`: act as Twilio. This module is the pure half: a seeded scenario generator
 //! (operations, recipients, attempts and the status reports Twilio would send for them), the
 //! requests that carry those reports, and the final state every operation must reach, computed by
-//! a model of its own (domain.md §2–3) rather than by `rollup`. [`client`] sends and verifies.
+//! a model of its own of the rules in docs/contract.md rather than by `rollup`. [`client`] sends and verifies.
 //!
 //! The same seed and configuration always give the same scenario, byte for byte.
 
@@ -455,9 +455,11 @@ fn plan_resource(cfg: &Config, rng: &mut Rng, kind: Kind, shape: Shape, t0: u64)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The expected final state: a model of domain.md §2–3 written apart from `rollup`.
+// The expected final state: a model of docs/contract.md ("Statuses: the lattices", "Operation
+// status and stats") written apart from `rollup`.
 
-/// Rank in the attempt lattice (domain.md §2): the join keeps the highest.
+/// Rank in the attempt lattice (docs/contract.md, "Statuses: the lattices"): the join keeps the
+/// highest.
 fn attempt_rank(s: AttemptStatus) -> u8 {
     use AttemptStatus::*;
     let order = [

@@ -358,7 +358,7 @@ async fn operations_are_listed_per_family_and_by_status() {
 }
 
 #[actix_web::test]
-async fn unknown_ids_and_wrong_families_are_404_with_a_json_body() {
+async fn unknown_ids_and_wrong_families_are_404_with_a_json_body_that_echoes_nothing() {
     // Arrange
     let app = spawn_app().await;
     seed_messages(&app).await;
@@ -366,35 +366,40 @@ async fn unknown_ids_and_wrong_families_are_404_with_a_json_body() {
     let email = "comms_email_01hqry0000000000000000004";
     app.apply_batch(&[CloudEvent::email("sent", email_op, email, "a@example.com").json()])
         .await;
-
-    // Act
-    let responses = [
-        app.get("/v1/Messages/Operations/comms_operation_unknown")
-            .await,
-        app.get("/v1/Messages/comms_message_unknown").await,
-        app.get("/v1/Messages?operationId=comms_operation_unknown")
-            .await,
-        app.get("/v1/Messages/Operations/comms_operation_unknown/Errors")
-            .await,
-        app.get(&format!("/v1/Messages/Operations/{email_op}"))
-            .await,
-        app.get(&format!("/v1/Emails/Operations/{OP}")).await,
-        app.get(&format!("/v1/PushNotifications/Operations/{OP}"))
-            .await,
-        app.get(&format!("/v1/Messages/{email}")).await,
-        app.get(&format!("/v1/Emails?operationId={OP}")).await,
-        app.get(&format!("/v1/Calls/Operations/{OP}")).await,
-        app.get("/v2/anything").await,
+    let paths = [
+        "/v1/Messages/Operations/comms_operation_unknown".to_owned(),
+        "/v1/Messages/comms_message_unknown".to_owned(),
+        "/v1/Messages?operationId=comms_operation_unknown".to_owned(),
+        "/v1/Messages/Operations/comms_operation_unknown/Errors".to_owned(),
+        format!("/v1/Messages/Operations/{email_op}"),
+        format!("/v1/Emails/Operations/{OP}"),
+        format!("/v1/PushNotifications/Operations/{OP}"),
+        format!("/v1/Messages/{email}"),
+        format!("/v1/Emails?operationId={OP}"),
+        format!("/v1/Calls/Operations/{OP}"),
+        "/v2/anything".to_owned(),
     ];
 
-    // Assert
-    for resp in &responses {
-        resp.assert_json_error(404);
+    // Act
+    let mut responses = Vec::new();
+    for path in &paths {
+        responses.push(app.get(path).await);
     }
-    assert!(
-        !responses[9].text().contains(OP),
-        "no id echoed for an unknown family"
-    );
+
+    // Assert: error bodies never repeat what was asked for.
+    for (path, resp) in paths.iter().zip(&responses) {
+        resp.assert_json_error(404);
+        for asked in path
+            .split(['/', '?', '='])
+            .filter(|part| part.starts_with("comms_") || *part == "Calls")
+        {
+            assert!(
+                !resp.text().contains(asked),
+                "{path} echoed {asked}: {}",
+                resp.text()
+            );
+        }
+    }
 }
 
 #[actix_web::test]
@@ -427,6 +432,13 @@ async fn bad_paging_and_filters_are_400_with_a_json_body() {
     // Assert
     for resp in &responses {
         resp.assert_json_error(400);
+        for asked in ["lost", "DONE", "nocolon", "zz", "ten"] {
+            assert!(
+                !resp.text().contains(asked),
+                "echoed {asked}: {}",
+                resp.text()
+            );
+        }
     }
     let max = app
         .get(&format!("/v1/Messages?operationId={OP}&pageSize=1000"))
