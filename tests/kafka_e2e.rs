@@ -850,9 +850,11 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
     let waves: Vec<&[Value]> = during.chunks(during.len().div_ceil(10).max(1)).collect();
     let pause = outage / (waves.len() as u32 + 1);
     let mut down_seen = false;
+    let mut rss_series = Vec::new();
     for wave in waves {
         post_all(&app, wave, 5, 8).await;
         tokio::time::sleep(pause).await;
+        rss_series.push((cut_at.elapsed().as_secs(), tally.rss_kb().0));
         let d = app.get("/healthz/details").await.json();
         down_seen |= d["kafka"]["brokerUp"] == false
             && d["kafka"]["brokerDownForSeconds"].as_f64() > Some(0.0);
@@ -874,6 +876,8 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
         "callbacks stay ready"
     );
     let rss_during = tally.rss_kb();
+    rss_series.push((cut_at.elapsed().as_secs(), rss_during.0));
+    eprintln!("long outage: RSS kB through the outage (seconds since the cut, kB): {rss_series:?}");
     let waiting = app
         .metrics()
         .await
