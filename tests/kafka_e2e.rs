@@ -11,17 +11,11 @@
 //! does kill the process and starts an empty broker in its place: tally sets its topic up again,
 //! starts a new producer if the old one failed fatally, and publishes every later change.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "support/kafka_records.rs"]
-mod records;
+mod support;
 
-use helpers::{spawn_app_with, TestApp};
 use rand::SeedableRng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use records::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -30,16 +24,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::kafka_records::*;
+use support::{
+    app::{spawn_app_with, TestApp},
+    free_port,
+};
 use tokio::sync::mpsc;
 
 const IGNORE: &str = "needs a Kafka broker: run scripts/kafka-e2e";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;

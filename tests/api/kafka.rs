@@ -3,14 +3,11 @@
 //!
 //! The end-to-end tests against a real broker are in `tests/kafka_e2e.rs` (scripts/kafka-e2e).
 
-#[path = "../support/kafka_records.rs"]
-mod records;
-
-use super::helpers::{spawn_app_with, TestApp};
+use crate::support::app::{spawn_app_with, TestApp};
+use crate::support::kafka_records::*;
 use actix_web::http::StatusCode;
 use rand::SeedableRng;
 use rdkafka::mocking::MockCluster;
-use records::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
