@@ -20,13 +20,13 @@
 //! ```
 
 pub mod aggregator;
+pub mod cidr;
 pub mod config;
 pub mod dirty;
 pub mod event;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
-pub mod network;
 pub mod publisher;
 pub mod rollup;
 pub mod routes;

@@ -244,7 +244,10 @@ async fn admit(
             Err(reason) => skipped.push(reason),
         }
     }
-    let record = Record { t: now, events };
+    let record = Record {
+        received_ms: now,
+        events,
+    };
     let _gate = match journal {
         Some(j) => {
             let gate = j.gate.read().await;

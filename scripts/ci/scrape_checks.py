@@ -12,12 +12,10 @@ Prometheus that scrapes it (both on loopback, started and stopped by that script
 3. Checks that Prometheus loaded deploy/prometheus/alerts.yml, evaluates every rule without
    error, and that nothing fires.
 4. Runs `promtool check metrics` on tally's /metrics.
-5. Checks the Grafana dashboard: every PromQL expression (Grafana variables substituted) is
-   evaluated by this Prometheus and must parse and run; every metric it names must be one tally
-   exports, or one declared in src/ with no sample yet, or one listed in the pending file while
-   its family is not declared in src/ at all (a metric another change adds; once that family
-   is declared the list entry must go). Expressions whose metrics all have samples must return
-   data.
+5. Checks the Grafana dashboard and the alert rules: every PromQL expression (Grafana
+   variables substituted) is evaluated by this Prometheus and must parse and run; every metric
+   they name must be one tally exports, or one declared in src/ with no sample yet.
+   Expressions whose metrics all have samples must return data.
 
 Standard library only, plus the tally binary. Exits 1 with a list of failures.
 """
@@ -356,54 +354,24 @@ def declared_names(src):
     return names
 
 
-def family(name):
-    """`tally_kafka_dirty_operations` → `tally_kafka_`: what a pending entry waits for."""
-    parts = name.split("_")
-    return "_".join(parts[:2]) + "_"
-
-
-def read_pending(path):
-    if not path.exists():
-        return set()
-    return {
-        line.split("#", 1)[0].strip()
-        for line in path.read_text().splitlines()
-        if line.split("#", 1)[0].strip()
-    }
-
-
-def check_rule_names(alerts_path, exposition, src, pending_path):
+def check_rule_names(alerts_path, exposition, src):
     print(f"==> {alerts_path}: every metric named is tally's")
     sampled, _ = exported_names(exposition)
     declared = declared_names(src)
-    pending = read_pending(pathlib.Path(pending_path))
     text = pathlib.Path(alerts_path).read_text()
     for name in sorted(set(METRIC_NAME.findall(text))):
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         if name in sampled or name in declared or base in declared:
             ok(name)
-        elif name in pending and family(name) not in {family(n) for n in declared}:
-            print(f"  note {name} is pending ({pending_path})")
         else:
             fail(f"{alerts_path}: {name} is not a metric tally exports or declares")
 
 
-def check_dashboard(prom, dashboard_path, exposition, src, pending_path):
+def check_dashboard(prom, dashboard_path, exposition, src):
     print(f"==> dashboard {dashboard_path}: every expression runs, every metric is tally's")
     d = json.loads(pathlib.Path(dashboard_path).read_text())
     sampled, histograms = exported_names(exposition)
     declared = declared_names(src)
-    pending = read_pending(pathlib.Path(pending_path))
-    declared_families = {family(n) for n in declared}
-
-    for name in sorted(pending):
-        if name in declared:
-            fail(f"{pending_path}: {name} is declared in {src} now: remove it from the list")
-        elif family(name) in declared_families:
-            fail(
-                f"{pending_path}: {name} is still pending although {family(name)}* metrics are "
-                f"declared in {src}: rename it in the dashboard and alerts to what tally declares"
-            )
 
     variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
     ds = variables.get("datasource")
@@ -456,8 +424,6 @@ def check_dashboard(prom, dashboard_path, exposition, src, pending_path):
             all_sampled = False
             if name in declared:
                 print(f"  note {where}: {name} is declared in {src} but has no sample yet")
-            elif name in pending and family(name) not in declared_families:
-                print(f"  note {where}: {name} is pending ({pending_path})")
             else:
                 fail(f"{where}: {name} is not a metric tally exports or declares")
         while True:
@@ -492,7 +458,6 @@ def main():
     ap.add_argument("--prometheus", required=True)
     ap.add_argument("--token", required=True)
     ap.add_argument("--dashboard", required=True)
-    ap.add_argument("--pending", required=True)
     ap.add_argument("--alerts", required=True)
     ap.add_argument("--src", required=True)
     args = ap.parse_args()
@@ -515,8 +480,8 @@ def main():
     check_rules(prom)
     exposition = http("GET", f"{args.tally}/metrics")[1].decode()
     check_metrics_lint(exposition)
-    check_dashboard(prom, args.dashboard, exposition, args.src, args.pending)
-    check_rule_names(args.alerts, exposition, args.src, args.pending)
+    check_dashboard(prom, args.dashboard, exposition, args.src)
+    check_rule_names(args.alerts, exposition, args.src)
 
     if failures:
         print(f"\n{len(failures)} check(s) failed:")
