@@ -147,7 +147,7 @@ impl ResourceFilter {
     }
 }
 
-/// Where a link points: an operation's number and the resource's slot there.
+/// Where a link points: an operation's link number and the resource's slot there.
 type Link = (u32, u32);
 
 /// The in-memory state of every tracked operation.
@@ -161,9 +161,9 @@ pub struct Aggregator {
     /// Hash of a resource id → its operation and slot (confirmed the same way).
     res_links: DashMap<u64, Link>,
     link_keys: RandomState,
-    /// Operation number → operation id, for the links.
-    numbers: DashMap<u32, String>,
-    next_number: AtomicU32,
+    /// Link number → operation id: links name an operation by a small number, not its id.
+    operations_by_link_number: DashMap<u32, String>,
+    next_link_number: AtomicU32,
     held: Mutex<HeldBook>,
     /// Events in `held`, raised *before* a holder checks the links (see `hold`).
     held_count: AtomicUsize,
@@ -237,8 +237,8 @@ impl Aggregator {
             sid_links: DashMap::new(),
             res_links: DashMap::new(),
             link_keys: RandomState::new(),
-            numbers: DashMap::new(),
-            next_number: AtomicU32::new(1),
+            operations_by_link_number: DashMap::new(),
+            next_link_number: AtomicU32::new(1),
             held: Mutex::new(HeldBook::default()),
             held_count: AtomicUsize::new(0),
             held_dropped: AtomicU64::new(0),
@@ -325,36 +325,38 @@ impl Aggregator {
         self.link_keys.hash_one(id)
     }
 
-    /// A new operation, numbered for the links.
+    /// A new operation, with a link number.
     fn new_operation(&self, id: &str, time_ms: u64, now_ms: u64) -> Operation {
         let mut op = Operation::new(id, time_ms, now_ms);
-        op.set_number(self.number(id));
+        op.set_link_number(self.assign_link_number(id));
         op
     }
 
-    /// Give `op_id` a number no live operation has.
-    fn number(&self, op_id: &str) -> u32 {
+    /// Give `op_id` a link number no live operation has.
+    fn assign_link_number(&self, op_id: &str) -> u32 {
         loop {
-            let n = self.next_number.fetch_add(1, Ordering::Relaxed);
+            let n = self.next_link_number.fetch_add(1, Ordering::Relaxed);
             if n == 0 {
                 continue;
             }
-            if let dashmap::Entry::Vacant(v) = self.numbers.entry(n) {
+            if let dashmap::Entry::Vacant(v) = self.operations_by_link_number.entry(n) {
                 v.insert(op_id.to_owned());
                 return n;
             }
         }
     }
 
-    /// The operation id behind a link's number.
-    fn numbered(&self, n: u32) -> Option<String> {
-        self.numbers.get(&n).map(|e| e.value().clone())
+    /// The operation id behind a link number.
+    fn operation_by_link_number(&self, n: u32) -> Option<String> {
+        self.operations_by_link_number
+            .get(&n)
+            .map(|e| e.value().clone())
     }
 
     /// The (operation id, resource id) an attempt id is linked to.
     fn sid_link(&self, sid: &str) -> Option<(String, String)> {
         let (n, slot) = *self.sid_links.get(&self.link_key(sid))?.value();
-        let op_id = self.numbered(n)?;
+        let op_id = self.operation_by_link_number(n)?;
         let op = self.ops.get(&op_id)?;
         let res = op.resource_with_attempt(slot, sid)?;
         Some((op_id, res))
@@ -363,7 +365,7 @@ impl Aggregator {
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
         let (n, slot) = *self.res_links.get(&self.link_key(res))?.value();
-        let op_id = self.numbered(n)?;
+        let op_id = self.operation_by_link_number(n)?;
         let op = self.ops.get(&op_id)?;
         (op.slot_of(res) == Some(slot)).then_some(op_id)
     }
@@ -420,11 +422,12 @@ impl Aggregator {
                 .or_insert_with(|| self.new_operation(op_id, time_ms, now_ms));
             let before = op.resource_count();
             let fallback = fallback::detect(op.resource(res_id).as_ref(), a);
-            let (changed, slot) = op.apply_attempt_at(res_id, a, time_ms, now_ms);
+            let applied = op.apply_attempt_at(res_id, a, time_ms, now_ms);
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            (changed, op.kind(), fallback, (op.number(), slot))
+            let link = (op.link_number(), applied.slot);
+            (applied.changed, op.kind(), fallback, link)
         };
         if let Some(f) = fallback {
             self.note_fallback(f);
@@ -643,8 +646,8 @@ impl Aggregator {
         else {
             return false;
         };
-        self.numbers.remove(&op.number());
-        let mine = |l: &Link| l.0 == op.number();
+        self.operations_by_link_number.remove(&op.link_number());
+        let mine = |l: &Link| l.0 == op.link_number();
         for (_, res, sids) in op.links() {
             self.res_links
                 .remove_if(&self.link_key(&res), |_, l| mine(l));
@@ -724,13 +727,13 @@ impl Aggregator {
         self.res_links.clear();
         self.sid_links.clear();
         let mut resources = 0;
-        self.numbers.clear();
+        self.operations_by_link_number.clear();
         for mut op in state.operations {
             if !self.limits.keep_recipient_addresses {
                 op.forget_recipients();
             }
-            let n = self.number(&op.id);
-            op.set_number(n);
+            let n = self.assign_link_number(&op.id);
+            op.set_link_number(n);
             for (slot, res, sids) in op.links() {
                 self.res_links
                     .entry(self.link_key(&res))

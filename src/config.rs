@@ -42,7 +42,7 @@ pub struct HttpSettings {
     // Hostile clients and exposure (docs/security.md).
     #[serde(deserialize_with = "optional_addr")]
     pub admin_listen: Option<SocketAddr>,
-    pub callback_allow_networks: crate::network::NetworkList,
+    pub callback_allow_networks: crate::cidr::NetworkList,
     pub max_events_per_batch: usize,
     pub max_inflight_callbacks: usize,
     #[serde(with = "humantime_serde_shim")]

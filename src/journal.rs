@@ -55,8 +55,9 @@ pub struct JournalConfig {
 /// One journal record: the events a request brought, and when it arrived.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
-    /// Receive time, Unix ms: replay applies the events at this time.
-    pub t: u64,
+    /// Receive time, Unix ms: replay applies the events at this time. Written as `t` on disk.
+    #[serde(rename = "t")]
+    pub received_ms: u64,
     pub events: Vec<Event>,
 }
 
@@ -306,7 +307,7 @@ pub fn recover_before(
             match serde_json::from_slice::<Record>(payload) {
                 Ok(rec) => {
                     for ev in &rec.events {
-                        agg.apply(ev, rec.t);
+                        agg.apply(ev, rec.received_ms);
                     }
                     report.records += 1;
                     report.events += rec.events.len() as u64;
@@ -680,7 +681,7 @@ impl Journal {
     /// Try an empty write, to find out whether a failing disk works again.
     pub async fn probe(&self) -> Result<(), JournalError> {
         self.append(&Record {
-            t: 0,
+            received_ms: 0,
             events: vec![],
         })
         .await
@@ -739,7 +740,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tally-journal-never-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let record = |n: u64| Record {
-            t: 1_000 + n,
+            received_ms: 1_000 + n,
             events: vec![Event {
                 time_ms: 1_000 + n,
                 body: EventBody::Operation {

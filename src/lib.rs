@@ -20,6 +20,7 @@
 //! ```
 
 pub mod aggregator;
+pub mod cidr;
 pub mod config;
 pub mod datadir;
 pub mod dirty;
@@ -27,7 +28,6 @@ pub mod event;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
-pub mod network;
 pub mod publisher;
 pub mod recovery;
 pub mod rollup;

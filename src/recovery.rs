@@ -245,7 +245,7 @@ mod tests {
 
     fn record(n: usize) -> Record {
         Record {
-            t: 1,
+            received_ms: 1,
             events: vec![
                 crate::event::Event {
                     time_ms: 1,

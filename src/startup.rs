@@ -353,7 +353,7 @@ fn spawn_recovery(r: Replay) -> anyhow::Result<()> {
             let mut backlog = 0;
             r.recovery.finish(|item| {
                 for e in &item.record.events {
-                    let outcome = r.agg.apply(e, item.record.t);
+                    let outcome = r.agg.apply(e, item.record.received_ms);
                     r.metrics.count_event(item.route, Ok(e), outcome);
                 }
                 backlog += item.record.events.len();

@@ -1,14 +1,17 @@
 //! The real `tally` binary: `serve` starts, becomes ready and stops on SIGTERM; `sign` signs as
 //! Twilio does; logs keep secrets and personal data out; a bad config file is refused.
 
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+use support::process::Tally;
+use support::signing::{self, form_body, path_of};
+use support::{scratch, TOKEN};
 use tally::signature::{sign, url_with_body_sha256};
 
-const TOKEN: &str = "cli-test-auth-token-7f3a9c";
 const PHONE: &str = "+15558675310";
 const OTHER_PHONE: &str = "+15017122661";
 const EMAIL: &str = "jane.doe@example.com";
@@ -18,172 +21,7 @@ const MSG: &str = "comms_message_01hcli0000000000000000000001";
 /// Query API credentials (`user:password`); neither part may show in a log line.
 const CREDENTIALS: &str = "ops:cli-api-password-5d1e";
 
-/// A scratch directory for one test, removed when the test passes (kept for a look when not).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("tally-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    Scratch(dir)
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A `tally serve` child process, killed (by its id) if a test panics before stopping it.
-struct Served {
-    child: Option<Child>,
-    port: u16,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Served {
-        let port = free_port();
-        let stdout = dir.join("stdout.log");
-        let stderr = dir.join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-        cmd.arg("serve")
-            .env_remove("RUST_LOG")
-            .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("TALLY_HTTP__WORKERS", "1")
-            .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
-            .env("TALLY_STORAGE__MEMORY_ONLY", "true")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("tally starts");
-        let served = Served {
-            child: Some(child),
-            port,
-            stdout,
-            stderr,
-        };
-        served.wait_ready();
-        served
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok((200, _)) = try_http(self.port, "GET", "/readyz", &[], b"") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tally did not become ready; stderr:\n{}",
-                std::fs::read_to_string(&self.stderr).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Send SIGTERM and wait (up to `budget`) for the exit; returns the status and elapsed time.
-    fn terminate(&mut self, budget: Duration) -> (ExitStatus, Duration) {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
-        let started = Instant::now();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        loop {
-            if let Some(status) = child.try_wait().expect("waitable") {
-                return (status, started.elapsed());
-            }
-            if started.elapsed() > budget {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("tally did not exit within {budget:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Every line tally wrote, stdout then stderr.
-    fn output(&self) -> String {
-        let mut all = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-        all.push_str(&std::fs::read_to_string(&self.stderr).unwrap_or_default());
-        all
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One HTTP/1.1 exchange over a fresh connection: status code and body.
-fn try_http(
-    port: u16,
-    method: &str,
-    path_and_query: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!(
-        "{method} {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    conn.write_all(request.as_bytes())?;
-    conn.write_all(body)?;
-    let mut response = Vec::new();
-    conn.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
+/// One request to a served tally on a fresh connection: the status code and the body.
 fn http(
     port: u16,
     method: &str,
@@ -191,28 +29,8 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    try_http(port, method, path, headers, body).expect("HTTP exchange")
-}
-
-/// `path?query` of a full URL on the local server.
-fn path_of(url: &str) -> &str {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
-}
-
-fn form_body(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        ser.append_pair(k, v);
-    }
-    ser.finish().into_bytes()
-}
-
-fn owned(params: &[(&str, &str)]) -> Vec<(String, String)> {
-    params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    let resp = support::http::request(port, method, path, headers, body);
+    (resp.status, resp.text())
 }
 
 /// Run `tally sign …` and return its stdout.
@@ -289,7 +107,7 @@ fn events_body() -> Vec<u8> {
 fn serve_becomes_ready_and_exits_0_within_10_seconds_of_sigterm() {
     // Arrange
     let dir = scratch("sigterm");
-    let mut served = Served::start(&dir, &[]);
+    let mut served = Tally::start(&dir, &[]);
     let (code, body) = http(served.port, "GET", "/readyz", &[], b"");
     assert_eq!(code, 200, "{body}");
     // An idle keep-alive connection must not hold shutdown up.
@@ -320,7 +138,7 @@ fn serve_becomes_ready_and_exits_0_within_10_seconds_of_sigterm() {
 fn sign_prints_the_form_signature_twilio_sends_and_the_server_accepts_it() {
     // Arrange
     let dir = scratch("sign-form");
-    let mut served = Served::start(&dir, &[]);
+    let mut served = Tally::start(&dir, &[]);
     let url = format!(
         "{}/twilio/status?operationId={OP}&messageId={MSG}",
         served.base()
@@ -351,7 +169,7 @@ fn sign_prints_the_form_signature_twilio_sends_and_the_server_accepts_it() {
     );
 
     // Assert
-    assert_eq!(printed, sign(TOKEN, &url, &owned(&params)));
+    assert_eq!(printed, signing::form(TOKEN, &url, &params).1);
     assert_eq!(code, 200, "{body}");
     let (code, op) = http(
         served.port,
@@ -370,7 +188,7 @@ fn sign_prints_the_form_signature_twilio_sends_and_the_server_accepts_it() {
 fn sign_json_prints_the_url_with_body_sha256_and_a_signature_the_server_accepts() {
     // Arrange
     let dir = scratch("sign-json");
-    let mut served = Served::start(&dir, &[]);
+    let mut served = Tally::start(&dir, &[]);
     let body = events_body();
     let file = dir.join("batch.json");
     std::fs::write(&file, &body).expect("body written");
@@ -411,7 +229,7 @@ fn sign_json_prints_the_url_with_body_sha256_and_a_signature_the_server_accepts(
 }
 
 /// Post accepted and refused callbacks full of personal data; return every signature sent.
-fn post_personal_data(served: &Served) -> Vec<String> {
+fn post_personal_data(served: &Tally) -> Vec<String> {
     let mut signatures = vec![];
     let port = served.port;
     let form_ct = ("Content-Type", "application/x-www-form-urlencoded");
@@ -430,7 +248,7 @@ fn post_personal_data(served: &Served) -> Vec<String> {
         ),
     ] {
         let params = classic_params(sid, "delivered");
-        let sig = sign(TOKEN, url, &owned(&params));
+        let sig = signing::form(TOKEN, url, &params).1;
         let (code, body) = http(
             port,
             "POST",
@@ -442,8 +260,8 @@ fn post_personal_data(served: &Served) -> Vec<String> {
         signatures.push(sig);
     }
     let body = events_body();
-    let events_url = url_with_body_sha256(&format!("{}/twilio/events", served.base()), &body);
-    let sig = sign(TOKEN, &events_url, &[]);
+    let (events_url, sig) =
+        signing::events(TOKEN, &format!("{}/twilio/events", served.base()), &body);
     let (code, answer) = http(
         port,
         "POST",
@@ -456,7 +274,7 @@ fn post_personal_data(served: &Served) -> Vec<String> {
 
     // Refused: wrong token, tampered body, non-JSON body, wrong content type.
     let params = classic_params("SMa0000000000000000000000000000003", "failed");
-    let wrong = sign("not-the-token", &linked_url, &owned(&params));
+    let wrong = signing::form("not-the-token", &linked_url, &params).1;
     let (code, _) = http(
         port,
         "POST",
@@ -477,8 +295,8 @@ fn post_personal_data(served: &Served) -> Vec<String> {
     );
     assert_eq!(code, 403);
     let garbage = format!("To={PHONE}&Email={EMAIL}&Body={MESSAGE_BODY}").into_bytes();
-    let garbage_url = url_with_body_sha256(&format!("{}/twilio/events", served.base()), &garbage);
-    let sig = sign(TOKEN, &garbage_url, &[]);
+    let (garbage_url, sig) =
+        signing::events(TOKEN, &format!("{}/twilio/events", served.base()), &garbage);
     let (code, _) = http(
         port,
         "POST",
@@ -566,7 +384,7 @@ fn post_personal_data(served: &Served) -> Vec<String> {
 fn assert_logs_keep_secrets_and_personal_data_out(level: &str) {
     // Arrange
     let dir = scratch(&format!("pii-{level}"));
-    let mut served = Served::start(
+    let mut served = Tally::start(
         &dir,
         &[
             ("TALLY_LOG__LEVEL", level),
@@ -637,7 +455,7 @@ fn a_flood_of_forged_callbacks_logs_a_line_or_two_and_counts_every_one() {
     // Arrange: the default pacing, one line per 10 s.
     const FORGED: usize = 300;
     let dir = scratch("forged");
-    let served = Served::start(&dir, &[]);
+    let served = Tally::start(&dir, &[]);
     let body = form_body(&classic_params(
         "SM80000000000000000000000000000009",
         "sent",

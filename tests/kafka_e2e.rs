@@ -11,17 +11,11 @@
 //! does kill the process and starts an empty broker in its place: tally sets its topic up again,
 //! starts a new producer if the old one failed fatally, and publishes every later change.
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "support/kafka_records.rs"]
-mod records;
+mod support;
 
-use helpers::{spawn_app_with, TestApp};
 use rand::SeedableRng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use records::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -30,16 +24,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::kafka_records::*;
+use support::{
+    app::{spawn_app_with, TestApp},
+    free_port,
+};
 use tokio::sync::mpsc;
 
 const IGNORE: &str = "needs a Kafka broker: run scripts/kafka-e2e";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -665,89 +657,18 @@ async fn await_final_state(
     (records, last)
 }
 
-/// The real `tally` binary, started with `env` on a free port; killed when dropped.
-struct Binary {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-    dir: std::path::PathBuf,
-}
-
-impl Binary {
-    fn start(env: &[(&str, String)]) -> Binary {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("tally-e2e-{}-{port}.log", std::process::id()));
-        // Its own data directory (durable, as by default), removed when the test ends.
-        let dir =
-            std::env::temp_dir().join(format!("tally-e2e-{}-{port}.data", std::process::id()));
-        let child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .arg("serve")
-            .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("TALLY_TWILIO__AUTH_TOKENS", helpers::TOKEN)
-            .env("RUST_LOG", "info")
-            .env("TALLY_STORAGE__DIR", &dir)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("the tally binary starts");
-        wait_for_port(port, Duration::from_secs(20));
-        Binary {
-            child,
-            port,
-            log,
-            dir,
-        }
-    }
-
-    /// Resident memory now and at its peak, in kB, from /proc.
-    fn rss_kb(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    fn log_lines(&self, needle: &str) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+/// Resident memory of process `pid` now and at its peak, in kB, from /proc.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
             .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().expect("tally exits");
-        assert!(status.success(), "tally exited with {status}");
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("-- tally's last log lines --");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn env_secs(name: &str, default: u64) -> u64 {
@@ -821,8 +742,13 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
     let topic = topic_for("long-outage");
     env.push(("TALLY_KAFKA__BROKERS", bootstrap.clone()));
     env.push(("TALLY_KAFKA__TOPIC", topic.clone()));
-    let tally = Binary::start(&env);
-    let app = helpers::attach(tally.port, helpers::TOKEN);
+    let scratch = support::scratch("long-outage");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tally = support::process::Tally::launch(&scratch)
+        .journal()
+        .env(&env)
+        .start();
+    let app = support::app::attach(tally.port, support::TOKEN);
 
     // 600 operations changing before, during and after the outage, and 60 whose callbacks only
     // arrive after it.
@@ -842,7 +768,7 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
             > 0.0,
         "records flowed before the outage"
     );
-    let rss_before = tally.rss_kb();
+    let rss_before = rss_kb(tally.pid());
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -854,7 +780,7 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
     for wave in waves {
         post_all(&app, wave, 5, 8).await;
         tokio::time::sleep(pause).await;
-        rss_series.push((cut_at.elapsed().as_secs(), tally.rss_kb().0));
+        rss_series.push((cut_at.elapsed().as_secs(), rss_kb(tally.pid()).0));
         let d = app.get("/healthz/details").await.json();
         down_seen |= d["kafka"]["brokerUp"] == false
             && d["kafka"]["brokerDownForSeconds"].as_f64() > Some(0.0);
@@ -875,7 +801,7 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
         200,
         "callbacks stay ready"
     );
-    let rss_during = tally.rss_kb();
+    let rss_during = rss_kb(tally.pid());
     rss_series.push((cut_at.elapsed().as_secs(), rss_during.0));
     eprintln!("long outage: RSS kB through the outage (seconds since the cut, kB): {rss_series:?}");
     let waiting = app
@@ -911,7 +837,7 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
         .map(|s| (s.labels.get("reason").cloned().unwrap_or_default(), s.value))
         .collect();
     let details = app.get("/healthz/details").await.json();
-    let rss_after = tally.rss_kb();
+    let rss_after = rss_kb(tally.pid());
     eprintln!(
         "long outage: broker away {:?} (message.timeout.ms {message_timeout}); {waiting} operations waiting at its end; \
          all {} operations' newest records equal the query API {converged:?} after it came back (bound {bound:?}); \
@@ -933,7 +859,7 @@ async fn an_outage_longer_than_every_producer_timeout_recovers_by_itself_on_the_
     assert_eq!(m.get("tally_kafka_broker_up", &[]), Some(1.0));
     assert!(m.get("tally_kafka_last_ack_age_seconds", &[]) < Some(5.0));
     assert!(
-        !tally.log_lines("starting a new producer").is_empty(),
+        tally.output().contains("starting a new producer"),
         "the replacement is logged"
     );
     drop(app);

@@ -56,7 +56,7 @@ pub fn check_event(e: &Event, received_ms: u64) {
 /// A journal record of `events` reads back as itself (recovery depends on it).
 pub fn check_journal_round_trip(events: &[Event]) {
     let record = Record {
-        t: RX,
+        received_ms: RX,
         events: events.to_vec(),
     };
     let bytes = serde_json::to_vec(&record).expect("a record serialises");

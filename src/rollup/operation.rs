@@ -409,12 +409,21 @@ fn hash_id(id: &Id) -> u64 {
     id_hasher().hash_one(id)
 }
 
+/// What [`Operation::apply_attempt_at`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptApplied {
+    /// Whether the operation's state changed.
+    pub changed: bool,
+    /// The resource's slot in the operation, which the aggregator's links point at.
+    pub slot: u32,
+}
+
 /// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
 #[derive(Debug, Clone)]
 pub struct Operation {
     pub id: String,
     /// The number the aggregator's links know this operation by (0 until it gives one).
-    number: u32,
+    link_number: u32,
     kind: Option<Kind>,
     phase: Option<Phase>,
     pub created_ms: u64,
@@ -432,7 +441,7 @@ impl Operation {
     pub fn new(id: &str, time_ms: u64, now_ms: u64) -> Operation {
         Operation {
             id: id.to_owned(),
-            number: 0,
+            link_number: 0,
             kind: None,
             phase: None,
             created_ms: time_ms,
@@ -447,12 +456,13 @@ impl Operation {
     }
 
     /// The number the aggregator's links know this operation by.
-    pub fn number(&self) -> u32 {
-        self.number
+    pub fn link_number(&self) -> u32 {
+        self.link_number
     }
 
-    pub fn set_number(&mut self, number: u32) {
-        self.number = number;
+    /// Set by the aggregator when it files the operation.
+    pub fn set_link_number(&mut self, link_number: u32) {
+        self.link_number = link_number;
     }
 
     /// The operation's kind: what its events said, else what its resource ids say, else messages.
@@ -608,7 +618,8 @@ impl Operation {
         time_ms: u64,
         now_ms: u64,
     ) -> bool {
-        self.apply_attempt_at(resource_id, ev, time_ms, now_ms).0
+        self.apply_attempt_at(resource_id, ev, time_ms, now_ms)
+            .changed
     }
 
     /// [`Operation::apply_attempt`], also answering the resource's slot number.
@@ -618,7 +629,7 @@ impl Operation {
         ev: &AttemptEvent,
         time_ms: u64,
         now_ms: u64,
-    ) -> (bool, u32) {
+    ) -> AttemptApplied {
         // The kind names the buckets: taken before `note_kind`, so that a kind changed by this
         // event recounts every bucket below (found by the `ingest` fuzz target: a change of kind
         // left the buckets of the old kind in place, and the result depended on event order).
@@ -654,7 +665,10 @@ impl Operation {
             self.buckets[before.bucket(kind_before).index()] -= 1;
             self.buckets[after.bucket(kind_before).index()] += 1;
         }
-        (self.touch(changed, now_ms), slot)
+        AttemptApplied {
+            changed: self.touch(changed, now_ms),
+            slot,
+        }
     }
 
     fn recount(&mut self) {

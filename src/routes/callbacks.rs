@@ -255,7 +255,10 @@ async fn admit(
             Err(reason) => skipped.push(reason),
         }
     }
-    let record = Record { t: now, events };
+    let record = Record {
+        received_ms: now,
+        events,
+    };
     // Room in the recovery backlog, taken before the append so that a refused request leaves
     // nothing in the journal.
     let reservation = match journal {

@@ -6,8 +6,8 @@
 //! costs tally no more than its head.
 
 use super::error::GateError;
+use crate::cidr::NetworkList;
 use crate::metrics::Metrics;
-use crate::network::NetworkList;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;

@@ -1,6 +1,9 @@
 //! The query API's credentials, and what never needs them.
 
-use crate::helpers::{spawn_app, spawn_app_with, CloudEvent, TestApp};
+use crate::support::{
+    app::{spawn_app, spawn_app_with, TestApp},
+    cloudevent::CloudEvent,
+};
 
 const OP: &str = "comms_operation_01hauth00000000000000000001";
 const MSG: &str = "comms_message_01hauth0000000000000000001";

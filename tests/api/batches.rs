@@ -1,6 +1,6 @@
 //! Inside a batch every event stands alone; order and duplicates never matter.
 
-use crate::helpers::{spawn_app, CloudEvent};
+use crate::support::{app::spawn_app, cloudevent::CloudEvent};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -129,7 +129,7 @@ fn history() -> Vec<Value> {
 }
 
 /// The operation without `updatedAt`, which records when it last changed, not what it is.
-async fn state(app: &crate::helpers::TestApp) -> Value {
+async fn state(app: &crate::support::app::TestApp) -> Value {
     let mut op = app.operation_json("Messages", OP).await;
     op.as_object_mut()
         .expect("an object")

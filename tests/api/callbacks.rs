@@ -1,6 +1,9 @@
 //! Signed callbacks in, Twilio-shaped operation state out.
 
-use crate::helpers::{sms_params, spawn_app, CloudEvent, PHONE};
+use crate::support::{
+    app::spawn_app,
+    cloudevent::{sms_params, CloudEvent, PHONE},
+};
 use serde_json::json;
 
 const OP: &str = "comms_operation_01h9krwprkeee8fzqspvwy6nq8";

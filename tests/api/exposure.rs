@@ -1,7 +1,10 @@
 //! What is reachable from where: a separate admin listener for `/metrics` and the query API, and
 //! an allow-list of source networks for the callback routes.
 
-use crate::helpers::{spawn_app, spawn_app_with, CloudEvent, TestApp};
+use crate::support::{
+    app::{spawn_app, spawn_app_with, TestApp},
+    cloudevent::CloudEvent,
+};
 use serde_json::Value;
 
 const OP: &str = "comms_operation_01hexposure000000000000001";
@@ -155,7 +158,7 @@ async fn behind_a_trusted_proxy_the_source_is_the_last_forwarded_address() {
     .await;
     let body = serde_json::to_vec(&[event()]).unwrap();
     let url = app.events_url(&body);
-    let signature = tally::signature::sign(crate::helpers::TOKEN, &url, &[]);
+    let signature = tally::signature::sign(crate::support::TOKEN, &url, &[]);
     let post = |xff: &'static str| {
         let (app, url, signature, body) = (&app, url.clone(), signature.clone(), body.clone());
         async move {

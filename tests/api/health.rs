@@ -1,6 +1,6 @@
 //! `/healthz` and `/readyz`.
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::support::app::{spawn_app, spawn_app_with};
 
 #[actix_web::test]
 async fn healthz_answers_200_while_the_server_runs() {

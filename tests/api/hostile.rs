@@ -2,8 +2,12 @@
 //! asserts the exact status code, that nothing was applied, and that tally still answers and
 //! applies a good callback afterwards (docs/security.md lists every input and its outcome).
 
-use crate::helpers::{spawn_app, spawn_app_with, CloudEvent, TestApp, TOKEN};
-use crate::raw;
+use crate::support::http;
+use crate::support::{
+    app::{spawn_app, spawn_app_with, TestApp},
+    cloudevent::CloudEvent,
+    TOKEN,
+};
 use actix_web::http::Method;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -35,12 +39,12 @@ async fn assert_healthy(app: &TestApp) {
 }
 
 /// Post `body` to `/twilio/events`, correctly signed.
-async fn post_signed(app: &TestApp, body: Vec<u8>) -> crate::helpers::Resp {
+async fn post_signed(app: &TestApp, body: Vec<u8>) -> crate::support::app::Resp {
     app.post_events_body(body).await
 }
 
 /// A form body posted to `/twilio/status?query`, signed over what tally would read.
-async fn post_form_body(app: &TestApp, query: &str, body: &[u8]) -> crate::helpers::Resp {
+async fn post_form_body(app: &TestApp, query: &str, body: &[u8]) -> crate::support::app::Resp {
     let url = if query.is_empty() {
         app.url("/twilio/status")
     } else {
@@ -58,7 +62,7 @@ async fn post_form_body(app: &TestApp, query: &str, body: &[u8]) -> crate::helpe
     .await
 }
 
-fn summary(resp: &crate::helpers::Resp) -> Value {
+fn summary(resp: &crate::support::app::Resp) -> Value {
     assert_eq!(resp.status.as_u16(), 200, "{}", resp.text());
     resp.json()
 }
@@ -161,7 +165,7 @@ async fn a_declared_100_mb_body_is_refused_with_413_before_any_of_it_is_sent() {
     let url = app.events_url(b"[]");
     let target = url.trim_start_matches(&app.address).to_owned();
     let signature = sign(TOKEN, &url, &[]);
-    let request = raw::head(
+    let request = http::head(
         app.port,
         "POST",
         &target,
@@ -173,7 +177,7 @@ async fn a_declared_100_mb_body_is_refused_with_413_before_any_of_it_is_sent() {
     );
 
     // Act: a server that waited for the body would leave this read hanging (and fail it).
-    let resp = raw::exchange_async(app.port, request).await;
+    let resp = http::exchange_async(app.port, request).await;
 
     // Assert
     assert_eq!(resp.status, 413, "{}", resp.text());
@@ -196,7 +200,7 @@ async fn a_streamed_100_mb_body_is_cut_off_with_413_at_the_limit() {
     );
     let answered = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
-    let mut conn = raw::connect(app.port);
+    let mut conn = http::connect(app.port);
     let mut writer = conn.try_clone().expect("clone");
     let (answered_w, sent_w) = (answered.clone(), sent.clone());
     let sender = std::thread::spawn(move || {
@@ -213,7 +217,7 @@ async fn a_streamed_100_mb_body_is_cut_off_with_413_at_the_limit() {
 
     // Act
     let resp = actix_web::rt::task::spawn_blocking(move || {
-        let resp = raw::read_response(&mut conn);
+        let resp = http::read_response(&mut conn);
         answered.store(true, Ordering::SeqCst);
         resp
     })
@@ -268,9 +272,9 @@ async fn a_batch_of_a_million_tiny_events_is_refused_with_413_by_default() {
     // the body needs sending (a sender still writing would only see the connection close).
     let url = app.events_url(&typed);
     let target = url.trim_start_matches(&app.address).to_owned();
-    let by_size = raw::exchange_async(
+    let by_size = http::exchange_async(
         app.port,
-        raw::head(
+        http::head(
             app.port,
             "POST",
             &target,
@@ -328,7 +332,7 @@ async fn a_batch_of_a_million_tiny_events_within_raised_limits_is_read_and_each_
         .send_body(body)
         .await
         .expect("answered");
-    let resp = crate::helpers::Resp {
+    let resp = crate::support::app::Resp {
         status: resp.status(),
         headers: resp.headers().clone(),
         body: resp.body().await.expect("body").to_vec(),
@@ -366,7 +370,7 @@ async fn ids_of_a_megabyte_are_skipped_or_refused_and_never_stored() {
     let in_event = post_signed(&app, serde_json::to_vec(&event).unwrap()).await;
     let in_form = post_form_body(&app, &format!("operationId={OP}"), form.as_bytes()).await;
     let body = b"MessageSid=SM1&MessageStatus=delivered".to_vec();
-    let mut request = raw::head(
+    let mut request = http::head(
         app.port,
         "POST",
         &target,
@@ -374,7 +378,7 @@ async fn ids_of_a_megabyte_are_skipped_or_refused_and_never_stored() {
         body.len(),
     );
     request.extend_from_slice(&body);
-    let in_url = raw::exchange_async(app.port, request).await;
+    let in_url = http::exchange_async(app.port, request).await;
 
     // Assert: in a body, the event is skipped (id_too_long); in the URL, the request head is
     // over actix's 128 KiB head limit and refused outright.
@@ -428,7 +432,7 @@ Content-Type: application/x-www-form-urlencoded\r\n"
         .to_vec();
     request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
     request.extend_from_slice(body);
-    let in_request_line = raw::exchange_async(app.port, request).await;
+    let in_request_line = http::exchange_async(app.port, request).await;
 
     // Assert
     for resp in [&encoded, &raw_byte, &surrogate, &in_query] {

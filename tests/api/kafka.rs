@@ -3,14 +3,11 @@
 //!
 //! The end-to-end tests against a real broker are in `tests/kafka_e2e.rs` (scripts/kafka-e2e).
 
-#[path = "../support/kafka_records.rs"]
-mod records;
-
-use super::helpers::{spawn_app_with, TestApp};
+use crate::support::app::{spawn_app_with, TestApp};
+use crate::support::kafka_records::*;
 use actix_web::http::StatusCode;
 use rand::SeedableRng;
 use rdkafka::mocking::MockCluster;
-use records::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -412,7 +409,7 @@ async fn after_a_restart_every_operation_recovered_from_the_journal_is_published
 }
 
 /// The restart counter by reason, summed over every reason when `reason` is `None`.
-fn restarts(m: &super::helpers::Scrape, reason: Option<&str>) -> f64 {
+fn restarts(m: &crate::support::scrape::Scrape, reason: Option<&str>) -> f64 {
     match reason {
         Some(r) => m.sum("tally_kafka_producer_restarts_total", &[("reason", r)]),
         None => m.sum("tally_kafka_producer_restarts_total", &[]),

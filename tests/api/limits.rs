@@ -1,6 +1,10 @@
 //! Requests refused before their content is looked at: wrong content type, too large, unreadable.
 
-use crate::helpers::{sms_params, spawn_app, spawn_app_with, CloudEvent, TestApp, TOKEN};
+use crate::support::{
+    app::{spawn_app, spawn_app_with, TestApp},
+    cloudevent::{sms_params, CloudEvent},
+    TOKEN,
+};
 use std::io::{Read, Write};
 use std::time::Duration;
 use tally::signature::sign;

@@ -1,7 +1,9 @@
 //! `/metrics`: every event accounted for, bounded labels only.
 
-use crate::helpers::{
-    sms_params, spawn_app, spawn_app_with, CloudEvent, Scrape, TestApp, PHONE, SENDER,
+use crate::support::{
+    app::{spawn_app, spawn_app_with, TestApp},
+    cloudevent::{sms_params, CloudEvent, PHONE, SENDER},
+    scrape::Scrape,
 };
 use serde_json::json;
 

@@ -2,8 +2,12 @@
 //! 429 with Retry-After straight away, before their bodies are read, so neither the queue nor the
 //! memory grows with the load.
 
-use crate::helpers::{scratch, spawn_app_with, CloudEvent, TestApp, TOKEN};
-use crate::raw;
+use crate::support::http;
+use crate::support::{
+    app::{spawn_app_with, TestApp},
+    cloudevent::CloudEvent,
+    scratch, TOKEN,
+};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -24,7 +28,7 @@ fn half_sent(app: &TestApp, body: &[u8]) -> (TcpStream, Vec<u8>) {
     let url = app.events_url(body);
     let target = url.trim_start_matches(&app.address).to_owned();
     let signature = sign(TOKEN, &url, &[]);
-    let mut request = raw::head(
+    let mut request = http::head(
         app.port,
         "POST",
         &target,
@@ -35,7 +39,7 @@ fn half_sent(app: &TestApp, body: &[u8]) -> (TcpStream, Vec<u8>) {
         body.len(),
     );
     request.extend_from_slice(&body[..body.len() / 2]);
-    let mut conn = raw::connect(app.port);
+    let mut conn = http::connect(app.port);
     conn.write_all(&request).expect("half written");
     (conn, body[body.len() / 2..].to_vec())
 }
@@ -78,7 +82,7 @@ async fn when_every_callback_slot_is_busy_callbacks_get_429_at_once_with_retry_a
         .await;
     let url = app.events_url(b"[]");
     let target = url.trim_start_matches(&app.address).to_owned();
-    let huge = raw::head(
+    let huge = http::head(
         app.port,
         "POST",
         &target,
@@ -88,7 +92,7 @@ async fn when_every_callback_slot_is_busy_callbacks_get_429_at_once_with_retry_a
         ],
         100 * 1024 * 1024,
     );
-    let huge = raw::exchange_async(app.port, huge).await;
+    let huge = http::exchange_async(app.port, huge).await;
     let shed_in = started.elapsed();
 
     // Assert: refused at once, with Retry-After, without touching any body.
@@ -122,7 +126,7 @@ async fn when_every_callback_slot_is_busy_callbacks_get_429_at_once_with_retry_a
             .into_iter()
             .map(|(mut conn, rest)| {
                 conn.write_all(&rest).expect("rest written");
-                raw::read_response(&mut conn).status
+                http::read_response(&mut conn).status
             })
             .collect::<Vec<_>>()
     })
@@ -167,7 +171,7 @@ async fn a_flood_of_concurrent_callbacks_is_answered_200_or_429_and_the_books_ba
     let dir = scratch("overload-flood");
     let app = spawn_app_with(&[
         ("TALLY_HTTP__MAX_INFLIGHT_CALLBACKS", "2"),
-        ("TALLY_STORAGE__DIR", dir.0.to_str().expect("UTF-8 path")),
+        ("TALLY_STORAGE__DIR", dir.to_str().expect("UTF-8 path")),
         ("TALLY_STORAGE__FSYNC", "always"),
     ])
     .await;

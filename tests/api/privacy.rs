@@ -1,7 +1,11 @@
 //! `[privacy] keep_recipient_addresses = false`: recipient addresses are dropped at ingest, so
 //! neither the journal, the snapshots, memory nor the query API ever hold them.
 
-use crate::helpers::{scratch, spawn_app_with, CloudEvent, TestApp, PHONE};
+use crate::support::{
+    app::{spawn_app_with, TestApp},
+    cloudevent::{CloudEvent, PHONE},
+    scratch,
+};
 use std::path::Path;
 
 const OP: &str = "comms_operation_01hprivacy0000000000000001";
@@ -32,7 +36,7 @@ async fn send_addresses(app: &TestApp) {
     let resp = app
         .post_form(
             &[("operationId", OP), ("messageId", FORM_MSG)],
-            &crate::helpers::sms_params("SM2", "sent"),
+            &crate::support::cloudevent::sms_params("SM2", "sent"),
         )
         .await;
     assert_eq!(resp.status.as_u16(), 200, "{}", resp.text());
@@ -71,14 +75,14 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 async fn with_addresses_off_the_query_api_shows_null_and_the_journal_holds_none() {
     // Arrange
     let dir = scratch("privacy-off");
-    let app = spawn(&dir.0, false).await;
+    let app = spawn(&dir, false).await;
 
     // Act
     send_addresses(&app).await;
     let shown = addresses_shown(&app).await;
     app.stop().await.expect("stops");
-    let on_disk = files_under(&dir.0);
-    let again = spawn(&dir.0, false).await;
+    let on_disk = files_under(&dir);
+    let again = spawn(&dir, false).await;
     let after_restart = addresses_shown(&again).await;
 
     // Assert
@@ -95,13 +99,13 @@ async fn with_addresses_off_the_query_api_shows_null_and_the_journal_holds_none(
 async fn switching_addresses_off_drops_those_already_journaled_as_they_are_replayed() {
     // Arrange: written while addresses were kept.
     let dir = scratch("privacy-switch");
-    let app = spawn(&dir.0, true).await;
+    let app = spawn(&dir, true).await;
     send_addresses(&app).await;
     let kept = addresses_shown(&app).await;
     app.stop().await.expect("stops");
 
     // Act
-    let app = spawn(&dir.0, false).await;
+    let app = spawn(&dir, false).await;
     let after = addresses_shown(&app).await;
 
     // Assert

@@ -1,7 +1,10 @@
 //! The query API, shaped like Twilio's: lists with filters and paging, one resource, operations,
 //! and JSON errors.
 
-use crate::helpers::{spawn_app, CloudEvent, TestApp};
+use crate::support::{
+    app::{spawn_app, TestApp},
+    cloudevent::CloudEvent,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -179,7 +182,7 @@ async fn one_message_is_fetched_with_its_attempts() {
     assert_eq!(message["operationId"], OP);
     assert_eq!(message["status"], "QUEUED");
     assert_eq!(message["channel"], "SMS");
-    assert_eq!(message["to"]["address"], crate::helpers::PHONE);
+    assert_eq!(message["to"]["address"], crate::support::cloudevent::PHONE);
     assert_eq!(message["attemptCount"], 2);
     assert_eq!(message["related"], json!([{"name": "operation", "id": OP}]));
     let mut attempts: Vec<(Value, Value, Value, Value)> = message["attempts"]

@@ -1,6 +1,6 @@
 //! In-process shutdown: the server is a function of a listener and a shutdown future.
 
-use crate::helpers::spawn_app;
+use crate::support::app::spawn_app;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 

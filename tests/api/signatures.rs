@@ -1,6 +1,10 @@
 //! X-Twilio-Signature at the door: nothing unsigned is applied, every refusal is counted.
 
-use crate::helpers::{sms_params, spawn_app, spawn_app_with, CloudEvent, TestApp, TOKEN};
+use crate::support::{
+    app::{spawn_app, spawn_app_with, TestApp},
+    cloudevent::{sms_params, CloudEvent},
+    TOKEN,
+};
 use tally::signature::{sign, url_with_body_sha256};
 
 const OP: &str = "comms_operation_01hsig000000000000000000001";

@@ -1,7 +1,7 @@
 //! `tally simulate` against a real tally: shuffled, duplicated reports through both doors must
 //! leave every operation exactly as the simulator's own model says.
 
-use crate::helpers::spawn_app;
+use crate::support::app::spawn_app;
 use std::rc::Rc;
 use tally::event::Kind;
 use tally::simulate::client::{self, ClientConfig};

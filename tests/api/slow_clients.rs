@@ -1,8 +1,12 @@
 //! Slow and greedy clients: heads trickled a byte at a time (slowloris), bodies that stall,
 //! idle keep-alive connections, and more connections than a worker takes.
 
-use crate::helpers::{spawn_app_with, CloudEvent, TestApp, TOKEN};
-use crate::raw;
+use crate::support::http;
+use crate::support::{
+    app::{spawn_app_with, TestApp},
+    cloudevent::CloudEvent,
+    TOKEN,
+};
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +25,7 @@ fn slowloris(
 ) -> std::thread::JoinHandle<Vec<TcpStream>> {
     let mut conns: Vec<TcpStream> = (0..n)
         .map(|_| {
-            let mut c = raw::connect(port);
+            let mut c = http::connect(port);
             c.write_all(b"POST /twilio/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
                 .expect("head start written");
             c
@@ -83,7 +87,7 @@ async fn a_signed_callback_gets_through_while_hundreds_of_slowloris_connections_
     let all_closed = actix_web::rt::task::spawn_blocking(move || {
         conns
             .iter_mut()
-            .all(|c| raw::closed_within(c, Duration::from_secs(5)))
+            .all(|c| http::closed_within(c, Duration::from_secs(5)))
     })
     .await
     .expect("checked");
@@ -149,7 +153,7 @@ async fn a_body_that_stalls_gets_408_and_frees_its_slot() {
         ("Content-Type", "application/json"),
         ("X-Twilio-Signature", signature.as_str()),
     ];
-    let mut stalled = raw::head(app.port, "POST", &target, &headers, body.len());
+    let mut stalled = http::head(app.port, "POST", &target, &headers, body.len());
     stalled.extend_from_slice(&body[..body.len() / 2]);
     let chunked = format!(
         "POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
@@ -159,8 +163,8 @@ async fn a_body_that_stalls_gets_408_and_frees_its_slot() {
 
     // Act: each sends part of its body and then nothing.
     let started = Instant::now();
-    let by_length = raw::exchange_async(app.port, stalled).await;
-    let by_chunks = raw::exchange_async(app.port, chunked.into_bytes()).await;
+    let by_length = http::exchange_async(app.port, stalled).await;
+    let by_chunks = http::exchange_async(app.port, chunked.into_bytes()).await;
     let took = started.elapsed();
 
     // Assert
@@ -194,9 +198,9 @@ async fn a_chunked_body_still_trickling_after_its_408_does_not_keep_its_connecti
 
     // Act: after the 408, the client goes on sending a one-byte chunk every 100 ms.
     let (status, closed_after) = actix_web::rt::task::spawn_blocking(move || {
-        let mut conn = raw::connect(port);
+        let mut conn = http::connect(port);
         conn.write_all(head.as_bytes()).expect("head written");
-        let resp = raw::read_response(&mut conn);
+        let resp = http::read_response(&mut conn);
         let answered = Instant::now();
         let mut closed = None;
         while answered.elapsed() < Duration::from_secs(10) {
@@ -225,13 +229,13 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time() {
 
     // Act
     let (status, closed) = actix_web::rt::task::spawn_blocking(move || {
-        let mut conn = raw::connect(port);
+        let mut conn = http::connect(port);
         conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .expect("request written");
-        let resp = raw::read_response(&mut conn);
+        let resp = http::read_response(&mut conn);
         (
             resp.status,
-            raw::closed_within(&mut conn, Duration::from_secs(4)),
+            http::closed_within(&mut conn, Duration::from_secs(4)),
         )
     })
     .await

@@ -1,7 +1,6 @@
 //! Kafka test support shared by `tests/api/kafka.rs` (mock cluster) and `tests/kafka_e2e.rs`
 //! (a real broker): Comms API traffic with fallbacks, a consumer that reads a whole topic, the
 //! per-key checks, and the JSON Schema check with Python's `jsonschema`.
-#![allow(dead_code)]
 
 use rand::seq::SliceRandom;
 use rand::Rng;

@@ -1,7 +1,8 @@
-//! Raw HTTP/1.1 over TCP, for requests no well-behaved client sends: bytes that are not UTF-8 in
-//! the request line, bodies that never arrive, heads trickled a byte at a time.
+//! The one raw HTTP/1.1 client: plain requests to a tally child process, and requests no
+//! well-behaved client sends (bytes that are not UTF-8 in the request line, bodies that never
+//! arrive, heads trickled a byte at a time).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -33,27 +34,41 @@ impl RawResp {
 }
 
 pub fn connect(port: u16) -> TcpStream {
-    let conn = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout set");
-    conn.set_nodelay(true).expect("nodelay");
-    conn
+    try_connect(port).expect("connects")
+}
+
+fn try_connect(port: u16) -> io::Result<TcpStream> {
+    let conn = TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.set_nodelay(true)?;
+    Ok(conn)
 }
 
 /// Read one response: the head, then a `Content-Length` body (or until EOF without one).
 pub fn read_response(conn: &mut TcpStream) -> RawResp {
+    try_read_response(conn).expect("a response")
+}
+
+fn try_read_response(conn: &mut TcpStream) -> io::Result<RawResp> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    let closed = |what: &str, buf: &[u8]| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "connection closed {what}: {:?}",
+                String::from_utf8_lossy(buf)
+            ),
+        )
+    };
     let head_end = loop {
         if let Some(at) = find(&buf, b"\r\n\r\n") {
             break at + 4;
         }
-        let n = conn.read(&mut chunk).expect("response read");
-        assert!(
-            n > 0,
-            "connection closed before a response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Err(closed("before a response head", &buf));
+        }
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -61,7 +76,7 @@ pub fn read_response(conn: &mut TcpStream) -> RawResp {
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {head}"));
+        .ok_or_else(|| io::Error::other(format!("no status line: {head}")))?;
     let length = head.lines().find_map(|l| {
         l.strip_prefix("content-length:")
             .and_then(|v| v.trim().parse::<usize>().ok())
@@ -70,8 +85,10 @@ pub fn read_response(conn: &mut TcpStream) -> RawResp {
     match length {
         Some(len) => {
             while body.len() < len {
-                let n = conn.read(&mut chunk).expect("body read");
-                assert!(n > 0, "connection closed inside the body");
+                let n = conn.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(closed("inside the body", &body));
+                }
                 body.extend_from_slice(&chunk[..n]);
             }
             body.truncate(len);
@@ -85,14 +102,46 @@ pub fn read_response(conn: &mut TcpStream) -> RawResp {
             }
         }
     }
-    RawResp { status, head, body }
+    Ok(RawResp { status, head, body })
 }
 
 /// Send `request` on a fresh connection and read the response.
 pub fn exchange(port: u16, request: &[u8]) -> RawResp {
-    let mut conn = connect(port);
-    conn.write_all(request).expect("request written");
-    read_response(&mut conn)
+    try_exchange(port, request).expect("an HTTP exchange")
+}
+
+/// [`exchange`], with a refused connection or a cut response as an error (for a server that may
+/// be gone).
+pub fn try_exchange(port: u16, request: &[u8]) -> io::Result<RawResp> {
+    let mut conn = try_connect(port)?;
+    conn.write_all(request)?;
+    try_read_response(&mut conn)
+}
+
+/// One request with `Connection: close` on a fresh connection.
+pub fn request(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResp {
+    try_request(port, method, target, headers, body).expect("an HTTP exchange")
+}
+
+/// [`request`], with a refused connection or a cut response as an error.
+pub fn try_request(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<RawResp> {
+    let mut all: Vec<(&str, &str)> = vec![("Connection", "close")];
+    all.extend_from_slice(headers);
+    let mut bytes = head(port, method, target, &all, body.len());
+    bytes.extend_from_slice(body);
+    try_exchange(port, &bytes)
 }
 
 /// [`exchange`] off the async runtime.

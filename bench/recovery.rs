@@ -81,7 +81,7 @@ fn main() {
                     .collect();
                 events += evs.len() as u64;
                 let rec = Record {
-                    t: now,
+                    received_ms: now,
                     events: evs,
                 };
                 j.append(&rec).await.expect("append");
