@@ -714,3 +714,71 @@ fn the_standard_process_metrics_are_exported_beside_tallys_own() {
     );
     t.stop();
 }
+
+#[test]
+fn a_journal_of_json_records_from_an_older_tally_is_replayed_and_new_records_are_binary() {
+    use tally::event::{AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind};
+    // Arrange: a data directory as a tally that wrote JSON records left it.
+    let cwd = Scratch::new("json-journal");
+    let journal = cwd.join("data/journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    // An hour ago: well inside retention.ttl.
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3_600_000;
+    let old = tally::journal::Record {
+        t: then,
+        events: vec![Event {
+            time_ms: then,
+            body: EventBody::Attempt(AttemptEvent {
+                kind: Some(Kind::Messages),
+                operation_id: Some("comms_operation_json".into()),
+                resource_id: Some("comms_message_json".into()),
+                downstream_id: Some("SMjson".into()),
+                attempt: None,
+                channel: Some(Channel::Sms),
+                status: AttemptStatus::Delivered,
+                error_code: None,
+                to: None,
+                tags: vec![],
+            }),
+        }],
+    };
+    let json = serde_json::to_vec(&old).unwrap();
+    assert_eq!(json[0], b'{');
+    std::fs::write(
+        journal.join("00000000000000000001.log"),
+        tally::journal::frame(&json),
+    )
+    .unwrap();
+
+    // Act
+    let t = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "tally.log",
+    }
+    .ready();
+    let (code, msg) = t.get_json("/v1/Messages/comms_message_json");
+    let posted = post_status(
+        t.port,
+        "comms_operation_new",
+        "comms_message_new",
+        "SMnew",
+        "sent",
+    );
+    t.stop();
+
+    // Assert: the old record was applied; the new one went to a new segment, in binary.
+    assert_eq!(code, 200, "{msg}");
+    assert_eq!(msg["status"], "DELIVERED", "{msg}");
+    assert_eq!(posted.unwrap(), 200);
+    let newer = std::fs::read(journal.join("00000000000000000002.log")).unwrap();
+    let (frames, _) = tally::journal::read_frames(&newer);
+    assert_eq!(frames.len(), 1, "one record in the new segment");
+    assert_eq!(frames[0][0], tally::journal::RECORD_BINARY_V1);
+    let record = tally::journal::decode_record(frames[0]).unwrap();
+    assert_eq!(record.events.len(), 1);
+}
