@@ -85,6 +85,17 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Post one signed form status callback for `msg` of `op`; the status code.
 fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::io::Result<u16> {
+    post_status_full(port, op, msg, sid, status).map(|(c, _)| c)
+}
+
+/// Post one signed form status callback for `msg` of `op`; the status code and the head.
+fn post_status_full(
+    port: u16,
+    op: &str,
+    msg: &str,
+    sid: &str,
+    status: &str,
+) -> std::io::Result<(u16, String)> {
     let path = format!("/twilio/status?operationId={op}&messageId={msg}");
     let params = vec![
         ("MessageSid".to_owned(), sid.to_owned()),
@@ -105,7 +116,7 @@ fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::
         ],
         body.as_bytes(),
     )
-    .map(|(c, _, _)| c)
+    .map(|(c, head, _)| (c, head))
 }
 
 /// A `tally serve` child process in a working directory, killed by its id if a test panics.
@@ -560,8 +571,10 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
     assert_eq!(before.as_array().map(Vec::len), Some(FILL_OPERATIONS));
     first.stop();
 
-    // Act: restart, and send callbacks from the moment the listener answers.
+    // Act: restart, and send callbacks from the moment the listener answers (room for 60
+    // events while recovery runs).
     let second = Start {
+        env: &[("TALLY_STORAGE__MAX_RECOVERY_BACKLOG_EVENTS", "60")],
         log: "second.log",
         ..start
     }
@@ -596,6 +609,8 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
         assert_eq!(code, 200, "batch {b} during recovery: {summary}");
         deferred += summary["deferred"].as_u64().unwrap_or(0);
     }
+    let (over_code, over_head) =
+        post_status_full(second.port, op, "comms_message_over", "SMover", "delivered").unwrap();
     let (still_code, _) = second.get_json(&format!("/v1/Messages/Operations/{probe_op}"));
     let backlog = metric(second.port, "tally_recovery_backlog_events");
     let in_progress = metric(second.port, "tally_recovery_in_progress");
@@ -615,6 +630,11 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
         "the replay outlasted the callbacks (else this test proves nothing: fill more)"
     );
     assert_eq!(deferred, 30, "the batches' events waited for the replay");
+    assert_eq!(over_code, 503, "past the backlog bound: {over_head}");
+    assert!(
+        over_head.to_ascii_lowercase().contains("retry-after:"),
+        "{over_head}"
+    );
     assert_eq!(in_progress, 1.0);
     assert_eq!(
         backlog, 60.0,
@@ -655,6 +675,11 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
     .ready();
     let (_, again) = third.get_json(&format!("/v1/Messages/Operations/{op}"));
     assert_eq!(again["stats"], during["stats"]);
+    assert_eq!(
+        third.get_json("/v1/Messages/comms_message_over").0,
+        404,
+        "the refused callback was not journalled"
+    );
     assert!(without(all_operations(&third), op) == before);
     third.stop();
 }
