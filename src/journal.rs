@@ -3,7 +3,9 @@
 //! Layout under `storage.dir`:
 //!
 //! ```text
-//! journal/00000000000000000007.log   segments: frames [len u32 LE][crc32 u32 LE][payload]
+//! journal/00000000000000000007.log   segments: frames [len u32 LE][crc32 u32 LE][payload],
+//!                                    a payload being one Record: a version byte, then the
+//!                                    record (see RECORD_BINARY_V1)
 //! snapshot-00000000000000000007.bin  the whole state as of the start of segment 7
 //! ```
 //!
@@ -59,6 +61,50 @@ pub struct Record {
     #[serde(rename = "t")]
     pub received_ms: u64,
     pub events: Vec<Event>,
+}
+
+/// The first byte of a binary record payload: format version 1, a postcard encoding of
+/// [`Record`] after it. Postcard is not self-describing: the fields' order and the order of
+/// every enum's variants in the events are part of this version. Adding a variant at the end
+/// keeps old records readable; anything else needs a new version byte (and keeping this one
+/// readable).
+pub const RECORD_BINARY_V1: u8 = 1;
+
+/// The first byte of a record written by tallies before the binary format: a JSON object.
+/// Still read, never written.
+const RECORD_JSON: u8 = b'{';
+
+/// Why a journal payload could not be read as a record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "record format {0:#04x} is not one this tally reads (binary version 1, or JSON): it was written by a newer tally; start that one"
+    )]
+    UnknownFormat(u8),
+    #[error("record does not decode: {0}")]
+    Corrupt(String),
+}
+
+/// A record as the journal stores it: the version byte, then the record in that version's
+/// encoding.
+pub fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
+    postcard::to_extend(record, vec![RECORD_BINARY_V1])
+        .map_err(|e| RecordError::Corrupt(e.to_string()))
+}
+
+/// Read a record in any format this tally knows (see [`RECORD_BINARY_V1`]).
+pub fn decode_record(payload: &[u8]) -> Result<Record, RecordError> {
+    let corrupt = |e: &dyn std::fmt::Display| RecordError::Corrupt(e.to_string());
+    match payload.first() {
+        Some(&RECORD_BINARY_V1) => match postcard::take_from_bytes::<Record>(&payload[1..]) {
+            Ok((record, [])) => Ok(record),
+            Ok((_, rest)) => Err(corrupt(&format!("{} bytes after the record", rest.len()))),
+            Err(e) => Err(corrupt(&e)),
+        },
+        Some(&RECORD_JSON) => serde_json::from_slice(payload).map_err(|e| corrupt(&e)),
+        Some(other) => Err(RecordError::UnknownFormat(*other)),
+        None => Err(corrupt(&"empty payload")),
+    }
 }
 
 /// Why the journal could not take a record.
@@ -304,13 +350,20 @@ pub fn recover_before(
         File::open(&path)?.read_to_end(&mut bytes)?;
         let (frames, valid) = read_frames(&bytes);
         for payload in frames {
-            match serde_json::from_slice::<Record>(payload) {
+            match decode_record(payload) {
                 Ok(rec) => {
                     for ev in &rec.events {
                         agg.apply(ev, rec.received_ms);
                     }
                     report.records += 1;
                     report.events += rec.events.len() as u64;
+                }
+                // Written by a newer tally: skipping it would lose acknowledged callbacks.
+                Err(e @ RecordError::UnknownFormat(_)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("journal segment {}: {e}", path.display()),
+                    ));
                 }
                 Err(e) => {
                     tracing::error!(segment = n, error = %e, "recovery: skipping a record that does not decode")
@@ -610,7 +663,7 @@ impl Journal {
 
     /// Append one record and wait until it is durable (as the fsync mode defines it).
     pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
-        let payload = serde_json::to_vec(record).map_err(|e| JournalError::Io(e.to_string()))?;
+        let payload = encode_record(record).map_err(|e| JournalError::Io(e.to_string()))?;
         if self.fsync == FsyncMode::Never {
             let framed = frame(&payload);
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -732,6 +785,118 @@ mod tests {
         let (f, valid) = read_frames(&corrupt);
         assert_eq!(f.len(), 1);
         assert_eq!(valid, frame(b"one").len());
+    }
+
+    fn sample_record() -> Record {
+        use crate::event::{AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind, Phase};
+        Record {
+            t: 1_700_000_000_123,
+            events: vec![
+                Event {
+                    time_ms: 1_700_000_000_000,
+                    body: EventBody::Operation {
+                        operation_id: "op1".into(),
+                        kind: Some(Kind::Messages),
+                        phase: Phase::Completed,
+                    },
+                },
+                Event {
+                    time_ms: 5,
+                    body: EventBody::Attempt(AttemptEvent {
+                        kind: Some(Kind::Emails),
+                        operation_id: Some("op1".into()),
+                        resource_id: Some("m1".into()),
+                        downstream_id: None,
+                        attempt: Some("2".into()),
+                        channel: Some(Channel::Whatsapp),
+                        status: AttemptStatus::Undelivered,
+                        error_code: Some(63016),
+                        to: None,
+                        tags: vec![("k".into(), "v".into())],
+                    }),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_binary_record_format_is_pinned_byte_for_byte() {
+        // Changing a field or the order of an enum's variants changes these bytes: that needs
+        // a new format version (see RECORD_BINARY_V1), not an edit of this test.
+        let bytes = encode_record(&sample_record()).unwrap();
+        // version 1 | t varint | 2 events | time, Operation(0) "op1" Some(Messages) Completed |
+        // time 5, Attempt(1) Some(Emails) Some("op1") Some("m1") None Some("2") Some(Whatsapp)
+        // Undelivered Some(63016) None [("k", "v")]
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "01",
+                "fbd095ffbc31",
+                "02",
+                "80d095ffbc31",
+                "00",
+                "036f7031",
+                "0100",
+                "02",
+                "05",
+                "01",
+                "0101",
+                "01036f7031",
+                "01026d31",
+                "00",
+                "010132",
+                "0103",
+                "07",
+                "01a8ec03",
+                "00",
+                "01016b0176"
+            )
+        );
+        assert_eq!(decode_record(&bytes).unwrap(), sample_record());
+        let json = serde_json::to_vec(&sample_record()).unwrap();
+        assert!(
+            bytes.len() * 3 < json.len(),
+            "{} vs {}",
+            bytes.len(),
+            json.len()
+        );
+    }
+
+    #[test]
+    fn json_records_of_older_tallies_still_read_and_an_unknown_format_is_refused_by_name() {
+        let json = serde_json::to_vec(&sample_record()).unwrap();
+        assert_eq!(decode_record(&json).unwrap(), sample_record());
+        let mut newer = encode_record(&sample_record()).unwrap();
+        newer[0] = 2;
+        let err = decode_record(&newer).unwrap_err();
+        assert!(matches!(err, RecordError::UnknownFormat(2)), "{err}");
+        assert!(err.to_string().contains("newer tally"), "{err}");
+        let mut trailing = encode_record(&sample_record()).unwrap();
+        trailing.push(0);
+        assert!(matches!(
+            decode_record(&trailing),
+            Err(RecordError::Corrupt(_))
+        ));
+
+        // A segment of JSON records (as older tallies wrote) recovers; one of a newer format
+        // stops recovery with the segment's name rather than skipping acknowledged callbacks.
+        let dir = std::env::temp_dir().join(format!("tally-journal-json-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("journal")).unwrap();
+        fs::write(segment_path(&dir, 1), frame(&json)).unwrap();
+        let agg = Aggregator::new(crate::aggregator::Limits::default());
+        let report = recover(&dir, &agg).expect("JSON segment recovers");
+        assert_eq!((report.records, report.events), (1, 2));
+        assert_eq!(agg.operation_count(), 1);
+        fs::write(segment_path(&dir, 2), frame(&newer)).unwrap();
+        let err = recover(&dir, &Aggregator::new(crate::aggregator::Limits::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("00000000000000000002.log") && err.contains("newer"),
+            "{err}"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -85,6 +85,17 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Post one signed form status callback for `msg` of `op`; the status code.
 fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::io::Result<u16> {
+    post_status_full(port, op, msg, sid, status).map(|(c, _)| c)
+}
+
+/// Post one signed form status callback for `msg` of `op`; the status code and the head.
+fn post_status_full(
+    port: u16,
+    op: &str,
+    msg: &str,
+    sid: &str,
+    status: &str,
+) -> std::io::Result<(u16, String)> {
     let path = format!("/twilio/status?operationId={op}&messageId={msg}");
     let params = vec![
         ("MessageSid".to_owned(), sid.to_owned()),
@@ -105,7 +116,7 @@ fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::
         ],
         body.as_bytes(),
     )
-    .map(|(c, _, _)| c)
+    .map(|(c, head, _)| (c, head))
 }
 
 /// A `tally serve` child process in a working directory, killed by its id if a test panics.
@@ -560,8 +571,10 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
     assert_eq!(before.as_array().map(Vec::len), Some(FILL_OPERATIONS));
     first.stop();
 
-    // Act: restart, and send callbacks from the moment the listener answers.
+    // Act: restart, and send callbacks from the moment the listener answers (room for 60
+    // events while recovery runs).
     let second = Start {
+        env: &[("TALLY_STORAGE__MAX_RECOVERY_BACKLOG_EVENTS", "60")],
         log: "second.log",
         ..start
     }
@@ -596,6 +609,8 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
         assert_eq!(code, 200, "batch {b} during recovery: {summary}");
         deferred += summary["deferred"].as_u64().unwrap_or(0);
     }
+    let (over_code, over_head) =
+        post_status_full(second.port, op, "comms_message_over", "SMover", "delivered").unwrap();
     let (still_code, _) = second.get_json(&format!("/v1/Messages/Operations/{probe_op}"));
     let backlog = metric(second.port, "tally_recovery_backlog_events");
     let in_progress = metric(second.port, "tally_recovery_in_progress");
@@ -615,6 +630,11 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
         "the replay outlasted the callbacks (else this test proves nothing: fill more)"
     );
     assert_eq!(deferred, 30, "the batches' events waited for the replay");
+    assert_eq!(over_code, 503, "past the backlog bound: {over_head}");
+    assert!(
+        over_head.to_ascii_lowercase().contains("retry-after:"),
+        "{over_head}"
+    );
     assert_eq!(in_progress, 1.0);
     assert_eq!(
         backlog, 60.0,
@@ -655,6 +675,11 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
     .ready();
     let (_, again) = third.get_json(&format!("/v1/Messages/Operations/{op}"));
     assert_eq!(again["stats"], during["stats"]);
+    assert_eq!(
+        third.get_json("/v1/Messages/comms_message_over").0,
+        404,
+        "the refused callback was not journalled"
+    );
     assert!(without(all_operations(&third), op) == before);
     third.stop();
 }
@@ -713,4 +738,72 @@ fn the_standard_process_metrics_are_exported_beside_tallys_own() {
         "tally's own registry, same page"
     );
     t.stop();
+}
+
+#[test]
+fn a_journal_of_json_records_from_an_older_tally_is_replayed_and_new_records_are_binary() {
+    use tally::event::{AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind};
+    // Arrange: a data directory as a tally that wrote JSON records left it.
+    let cwd = Scratch::new("json-journal");
+    let journal = cwd.join("data/journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    // An hour ago: well inside retention.ttl.
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3_600_000;
+    let old = tally::journal::Record {
+        t: then,
+        events: vec![Event {
+            time_ms: then,
+            body: EventBody::Attempt(AttemptEvent {
+                kind: Some(Kind::Messages),
+                operation_id: Some("comms_operation_json".into()),
+                resource_id: Some("comms_message_json".into()),
+                downstream_id: Some("SMjson".into()),
+                attempt: None,
+                channel: Some(Channel::Sms),
+                status: AttemptStatus::Delivered,
+                error_code: None,
+                to: None,
+                tags: vec![],
+            }),
+        }],
+    };
+    let json = serde_json::to_vec(&old).unwrap();
+    assert_eq!(json[0], b'{');
+    std::fs::write(
+        journal.join("00000000000000000001.log"),
+        tally::journal::frame(&json),
+    )
+    .unwrap();
+
+    // Act
+    let t = Start {
+        cwd: &cwd,
+        env: &[],
+        log: "tally.log",
+    }
+    .ready();
+    let (code, msg) = t.get_json("/v1/Messages/comms_message_json");
+    let posted = post_status(
+        t.port,
+        "comms_operation_new",
+        "comms_message_new",
+        "SMnew",
+        "sent",
+    );
+    t.stop();
+
+    // Assert: the old record was applied; the new one went to a new segment, in binary.
+    assert_eq!(code, 200, "{msg}");
+    assert_eq!(msg["status"], "DELIVERED", "{msg}");
+    assert_eq!(posted.unwrap(), 200);
+    let newer = std::fs::read(journal.join("00000000000000000002.log")).unwrap();
+    let (frames, _) = tally::journal::read_frames(&newer);
+    assert_eq!(frames.len(), 1, "one record in the new segment");
+    assert_eq!(frames[0][0], tally::journal::RECORD_BINARY_V1);
+    let record = tally::journal::decode_record(frames[0]).unwrap();
+    assert_eq!(record.events.len(), 1);
 }
