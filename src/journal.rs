@@ -790,7 +790,7 @@ mod tests {
     fn sample_record() -> Record {
         use crate::event::{AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind, Phase};
         Record {
-            t: 1_700_000_000_123,
+            received_ms: 1_700_000_000_123,
             events: vec![
                 Event {
                     time_ms: 1_700_000_000_000,

@@ -754,7 +754,7 @@ fn a_journal_of_json_records_from_an_older_tally_is_replayed_and_new_records_are
         .as_millis() as u64
         - 3_600_000;
     let old = tally::journal::Record {
-        t: then,
+        received_ms: then,
         events: vec![Event {
             time_ms: then,
             body: EventBody::Attempt(AttemptEvent {
