@@ -50,6 +50,9 @@ enum Command {
     /// Act as Twilio: send a seeded scenario of signed callbacks to a tally, then show (and with
     /// --verify, check) the state every operation must reach.
     Simulate(Box<SimulateArgs>),
+    /// Print the table of every metric tally exports (name, type, labels, meaning), as the
+    /// README shows it.
+    MetricsDoc,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +136,10 @@ fn main() -> anyhow::Result<()> {
             json,
         } => sign(&token, &url, &form, json),
         Command::Simulate(args) => simulate(*args),
+        Command::MetricsDoc => {
+            print!("{}", tally::metrics::markdown_table());
+            Ok(())
+        }
     }
 }
 
