@@ -6,6 +6,7 @@
 //! The same seed and configuration always give the same scenario, byte for byte.
 
 pub mod client;
+pub mod command;
 
 use crate::event::{AttemptStatus, Channel, Kind, Phase};
 use crate::signature;
