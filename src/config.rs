@@ -388,6 +388,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The aggregator's bounds: held attempts (`[ingest]`), tracked resources (`[retention]`)
+    /// and whether addresses are kept (`[privacy]`).
+    pub fn limits(&self) -> crate::aggregator::Limits {
+        crate::aggregator::Limits {
+            max_held: self.ingest.max_held_attempts,
+            held_ttl_ms: self.ingest.held_ttl.as_millis() as u64,
+            max_resources: self.retention.max_resources,
+            keep_recipient_addresses: self.privacy.keep_recipient_addresses,
+        }
+    }
+
     /// Load with the process environment.
     pub fn load_from_env(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Settings::load(file, std::env::vars())
@@ -712,6 +723,25 @@ mod tests {
         assert_eq!(s.twilio.auth_tokens.expose(), vec!["new", "old"]);
         assert_eq!(s.http.max_body_bytes, 1000);
         assert!(s.http.trust_forwarded_headers);
+    }
+
+    #[test]
+    fn the_aggregators_limits_come_from_ingest_retention_and_privacy() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TALLY_INGEST__MAX_HELD_ATTEMPTS", "5"),
+                ("TALLY_INGEST__HELD_TTL", "2s"),
+                ("TALLY_RETENTION__MAX_RESOURCES", "7"),
+                ("TALLY_PRIVACY__KEEP_RECIPIENT_ADDRESSES", "false"),
+            ]),
+        )
+        .unwrap();
+        let limits = s.limits();
+        assert_eq!(limits.max_held, 5);
+        assert_eq!(limits.held_ttl_ms, 2_000);
+        assert_eq!(limits.max_resources, 7);
+        assert!(!limits.keep_recipient_addresses);
     }
 
     #[test]

@@ -49,76 +49,10 @@ enum Command {
     },
     /// Act as Twilio: send a seeded scenario of signed callbacks to a tally, then show (and with
     /// --verify, check) the state every operation must reach.
-    Simulate(Box<SimulateArgs>),
-}
-
-#[derive(clap::Args)]
-struct SimulateArgs {
-    /// Where tally listens, e.g. http://127.0.0.1:8080 (plain HTTP).
-    #[arg(long)]
-    target: String,
-    /// The Twilio auth token tally verifies with.
-    #[arg(long, env = "TALLY_SIMULATE_TOKEN", hide_env_values = true)]
-    token: String,
-    /// The base URL tally signs over (its http.public_url), when it differs from --target.
-    #[arg(long)]
-    public_url: Option<String>,
-    /// Operations to generate (default 10, or enough to fill --duration at --rate).
-    #[arg(long)]
-    operations: Option<usize>,
-    /// Recipients per operation.
-    #[arg(long, default_value_t = 100)]
-    recipients: usize,
-    /// Requests per second (default: as fast as tally answers).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Stop sending after this long ("30s", "5m"); with --rate and no --operations, the
-    /// scenario is sized to fill it.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<std::time::Duration>,
-    /// Share of reports delivered twice: 0.1 or 10%.
-    #[arg(long, default_value = "0", value_parser = tally::simulate::parse_share)]
-    duplicates: f64,
-    /// Deliver reports in a random order (otherwise roughly in time order, a few late).
-    #[arg(long)]
-    shuffle: bool,
-    /// Event Streams CloudEvents, classic form status callbacks, or both.
-    #[arg(long, default_value = "both")]
-    mix: tally::simulate::Mix,
-    /// Kinds of operations: messages,emails,push.
-    #[arg(long, default_value = "messages", value_parser = tally::simulate::parse_kinds)]
-    kinds: std::vec::Vec<tally::event::Kind>,
-    /// Share of message recipients whose RCS or WhatsApp attempt fails over to SMS.
-    #[arg(long, default_value = "0.5", value_parser = tally::simulate::parse_share)]
-    fallback: f64,
-    /// Fetch every operation from the query API afterwards and compare; exit 1 on a mismatch.
-    #[arg(long)]
-    verify: bool,
-    /// `user:password` for the query API, when tally has api.credentials.
-    #[arg(long, env = "TALLY_SIMULATE_API_USER", hide_env_values = true)]
-    api_user: Option<String>,
-    /// Seed of the scenario: the same seed gives the same requests.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Sender threads (each with its own connections).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// CloudEvents per Event Streams request.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// Write the run's figures as JSON to this file.
-    #[arg(long)]
-    report: Option<PathBuf>,
-    /// Write the signed requests (path, signature, content type, body; tab-separated, one per
-    /// line) to this file and send nothing: input for other load generators.
-    #[arg(long)]
-    dump: Option<PathBuf>,
-    /// No progress display.
-    #[arg(long)]
-    quiet: bool,
+    Simulate(Box<tally::simulate::command::SimulateArgs>),
+    /// Print the table of every metric tally exports (name, type, labels, meaning), as the
+    /// README shows it.
+    MetricsDoc,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,137 +66,12 @@ fn main() -> anyhow::Result<()> {
             form,
             json,
         } => sign(&token, &url, &form, json),
-        Command::Simulate(args) => simulate(*args),
-    }
-}
-
-fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    use tally::simulate::{client, summarize, Config, Scenario};
-    let mut cfg = Config {
-        operations: args.operations.unwrap_or(10),
-        recipients: args.recipients,
-        duplicates: args.duplicates,
-        shuffle: args.shuffle,
-        mix: args.mix,
-        kinds: args.kinds.clone(),
-        fallback: args.fallback,
-        seed: args.seed,
-        ..Config::default()
-    };
-    if let (None, Some(rate), Some(d)) = (args.operations, args.rate, args.duration) {
-        let probe = Scenario::generate(&Config {
-            operations: 20,
-            ..cfg.clone()
-        });
-        let per_op = probe.requests(args.batch).len() as f64 / 20.0;
-        cfg.operations = ((rate * d.as_secs_f64()) / per_op.max(1e-9))
-            .ceil()
-            .max(1.0) as usize;
-    }
-    let ccfg = client::ClientConfig {
-        target: args.target.clone(),
-        public_url: args.public_url.clone(),
-        token: args.token.clone(),
-        rate: args.rate,
-        duration: args
-            .duration
-            .filter(|_| args.operations.is_some() || args.rate.is_none()),
-        concurrency: args.concurrency.max(1),
-        threads: args.threads.max(1),
-        max_tries: 4,
-        api_user: args.api_user.clone(),
-        progress: !args.quiet,
-    };
-    eprintln!(
-        "generating {} operations x {} recipients (seed {})",
-        cfg.operations, cfg.recipients, cfg.seed
-    );
-    let scenario = Scenario::generate(&cfg);
-    let expected = scenario.expected();
-    if let Some(path) = &args.dump {
-        let signed = client::sign_all(scenario.requests(args.batch), &ccfg);
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        );
-        use std::io::Write;
-        for r in &signed {
-            out.write_all(r.path_and_query.as_bytes())?;
-            write!(out, "\t{}\t{}\t", r.signature, r.content_type)?;
-            out.write_all(&r.body)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        eprintln!(
-            "wrote {} signed requests to {}",
-            signed.len(),
-            path.display()
-        );
-        println!("expected: {}", summarize(&expected));
-        return Ok(());
-    }
-    let outcome = actix_web::rt::System::new()
-        .block_on(async { client::run(&scenario, args.batch, &ccfg, args.verify).await });
-    let r = &outcome.run;
-    println!(
-        "sent {}/{} requests ({} events) in {:.2}s: {} acked, {} errors, {} retries; {:.0} req/s, {:.0} events/s",
-        r.requests_sent, r.requests, r.events_sent, r.elapsed_s, r.acked, r.errors, r.retries,
-        r.requests_per_s, r.events_per_s
-    );
-    println!(
-        "tally counted: received {}, applied {}, noop {}, rejected {}",
-        r.received, r.applied, r.noop, r.rejected
-    );
-    println!(
-        "latency (from due time): p50 {}us, p99 {}us, p99.9 {}us, max {}us",
-        r.latency_us.p50, r.latency_us.p99, r.latency_us.p999, r.latency_us.max
-    );
-    if !r.error_statuses.is_empty() {
-        println!(
-            "non-200 answers (0 = connection error): {:?}",
-            r.error_statuses
-        );
-    }
-    println!("expected: {}", summarize(&expected));
-    if expected.len() <= 20 {
-        for e in &expected {
-            let stats: Vec<String> = e.stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  {} {} {}", e.id, e.status, stats.join(", "));
+        Command::Simulate(args) => tally::simulate::command::run(*args),
+        Command::MetricsDoc => {
+            print!("{}", tally::metrics::markdown_table());
+            Ok(())
         }
     }
-    if let Some(path) = &args.report {
-        let json = serde_json::json!({
-            "operations": cfg.operations,
-            "recipients": cfg.recipients,
-            "mix": format!("{:?}", cfg.mix).to_lowercase(),
-            "batch": args.batch,
-            "concurrency": args.concurrency,
-            "threads": args.threads,
-            "rate": args.rate,
-            "run": outcome.run,
-            "verify": outcome.verify,
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&json)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if args.verify {
-        match &outcome.verify {
-            None => anyhow::bail!("not verified: not every request was sent"),
-            Some(v) => {
-                println!(
-                    "verify: {} operations match, {} differ",
-                    v.matched, v.mismatched
-                );
-                for (id, diffs) in &v.details {
-                    println!("  {id}: {}", diffs.join("; "));
-                }
-                if v.mismatched > 0 {
-                    anyhow::bail!("{} operations differ from the expected state", v.mismatched);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn sign(token: &str, url: &str, form: &[String], json: Option<PathBuf>) -> anyhow::Result<()> {

@@ -1,4 +1,8 @@
-//! Every metric tally exports, declared once with its doc line, on tally's own registry.
+//! Every metric tally exports, declared once on tally's own registry: one line in
+//! [`Metrics`] or [`KafkaMetrics`] gives its field, type, name, labels and doc comment, which is
+//! also its Prometheus help text and its row in the README's table (`tally metrics-doc`
+//! prints it; a test holds the README to it). To add a metric, add its line there and count it
+//! where it happens.
 //!
 //! Labels are bounded: routes, outcomes, reasons, kinds, statuses and channels come from fixed
 //! sets; no id, address or free text is ever a label value.
@@ -14,457 +18,190 @@ use crate::journal::Journal;
 use crate::recovery::Recovery;
 use crate::rollup::{fallback, OperationStatus};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry, TextEncoder,
 };
+
+mod declare;
 use std::sync::atomic::Ordering;
 
-/// tally's metrics and the registry that owns them.
-pub struct Metrics {
-    registry: Registry,
-    /// Callback requests by route (`events`, `status`) and HTTP status code.
-    pub callbacks: IntCounterVec,
-    /// Rejected signatures by route and reason.
-    pub signature_failures: IntCounterVec,
-    /// Callback requests turned away before their handler ran, by route and reason
-    /// (`source_not_allowed`, `overload`).
-    pub callbacks_refused: IntCounterVec,
-    /// Callback requests being handled now (bounded by http.max_inflight_callbacks).
-    pub callbacks_in_flight: IntGauge,
-    /// HTTP request latency by route, in seconds.
-    pub request_duration: HistogramVec,
-    /// Events received (one per CloudEvent in a batch, one per form callback), by route.
-    pub events_received: IntCounterVec,
-    /// Events that changed state, by kind (`unlinked` while held), status and channel.
-    pub events_applied: IntCounterVec,
-    /// Events that changed nothing (duplicates, stale statuses): harmless by design.
-    pub events_noop: IntCounterVec,
-    /// Events skipped, by reason.
-    pub events_rejected: IntCounterVec,
-    /// Messages that got a new attempt on another channel, by channel pair (see
-    /// `rollup::fallback` for how the pair is oriented).
-    pub channel_fallbacks: IntCounterVec,
-    /// Applied attempt events that carry a Twilio error code, by kind, channel and code class
-    /// (the code itself when it is one of [`COMMON_ERROR_CODES`], else `other`).
-    pub delivery_errors: IntCounterVec,
-    /// Attempt events held until something links them to a resource.
-    pub held_attempts: IntGauge,
-    /// Held attempt events dropped over the count or age bound.
-    pub held_dropped: IntCounter,
-    /// Operations tracked, by kind and status.
-    pub operations: IntGaugeVec,
-    /// Resources (Messages, Emails, PushNotifications) tracked.
-    pub resources: IntGauge,
-    /// Delivery attempts tracked.
-    pub attempts: IntGauge,
-    /// Operations forgotten, by reason (`ttl`: unchanged for retention.ttl; `capacity`: over
-    /// retention.max_resources).
-    pub operations_evicted: IntCounterVec,
-    /// Query API requests refused for missing or wrong credentials, or a non-loopback client.
-    pub api_auth_failures: IntCounterVec,
-    /// The Kafka publisher's metrics.
-    pub kafka: KafkaMetrics,
-    /// Journal records (one per accepted request) made durable.
-    pub journal_records: IntCounter,
-    /// Journal bytes written.
-    pub journal_bytes: IntCounter,
-    /// Journal write groups (each ends with one fdatasync under `fsync = "batch"`).
-    pub journal_groups: IntCounter,
-    /// Journal write or sync failures.
-    pub journal_errors: IntCounter,
-    /// Snapshots written.
-    pub journal_snapshots: IntCounter,
-    /// Torn or corrupt journal tails found and truncated at recovery.
-    pub journal_truncated_tails: IntCounter,
-    /// 1 while the journal accepts writes, 0 while they fail.
-    pub journal_healthy: IntGauge,
-    /// Journal bytes written since the last snapshot.
-    pub journal_bytes_since_snapshot: IntGauge,
-    /// Journal fdatasync latency in seconds.
-    pub journal_fsync: prometheus::Histogram,
-    /// Start-up recovery: 1 while the snapshot and journal are replayed, else 0.
-    pub recovery_in_progress: IntGauge,
-    /// Bytes of snapshot and journal replayed by start-up recovery so far.
-    pub recovery_replayed_bytes: IntGauge,
-    /// Bytes of snapshot and journal start-up recovery has to replay.
-    pub recovery_total_bytes: IntGauge,
-    /// Journal records replayed by start-up recovery so far.
-    pub recovery_replayed_records: IntGauge,
-    /// Events of callbacks accepted during recovery, waiting for the replay to end.
-    pub recovery_backlog_events: IntGauge,
-    /// Time start-up recovery has taken (so far, while it runs).
-    pub recovery_duration: Gauge,
-    /// The memory limit of tally's cgroup (a container's or a systemd unit's), when it has one;
-    /// beside the standard `process_*` metrics (resident memory, CPU, open files).
-    pub memory_limit: Option<IntGauge>,
-}
-
-/// The Kafka publisher's metrics. The `topic` label is the topic's role (`operations`,
-/// `resources`), never its configured name; `reason` is a librdkafka error code name (a fixed
-/// enum) or `evicted`.
-pub struct KafkaMetrics {
-    /// 1 when publishing is configured (kafka.brokers not empty), else 0.
-    pub enabled: IntGauge,
-    /// Records the broker acknowledged, by topic.
-    pub records_delivered: IntCounterVec,
-    /// Records not acknowledged, by topic and reason; their operations stay dirty and are
-    /// published again with their latest state.
-    pub records_failed: IntCounterVec,
-    /// Operations with a change not yet acknowledged by the broker (waiting or in flight).
-    pub dirty_operations: IntGauge,
-    /// Of those, operations with a record in flight.
-    pub in_flight_operations: IntGauge,
-    /// Age of the oldest change not yet acknowledged by the broker, in seconds (0 when none).
-    pub oldest_unpublished_age: Gauge,
-    /// Time from an operation's first unpublished change to the broker's acknowledgement.
-    pub publish_delay: Histogram,
-    /// 1 while the producer has a connection up to at least one broker, else 0.
-    pub broker_up: IntGauge,
-    /// 1 once the topic is known to exist (found or created), else 0, by topic.
-    pub topic_ready: IntGaugeVec,
-    /// Producer replacements, by reason: `fatal` (librdkafka's fatal error), `timed_out`
-    /// (records timed out), `fenced` (the broker refused the producer id or epoch), `stalled`
-    /// (no acknowledgement while connected for `kafka.stall_timeout`).
-    pub producer_restarts: IntCounterVec,
-    /// Seconds since the broker last acknowledged a record (-1 before the first).
-    pub last_ack_age: Gauge,
-}
-
-impl KafkaMetrics {
-    fn new(r: &Registry) -> KafkaMetrics {
-        let publish_delay = Histogram::with_opts(
-            HistogramOpts::new(
-                "tally_kafka_publish_delay_seconds",
-                "Time from an operation's first unpublished change to the broker's acknowledgement",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(publish_delay.clone()))
-            .expect("registered once");
-        let oldest_unpublished_age = Gauge::new(
-            "tally_kafka_oldest_unpublished_seconds",
-            "Age of the oldest change not yet acknowledged by the broker (0 when none)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(oldest_unpublished_age.clone()))
-            .expect("registered once");
-        let last_ack_age = Gauge::new(
-            "tally_kafka_last_ack_age_seconds",
-            "Seconds since the broker last acknowledged a record (-1 before the first)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(last_ack_age.clone()))
-            .expect("registered once");
-        let topic_ready = IntGaugeVec::new(
-            Opts::new(
-                "tally_kafka_topic_ready",
-                "1 once the topic is known to exist (found or created), by topic role",
-            ),
-            &["topic"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(topic_ready.clone()))
-            .expect("registered once");
-        let m = KafkaMetrics {
-            enabled: gauge(
-                r,
-                "tally_kafka_enabled",
-                "1 when Kafka publishing is configured, else 0",
-            ),
-            records_delivered: counter_vec(
-                r,
-                "tally_kafka_records_delivered_total",
-                "Records the broker acknowledged, by topic role",
-                &["topic"],
-            ),
-            records_failed: counter_vec(
-                r,
-                "tally_kafka_records_failed_total",
-                "Records not acknowledged (their operations are published again), by topic role and reason",
-                &["topic", "reason"],
-            ),
-            dirty_operations: gauge(
-                r,
-                "tally_kafka_dirty_operations",
-                "Operations with a change not yet acknowledged by the broker",
-            ),
-            in_flight_operations: gauge(
-                r,
-                "tally_kafka_in_flight_operations",
-                "Operations with a record in flight to the broker",
-            ),
-            oldest_unpublished_age,
-            publish_delay,
-            broker_up: gauge(
-                r,
-                "tally_kafka_broker_up",
-                "1 while the producer is connected to at least one broker",
-            ),
-            topic_ready,
-            producer_restarts: counter_vec(
-                r,
-                "tally_kafka_producer_restarts_total",
-                "Producer replacements, by reason (fatal, timed_out, fenced, stalled)",
-                &["reason"],
-            ),
-            last_ack_age,
-        };
-        for reason in ["fatal", "timed_out", "fenced", "stalled"] {
-            m.producer_restarts.with_label_values(&[reason]);
-        }
-        for topic in ["operations", "resources"] {
-            m.records_delivered.with_label_values(&[topic]);
-        }
-        m
+declare::metric_set! {
+    /// tally's metrics and the registry that owns them.
+    pub struct Metrics {
+        registry: Registry,
+        /// The Kafka publisher's metrics.
+        pub kafka: KafkaMetrics,
+        /// `tally_memory_limit_bytes`: the memory limit of tally's cgroup (a container's or a
+        /// systemd unit's), registered only when there is one; beside the standard
+        /// `process_*` metrics (resident memory, CPU, open files) of the process collector.
+        pub memory_limit: Option<IntGauge>,
+    }
+    metrics METRICS {
+        /// tally's version, as the `version` label; always 1.
+        build_info: IntGaugeVec = "tally_build_info" ["version"];
+        /// Callback requests by route (`events`, `status`) and HTTP status code.
+        callbacks: IntCounterVec = "tally_callbacks_total" ["route", "code"];
+        /// Callback requests refused for their X-Twilio-Signature or bodySHA256, by route and
+        /// reason.
+        signature_failures: IntCounterVec = "tally_signature_failures_total" ["route", "reason"];
+        /// Callback requests turned away before their handler ran, by route and reason
+        /// (`source_not_allowed`, `overload`).
+        callbacks_refused: IntCounterVec = "tally_callbacks_refused_total" ["route", "reason"];
+        /// Callback requests being handled now (at most http.max_inflight_callbacks).
+        callbacks_in_flight: IntGauge = "tally_callbacks_in_flight";
+        /// HTTP request latency by route, in seconds.
+        request_duration: HistogramVec = "tally_http_request_duration_seconds" ["route"]
+            buckets [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ];
+        /// Events received in verified callbacks (one per CloudEvent in a batch, one per form
+        /// callback), by route.
+        events_received: IntCounterVec = "tally_events_received_total" ["route"];
+        /// Events that changed state, by kind (`unlinked` while held), status and channel.
+        events_applied: IntCounterVec = "tally_events_applied_total" ["kind", "status", "channel"];
+        /// Events that changed nothing (duplicates and stale statuses, harmless by design), by
+        /// route.
+        events_noop: IntCounterVec = "tally_events_noop_total" ["route"];
+        /// Events skipped, by reason.
+        events_rejected: IntCounterVec = "tally_events_rejected_total" ["reason"];
+        /// Messages that got a new attempt on another channel, by channel pair, the richer
+        /// channel first (rollup::fallback says how the pair is oriented).
+        channel_fallbacks: IntCounterVec = "tally_channel_fallbacks_total" ["from", "to"];
+        /// Applied attempt events carrying a Twilio error code, by kind, channel and code class
+        /// (the code itself when it is one of COMMON_ERROR_CODES, else `other`).
+        delivery_errors: IntCounterVec = "tally_delivery_errors_total"
+            ["kind", "channel", "code_class"];
+        /// Attempt events held until something links them to a resource.
+        held_attempts: IntGauge = "tally_held_attempts";
+        /// Held attempt events dropped over the count or age bound.
+        held_dropped: IntCounter = "tally_held_attempts_dropped_total";
+        /// Operations tracked, by kind and status.
+        operations: IntGaugeVec = "tally_operations" ["kind", "status"];
+        /// Resources (Messages, Emails, PushNotifications) tracked.
+        resources: IntGauge = "tally_resources";
+        /// Delivery attempts tracked.
+        attempts: IntGauge = "tally_attempts";
+        /// Operations forgotten, by reason (`ttl`: unchanged for retention.ttl; `capacity`: over
+        /// retention.max_resources).
+        operations_evicted: IntCounterVec = "tally_operations_evicted_total" ["reason"];
+        /// Query API requests refused for missing or wrong credentials, or a non-loopback
+        /// client, by reason.
+        api_auth_failures: IntCounterVec = "tally_api_auth_failures_total" ["reason"];
+        /// Journal records (one per accepted request) made durable.
+        journal_records: IntCounter = "tally_journal_records_total";
+        /// Journal bytes written.
+        journal_bytes: IntCounter = "tally_journal_bytes_total";
+        /// Journal write groups; each ends with one fdatasync under fsync = "batch".
+        journal_groups: IntCounter = "tally_journal_groups_total";
+        /// Journal write or sync failures (callbacks get 503 meanwhile).
+        journal_errors: IntCounter = "tally_journal_write_errors_total";
+        /// Snapshots written.
+        journal_snapshots: IntCounter = "tally_journal_snapshots_total";
+        /// Torn or corrupt journal tails found and truncated at recovery.
+        journal_truncated_tails: IntCounter = "tally_journal_truncated_tails_total";
+        /// 1 while the journal accepts writes (or no journal is configured), 0 while writes
+        /// fail.
+        journal_healthy: IntGauge = "tally_journal_healthy";
+        /// Journal bytes written since the last snapshot.
+        journal_bytes_since_snapshot: IntGauge = "tally_journal_bytes_since_snapshot";
+        /// Journal fdatasync latency, in seconds.
+        journal_fsync: Histogram = "tally_journal_fsync_seconds"
+            buckets [
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0,
+            ];
+        /// 1 while start-up recovery replays the snapshot and journal (callbacks are accepted,
+        /// the query API answers 503), else 0.
+        recovery_in_progress: IntGauge = "tally_recovery_in_progress";
+        /// Bytes of snapshot and journal replayed by start-up recovery so far.
+        recovery_replayed_bytes: IntGauge = "tally_recovery_replayed_bytes";
+        /// Bytes of snapshot and journal start-up recovery has to replay.
+        recovery_total_bytes: IntGauge = "tally_recovery_total_bytes";
+        /// Journal records replayed by start-up recovery so far.
+        recovery_replayed_records: IntGauge = "tally_recovery_replayed_records";
+        /// Events of callbacks accepted during start-up recovery, waiting for the replay to
+        /// end.
+        recovery_backlog_events: IntGauge = "tally_recovery_backlog_events";
+        /// Time start-up recovery took (so far, while it runs), in seconds.
+        recovery_duration: Gauge = "tally_recovery_duration_seconds";
     }
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+declare::metric_set! {
+    /// The Kafka publisher's metrics. The `topic` label is the topic's role (`operations`,
+    /// `resources`), never its configured name; `reason` is a librdkafka error code name (a
+    /// fixed set) or `evicted`.
+    pub struct KafkaMetrics {}
+    metrics KAFKA_METRICS {
+        /// 1 when Kafka publishing is configured (kafka.brokers not empty), else 0.
+        enabled: IntGauge = "tally_kafka_enabled";
+        /// Records the broker acknowledged, by topic role.
+        records_delivered: IntCounterVec = "tally_kafka_records_delivered_total" ["topic"];
+        /// Records not acknowledged, by topic role and reason; their operations stay dirty and
+        /// are published again with their latest state.
+        records_failed: IntCounterVec = "tally_kafka_records_failed_total" ["topic", "reason"];
+        /// Operations with a change not yet acknowledged by the broker (waiting or in flight).
+        dirty_operations: IntGauge = "tally_kafka_dirty_operations";
+        /// Operations with a record in flight to the broker (a part of the dirty ones).
+        in_flight_operations: IntGauge = "tally_kafka_in_flight_operations";
+        /// Age of the oldest change not yet acknowledged by the broker, in seconds (0 when
+        /// none).
+        oldest_unpublished_age: Gauge = "tally_kafka_oldest_unpublished_seconds";
+        /// Time from an operation's first unpublished change to the broker's acknowledgement,
+        /// in seconds.
+        publish_delay: Histogram = "tally_kafka_publish_delay_seconds"
+            buckets [
+                0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ];
+        /// 1 while the producer is connected to at least one broker, else 0.
+        broker_up: IntGauge = "tally_kafka_broker_up";
+        /// 1 once the topic is known to exist (found or created), else 0, by topic role.
+        topic_ready: IntGaugeVec = "tally_kafka_topic_ready" ["topic"];
+        /// Producer replacements, by reason: `fatal` (librdkafka's fatal error), `timed_out`
+        /// (records timed out), `fenced` (the broker refused the producer id or epoch),
+        /// `stalled` (no acknowledgement while connected for kafka.stall_timeout).
+        producer_restarts: IntCounterVec = "tally_kafka_producer_restarts_total" ["reason"];
+        /// Seconds since the broker last acknowledged a record (-1 before the first).
+        last_ack_age: Gauge = "tally_kafka_last_ack_age_seconds";
+    }
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
-}
-
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+/// The README's metrics table, generated from the declarations above (`tally metrics-doc`).
+pub fn markdown_table() -> String {
+    declare::markdown_table(&[METRICS, KAFKA_METRICS])
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new("tally_build_info", "tally's version; always 1"),
-            &["version"],
+        let registry = Registry::new();
+        let kafka = KafkaMetrics::declare(&registry);
+        let memory_limit = cgroup_memory_limit(
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+            std::path::Path::new("/sys/fs/cgroup"),
         )
-        .expect("valid metric");
-        r.register(Box::new(build.clone()))
-            .expect("registered once");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tally_http_request_duration_seconds",
-                "HTTP request latency by route",
+        .map(|limit| {
+            let g = IntGauge::new(
+                "tally_memory_limit_bytes",
+                "Memory limit of tally's cgroup (container or systemd unit), in bytes; absent without one",
             )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
-            &["route"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(request_duration.clone()))
-            .expect("registered once");
-        let operations = IntGaugeVec::new(
-            Opts::new("tally_operations", "Operations tracked, by kind and status"),
-            &["kind", "status"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(operations.clone()))
-            .expect("registered once");
-        let m = Metrics {
-            callbacks: counter_vec(
-                &r,
-                "tally_callbacks_total",
-                "Callback requests by route and HTTP status code",
-                &["route", "code"],
-            ),
-            signature_failures: counter_vec(
-                &r,
-                "tally_signature_failures_total",
-                "Callback requests refused for their X-Twilio-Signature or bodySHA256, by reason",
-                &["route", "reason"],
-            ),
-            callbacks_refused: counter_vec(
-                &r,
-                "tally_callbacks_refused_total",
-                "Callback requests turned away before their handler ran, by route and reason",
-                &["route", "reason"],
-            ),
-            callbacks_in_flight: gauge(
-                &r,
-                "tally_callbacks_in_flight",
-                "Callback requests being handled now (at most http.max_inflight_callbacks)",
-            ),
-            request_duration,
-            events_received: counter_vec(
-                &r,
-                "tally_events_received_total",
-                "Events received in verified callbacks, by route",
-                &["route"],
-            ),
-            events_applied: counter_vec(
-                &r,
-                "tally_events_applied_total",
-                "Events that changed state, by kind, status and channel",
-                &["kind", "status", "channel"],
-            ),
-            events_noop: counter_vec(
-                &r,
-                "tally_events_noop_total",
-                "Events that changed nothing (duplicates and stale statuses), by route",
-                &["route"],
-            ),
-            events_rejected: counter_vec(
-                &r,
-                "tally_events_rejected_total",
-                "Events skipped, by reason",
-                &["reason"],
-            ),
-            channel_fallbacks: counter_vec(
-                &r,
-                "tally_channel_fallbacks_total",
-                "Messages that got a new attempt on another channel, by channel pair (richer channel first)",
-                &["from", "to"],
-            ),
-            delivery_errors: counter_vec(
-                &r,
-                "tally_delivery_errors_total",
-                "Applied attempt events carrying a Twilio error code, by kind, channel and code class (common codes by number, the rest as other)",
-                &["kind", "channel", "code_class"],
-            ),
-            held_attempts: gauge(
-                &r,
-                "tally_held_attempts",
-                "Attempt events held until something links them to a resource",
-            ),
-            held_dropped: counter(
-                &r,
-                "tally_held_attempts_dropped_total",
-                "Held attempt events dropped over the count or age bound",
-            ),
-            operations,
-            resources: gauge(&r, "tally_resources", "Resources tracked"),
-            attempts: gauge(&r, "tally_attempts", "Delivery attempts tracked"),
-            operations_evicted: counter_vec(
-                &r,
-                "tally_operations_evicted_total",
-                "Operations forgotten, by reason (ttl, capacity)",
-                &["reason"],
-            ),
-            api_auth_failures: counter_vec(
-                &r,
-                "tally_api_auth_failures_total",
-                "Query API requests refused, by reason",
-                &["reason"],
-            ),
-            journal_records: counter(
-                &r,
-                "tally_journal_records_total",
-                "Journal records (one per accepted request) made durable",
-            ),
-            journal_bytes: counter(&r, "tally_journal_bytes_total", "Journal bytes written"),
-            journal_groups: counter(
-                &r,
-                "tally_journal_groups_total",
-                "Journal write groups; each ends with one fdatasync under fsync=batch",
-            ),
-            journal_errors: counter(
-                &r,
-                "tally_journal_write_errors_total",
-                "Journal write or sync failures (callbacks get 503 meanwhile)",
-            ),
-            journal_snapshots: counter(&r, "tally_journal_snapshots_total", "Snapshots written"),
-            journal_truncated_tails: counter(
-                &r,
-                "tally_journal_truncated_tails_total",
-                "Torn or corrupt journal tails found and truncated at recovery",
-            ),
-            journal_healthy: gauge(
-                &r,
-                "tally_journal_healthy",
-                "1 while the journal accepts writes (or no journal is configured), 0 while writes fail",
-            ),
-            journal_bytes_since_snapshot: gauge(
-                &r,
-                "tally_journal_bytes_since_snapshot",
-                "Journal bytes written since the last snapshot",
-            ),
-            journal_fsync: {
-                let h = prometheus::Histogram::with_opts(
-                    HistogramOpts::new(
-                        "tally_journal_fsync_seconds",
-                        "Journal fdatasync latency",
-                    )
-                    .buckets(vec![
-                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                        0.05, 0.1, 0.25, 0.5, 1.0,
-                    ]),
-                )
-                .expect("valid metric");
-                r.register(Box::new(h.clone())).expect("registered once");
-                h
-            },
-            recovery_in_progress: gauge(
-                &r,
-                "tally_recovery_in_progress",
-                "1 while start-up recovery replays the snapshot and journal (callbacks are accepted, the query API answers 503), else 0",
-            ),
-            recovery_replayed_bytes: gauge(
-                &r,
-                "tally_recovery_replayed_bytes",
-                "Bytes of snapshot and journal replayed by start-up recovery so far",
-            ),
-            recovery_total_bytes: gauge(
-                &r,
-                "tally_recovery_total_bytes",
-                "Bytes of snapshot and journal start-up recovery has to replay",
-            ),
-            recovery_replayed_records: gauge(
-                &r,
-                "tally_recovery_replayed_records",
-                "Journal records replayed by start-up recovery so far",
-            ),
-            recovery_backlog_events: gauge(
-                &r,
-                "tally_recovery_backlog_events",
-                "Events of callbacks accepted during start-up recovery, waiting for the replay to end",
-            ),
-            recovery_duration: {
-                let g = Gauge::new(
-                    "tally_recovery_duration_seconds",
-                    "Time start-up recovery took (so far, while it runs)",
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
-            memory_limit: cgroup_memory_limit(
-                &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
-                std::path::Path::new("/sys/fs/cgroup"),
-            )
-            .map(|limit| {
-                let g = gauge(
-                    &r,
-                    "tally_memory_limit_bytes",
-                    "Memory limit of tally's cgroup (container or systemd unit), in bytes; absent without one",
-                );
-                g.set(i64::try_from(limit).unwrap_or(i64::MAX));
-                g
-            }),
-            kafka: KafkaMetrics::new(&r),
-            registry: r,
-        };
+            .expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g.set(i64::try_from(limit).unwrap_or(i64::MAX));
+            g
+        });
         // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, …
         #[cfg(target_os = "linux")]
-        m.registry
+        registry
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("registered once");
+        let m = Metrics::declare(&registry, registry.clone(), kafka, memory_limit);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m.journal_healthy.set(1);
         for reason in SkipReason::ALL {
             m.events_rejected.with_label_values(&[reason.as_str()]);
@@ -479,6 +216,13 @@ impl Metrics {
         for f in fallback::all_pairs() {
             m.channel_fallbacks
                 .with_label_values(&[f.from.as_str(), f.to.as_str()]);
+        }
+        for reason in ["fatal", "timed_out", "fenced", "stalled"] {
+            m.kafka.producer_restarts.with_label_values(&[reason]);
+        }
+        m.kafka.last_ack_age.set(-1.0);
+        for topic in ["operations", "resources"] {
+            m.kafka.records_delivered.with_label_values(&[topic]);
         }
         m
     }
@@ -699,6 +443,85 @@ fn labels_of(ev: Result<&Event, SkipReason>) -> (&'static str, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's table between its two markers.
+    fn readme_table() -> &'static str {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("src/metrics.rs. -->\n")
+            .map(|at| at + "src/metrics.rs. -->\n".len())
+            .expect("the README marks where its metrics table starts");
+        let end = readme
+            .find("<!-- end of the generated metrics table -->")
+            .expect("the README marks where its metrics table ends");
+        &readme[start..end]
+    }
+
+    #[test]
+    fn the_readme_metrics_table_is_the_one_generated_from_the_declarations() {
+        let generated = markdown_table();
+        let readme = readme_table();
+        if readme != generated {
+            let only = |a: &str, b: &str| -> Vec<String> {
+                a.lines()
+                    .filter(|l| !b.lines().any(|m| m == *l))
+                    .map(|l| format!("    {l}"))
+                    .collect()
+            };
+            panic!(
+                "README.md's metrics table differs from src/metrics.rs: replace it with the \
+                 output of `tally metrics-doc`.\n  only in README.md:\n{}\n  only in the \
+                 declarations:\n{}",
+                only(readme, &generated).join("\n"),
+                only(&generated, readme).join("\n")
+            );
+        }
+    }
+
+    #[test]
+    fn every_family_exported_is_declared_once_with_its_help() {
+        let metrics = Metrics::new();
+        // A labelled family shows once it has a series: give every one a series first.
+        metrics.callbacks.with_label_values(&["status", "200"]);
+        metrics
+            .signature_failures
+            .with_label_values(&["status", "mismatch"]);
+        metrics
+            .events_applied
+            .with_label_values(&["messages", "sent", "sms"]);
+        metrics
+            .delivery_errors
+            .with_label_values(&["messages", "sms", "other"]);
+        metrics
+            .operations
+            .with_label_values(&["messages", "PROCESSING"]);
+        metrics.operations_evicted.with_label_values(&["ttl"]);
+        metrics.api_auth_failures.with_label_values(&["missing"]);
+        metrics
+            .request_duration
+            .with_label_values(&["status"])
+            .observe(0.1);
+        metrics
+            .kafka
+            .records_failed
+            .with_label_values(&["operations", "evicted"]);
+        metrics.kafka.topic_ready.with_label_values(&["operations"]);
+        let families = metrics.registry.gather();
+        let declared: Vec<&declare::MetricSpec> = METRICS.iter().chain(KAFKA_METRICS).collect();
+        assert_eq!(families.len(), declared.len());
+        for family in &families {
+            let spec = declared
+                .iter()
+                .find(|s| s.name == family.name())
+                .unwrap_or_else(|| panic!("{} is not in the tables", family.name()));
+            assert_eq!(family.help(), spec.help(), "{}", spec.name);
+        }
+        let mut names: Vec<&str> = declared.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), declared.len(), "a name declared twice");
+        assert!(declared.iter().all(|s| s.name.starts_with("tally_")));
+    }
 
     #[test]
     fn common_error_codes_are_their_own_class_and_the_rest_are_other() {

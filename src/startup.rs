@@ -1,7 +1,7 @@
 //! Wiring: `Application::build(settings)` binds the listener (port 0 works) and connects every
 //! part; `run_until_stopped(shutdown)` serves until the shutdown future resolves, then drains.
 
-use crate::aggregator::{Aggregator, Limits};
+use crate::aggregator::Aggregator;
 use crate::config::{KafkaSettings, Settings};
 use crate::datadir::DataDir;
 use crate::dirty::Dirty;
@@ -96,12 +96,7 @@ impl Application {
         let pages = web::Data::new(PageLimits {
             max_page_size: settings.api.max_page_size,
         });
-        let aggregator = web::Data::new(Aggregator::new(Limits {
-            max_held: settings.ingest.max_held_attempts,
-            held_ttl_ms: settings.ingest.held_ttl.as_millis() as u64,
-            max_resources: settings.retention.max_resources,
-            keep_recipient_addresses: settings.privacy.keep_recipient_addresses,
-        }));
+        let aggregator = web::Data::new(Aggregator::new(settings.limits()));
         let journal = match &data_dir {
             None => {
                 tracing::warn!(

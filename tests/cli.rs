@@ -493,6 +493,65 @@ fn a_flood_of_forged_callbacks_logs_a_line_or_two_and_counts_every_one() {
 }
 
 #[test]
+fn simulate_dump_writes_requests_signed_as_twilio_signs_them() {
+    // Arrange
+    let dir = scratch("simulate-dump");
+    let file = dir.join("requests.tsv");
+    let target = "http://127.0.0.1:9";
+
+    // Act
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["simulate", "--target", target, "--token", TOKEN])
+        .args([
+            "--operations",
+            "2",
+            "--recipients",
+            "3",
+            "--kinds",
+            "messages,emails",
+        ])
+        .args([
+            "--mix",
+            "both",
+            "--quiet",
+            "--dump",
+            file.to_str().expect("UTF-8 path"),
+        ])
+        .output()
+        .expect("tally simulate runs");
+
+    // Assert
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = std::fs::read_to_string(&file).expect("the dump is written");
+    let (mut forms, mut batches) = (0, 0);
+    for line in dump.lines() {
+        let fields: Vec<&str> = line.splitn(4, '\t').collect();
+        let [path, signature, content_type, body] = fields[..] else {
+            panic!("not four fields: {line}");
+        };
+        let url = format!("{target}{path}");
+        let params: Vec<(String, String)> = if content_type.starts_with("application/json") {
+            batches += 1;
+            vec![]
+        } else {
+            forms += 1;
+            form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect()
+        };
+        assert_eq!(signature, sign(TOKEN, &url, &params), "{line}");
+    }
+    assert!(
+        forms > 0 && batches > 0,
+        "both doors: {forms} forms, {batches} batches"
+    );
+}
+
+#[test]
 fn an_unknown_key_in_the_config_file_stops_serve_with_a_message_naming_it() {
     // Arrange
     let dir = scratch("bad-config");

@@ -57,10 +57,12 @@ pub fn decode_events_bounded(
     // A UTF-8 byte order mark is not JSON, but some proxies add one; it carries no meaning.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return split_batch(body, max_events)?
-            .into_iter()
-            .map(|raw| decode_element(raw.get(), received_ms).ok_or(BodyError::NotJson))
-            .collect();
+        let elements = split_batch(body, max_events)?;
+        let mut decoded = Vec::with_capacity(elements.len());
+        for raw in elements {
+            decoded.push(decode_element(raw.get(), received_ms).ok_or(BodyError::NotJson)?);
+        }
+        return Ok(decoded);
     }
     // One event object (or junk): read whole, which also holds it to the parser's depth limit.
     match serde_json::from_slice::<Value>(body) {

@@ -5,6 +5,7 @@ pub mod compact;
 pub mod fallback;
 pub mod operation;
 pub mod status;
+mod stored;
 
 pub use fallback::Fallback;
 pub use operation::{Attempt, AttemptKey, Operation, OperationView, Resource, Stats};

@@ -1,0 +1,335 @@
+//! How an operation stores its resources and attempts, and joins an event into them: resource
+//! slots with ids packed by [`Id`], attempt labels kept once per operation, the first attempt
+//! inline. The operation-level state (status, stats buckets, links) is in `operation.rs`; the
+//! readable forms ([`Resource`], [`Attempt`]) are built from these on demand.
+
+use super::compact::Id;
+use super::operation::{Attempt, AttemptKey, Resource};
+use super::status::{join_attempt, ResourceStatus};
+use crate::event::{AttemptEvent, AttemptStatus, Channel};
+use hashbrown::HashTable;
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+
+/// Join two optional values by maximum, so that the result does not depend on order.
+pub(super) fn join_opt<T: Ord + Clone>(a: &mut Option<T>, b: &Option<T>) -> bool {
+    match (a.as_ref(), b) {
+        (_, None) => false,
+        (None, Some(v)) => {
+            *a = Some(v.clone());
+            true
+        }
+        (Some(x), Some(v)) if v > x => {
+            *a = Some(v.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`join_opt`] for a stored id and an incoming string, without decoding in the common case
+/// where they are equal.
+pub(super) fn join_id(a: &mut Option<Id>, b: &Option<String>) -> bool {
+    let Some(v) = b else { return false };
+    match a {
+        None => {
+            *a = Some(Id::new(v));
+            true
+        }
+        Some(x) if x.is(v) => false,
+        Some(x) if v.as_str() > x.as_string().as_str() => {
+            *a = Some(Id::new(v));
+            true
+        }
+        Some(_) => false,
+    }
+}
+
+/// The attempt labels of one operation ("1", "2", … in practice), each kept once; attempts
+/// refer to them by number (0: no label).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Labels {
+    pub(super) texts: Vec<Box<str>>,
+    pub(super) index: HashTable<u32>,
+}
+
+impl Labels {
+    pub(super) fn text(&self, n: u32) -> Option<&str> {
+        n.checked_sub(1)
+            .and_then(|i| self.texts.get(i as usize))
+            .map(|t| &**t)
+    }
+
+    pub(super) fn intern(&mut self, s: &str) -> u32 {
+        let h = id_hasher().hash_one(s);
+        let texts = &self.texts;
+        if let Some(&i) = self.index.find(h, |&i| &*texts[i as usize] == s) {
+            return i + 1;
+        }
+        let i = self.texts.len() as u32;
+        self.texts.push(s.into());
+        let texts = &self.texts;
+        self.index
+            .insert_unique(h, i, |&j| id_hasher().hash_one(&*texts[j as usize]));
+        i + 1
+    }
+}
+
+/// An attempt as stored. Its key is not stored: it is the downstream id when there is one,
+/// else the attempt label, else the channel, else implicit, which is exactly what
+/// [`AttemptKey::of`] made it when the attempt was first seen (later joins never change which
+/// of these fields are set, since events only ever match an attempt with the same key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StoredAttempt {
+    pub(super) downstream: Option<Id>,
+    /// A number in the operation's [`Labels`].
+    pub(super) label: u32,
+    pub(super) error_code: Option<NonZeroU32>,
+    pub(super) channel: Option<Channel>,
+    pub(super) status: AttemptStatus,
+}
+
+impl StoredAttempt {
+    pub(super) fn from_event(ev: &AttemptEvent, labels: &mut Labels) -> StoredAttempt {
+        StoredAttempt {
+            downstream: ev.downstream_id.as_deref().map(Id::new),
+            label: ev.attempt.as_deref().map_or(0, |a| labels.intern(a)),
+            channel: ev.channel,
+            status: ev.status,
+            error_code: ev.error_code.and_then(NonZeroU32::new),
+        }
+    }
+
+    pub(super) fn from_attempt(a: &Attempt, labels: &mut Labels) -> StoredAttempt {
+        StoredAttempt {
+            downstream: a.downstream_id.as_deref().map(Id::new),
+            label: a.attempt.as_deref().map_or(0, |l| labels.intern(l)),
+            channel: a.channel,
+            status: a.status,
+            error_code: a.error_code.and_then(NonZeroU32::new),
+        }
+    }
+
+    /// Does `ev` report on this attempt (same [`AttemptKey`])?
+    pub(super) fn matches(&self, ev: &AttemptEvent, labels: &Labels) -> bool {
+        if let Some(d) = &ev.downstream_id {
+            self.downstream.as_ref().is_some_and(|x| x.is(d))
+        } else if let Some(a) = &ev.attempt {
+            self.downstream.is_none() && labels.text(self.label) == Some(a.as_str())
+        } else if let Some(c) = ev.channel {
+            self.downstream.is_none() && self.label == 0 && self.channel == Some(c)
+        } else {
+            self.downstream.is_none() && self.label == 0 && self.channel.is_none()
+        }
+    }
+
+    pub(super) fn key(&self, labels: &Labels) -> AttemptKey {
+        if let Some(d) = &self.downstream {
+            AttemptKey::Downstream(d.as_string())
+        } else if let Some(a) = labels.text(self.label) {
+            AttemptKey::Attempt(a.to_owned())
+        } else if let Some(c) = self.channel {
+            AttemptKey::Channel(c)
+        } else {
+            AttemptKey::Implicit
+        }
+    }
+
+    pub(super) fn view(&self, labels: &Labels) -> Attempt {
+        Attempt {
+            key: self.key(labels),
+            downstream_id: self.downstream.as_ref().map(Id::as_string),
+            attempt: labels.text(self.label).map(str::to_owned),
+            channel: self.channel,
+            status: self.status,
+            error_code: self.error_code.map(NonZeroU32::get),
+        }
+    }
+
+    /// Join `ev` into this attempt; true when anything changed.
+    pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+        let mut changed = false;
+        let status = join_attempt(self.status, ev.status);
+        if status != self.status {
+            self.status = status;
+            changed = true;
+        }
+        let mut code = self.error_code.map(NonZeroU32::get);
+        if join_opt(&mut code, &ev.error_code) {
+            self.error_code = code.and_then(NonZeroU32::new);
+            changed = true;
+        }
+        changed |= join_id(&mut self.downstream, &ev.downstream_id);
+        if let Some(a) = &ev.attempt {
+            if labels.text(self.label).is_none_or(|old| a.as_str() > old) {
+                self.label = labels.intern(a);
+                changed = true;
+            }
+        }
+        changed |= join_opt(&mut self.channel, &ev.channel);
+        changed
+    }
+}
+
+/// A resource's attempts: almost always one or two, so the first is kept inline.
+#[derive(Debug, Clone)]
+pub(super) enum Attempts {
+    One(StoredAttempt),
+    Many(Box<[StoredAttempt]>),
+}
+
+impl Attempts {
+    pub(super) fn as_slice(&self) -> &[StoredAttempt] {
+        match self {
+            Attempts::One(a) => std::slice::from_ref(a),
+            Attempts::Many(v) => v,
+        }
+    }
+
+    pub(super) fn as_mut_slice(&mut self) -> &mut [StoredAttempt] {
+        match self {
+            Attempts::One(a) => std::slice::from_mut(a),
+            Attempts::Many(v) => v,
+        }
+    }
+
+    pub(super) fn push(&mut self, a: StoredAttempt) {
+        let mut all: Vec<StoredAttempt> = Vec::with_capacity(self.as_slice().len() + 1);
+        all.extend_from_slice(self.as_slice());
+        all.push(a);
+        *self = Attempts::from_vec(all);
+    }
+
+    pub(super) fn from_vec(mut v: Vec<StoredAttempt>) -> Attempts {
+        if v.len() == 1 {
+            if let Some(a) = v.pop() {
+                return Attempts::One(a);
+            }
+        }
+        Attempts::Many(v.into_boxed_slice())
+    }
+}
+
+/// One resource as stored.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub(super) id: Id,
+    pub(super) to: Option<Id>,
+    /// Boxed on purpose: an empty `BTreeMap` is 24 bytes in every slot, the box 8, and almost
+    /// no resource has tags.
+    #[allow(clippy::box_collection)]
+    pub(super) tags: Option<Box<BTreeMap<String, String>>>,
+    pub(super) attempts: Attempts,
+    pub(super) created_ms: u64,
+    pub(super) updated_ms: u64,
+}
+
+impl Slot {
+    pub(super) fn new(id: &str, time_ms: u64) -> Slot {
+        Slot {
+            id: Id::new(id),
+            to: None,
+            tags: None,
+            attempts: Attempts::Many(Box::new([])),
+            created_ms: time_ms,
+            updated_ms: time_ms,
+        }
+    }
+
+    pub(super) fn from_resource(r: &Resource, labels: &mut Labels) -> Slot {
+        let mut attempts: Vec<StoredAttempt> = r
+            .attempts
+            .iter()
+            .map(|a| StoredAttempt::from_attempt(a, labels))
+            .collect();
+        attempts.shrink_to_fit();
+        Slot {
+            id: Id::new(&r.id),
+            to: r.to.as_deref().map(Id::new),
+            tags: (!r.tags.is_empty()).then(|| Box::new(r.tags.clone())),
+            attempts: Attempts::from_vec(attempts),
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+
+    pub(super) fn status(&self) -> ResourceStatus {
+        self.attempts
+            .as_slice()
+            .iter()
+            .map(|a| ResourceStatus::of_attempt(a.status))
+            .max()
+            .unwrap_or(ResourceStatus::Queued)
+    }
+
+    pub(super) fn view(&self, labels: &Labels) -> Resource {
+        let mut attempts: Vec<Attempt> = self
+            .attempts
+            .as_slice()
+            .iter()
+            .map(|a| a.view(labels))
+            .collect();
+        attempts.sort_by(|a, b| a.key.cmp(&b.key));
+        Resource {
+            id: self.id.as_string(),
+            to: self.to.as_ref().map(Id::as_string),
+            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            attempts,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
+
+    pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+        let mut changed = join_id(&mut self.to, &ev.to);
+        for (k, v) in &ev.tags {
+            let tags = self.tags.get_or_insert_with(Default::default);
+            match tags.get(k) {
+                Some(old) if old >= v => {}
+                _ => {
+                    tags.insert(k.clone(), v.clone());
+                    changed = true;
+                }
+            }
+        }
+        match self
+            .attempts
+            .as_mut_slice()
+            .iter_mut()
+            .find(|a| a.matches(ev, labels))
+        {
+            Some(a) => changed |= a.join(ev, labels),
+            None => {
+                self.attempts.push(StoredAttempt::from_event(ev, labels));
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// The hash of resource ids in every operation's slot table: keyed once per process, so ids
+/// chosen by a caller cannot be made to collide.
+pub(super) fn id_hasher() -> &'static std::hash::RandomState {
+    static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+}
+
+pub(super) fn hash_id(id: &Id) -> u64 {
+    id_hasher().hash_one(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_resources_and_attempts_stay_small() {
+        // The memory target of docs/performance.md: a resource with 1.5 attempts in about 200
+        // bytes.
+        assert_eq!(std::mem::size_of::<StoredAttempt>(), 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 112);
+    }
+}

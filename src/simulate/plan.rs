@@ -1,0 +1,293 @@
+//! What a scenario plans: each operation's shape, its resources, their attempts and the status
+//! reports Twilio would send for them, with real error codes.
+
+use super::rng::{base32_id, sms_sid, Rng};
+use super::{Config, Expected, Mix};
+use crate::event::{AttemptStatus, Channel, Kind, Phase};
+
+/// How an operation's life goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Scheduled for later: nothing sent yet.
+    Scheduled,
+    /// Scheduled, then canceled before sending.
+    Canceled,
+    /// Sending; Twilio has not said it finished processing.
+    Processing,
+    /// Sent, and `operation.completed` arrives.
+    Completed,
+}
+
+/// How one attempt's reports reach tally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// CloudEvents that carry operation and message ids.
+    Events,
+    /// Form callbacks whose StatusCallback query carries `operationId` and `messageId`.
+    Form,
+    /// Form callbacks without the query; the first report also comes as a CloudEvent, which is
+    /// what links the attempt (until it arrives, tally holds the callbacks).
+    FormLinkedByEvent,
+    /// Form callbacks of which only the first carries the query.
+    FormLinkedOnce,
+}
+
+/// One status report Twilio sends for an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub status: AttemptStatus,
+    pub error_code: Option<u32>,
+    /// Event time, Unix ms.
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptPlan {
+    /// The SM… SID (messaging channels); emails and push attempts have none.
+    pub sid: Option<String>,
+    pub number: u8,
+    pub channel: Channel,
+    pub route: Route,
+    pub reports: Vec<Report>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourcePlan {
+    pub id: String,
+    pub to: String,
+    pub attempts: Vec<AttemptPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OperationPlan {
+    pub id: String,
+    pub kind: Kind,
+    pub shape: Shape,
+    /// Operation events and their times.
+    pub phases: Vec<(Phase, u64)>,
+    pub resources: Vec<ResourcePlan>,
+}
+
+/// Real Twilio error codes, by what they mean for the attempt.
+const SMS_UNDELIVERED: [u32; 4] = [30003, 30005, 30006, 30007];
+const SMS_FAILED: [u32; 3] = [30008, 30034, 21610];
+const RCS_FALLBACK: [u32; 2] = [30008, 30003];
+const WHATSAPP_FALLBACK: [u32; 3] = [63016, 63003, 63024];
+
+fn resource_prefix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Messages => "comms_message_",
+        Kind::Emails => "comms_email_",
+        Kind::PushNotifications => "comms_pushnotification_",
+    }
+}
+
+impl OperationPlan {
+    /// Plan operation number `index` of a scenario; a pure function of the config and index.
+    pub fn generate(cfg: &Config, index: usize) -> OperationPlan {
+        let mut rng = Rng::new(
+            cfg.seed
+                .wrapping_mul(0x100_0000_01B3)
+                .wrapping_add(index as u64),
+        );
+        let kind = *rng.pick(&cfg.kinds);
+        let roll = rng.below(100);
+        let shape = match roll {
+            0..=2 => Shape::Scheduled,
+            3..=5 => Shape::Canceled,
+            6..=19 => Shape::Processing,
+            _ => Shape::Completed,
+        };
+        let start = cfg.start_ms + index as u64 * 1_000;
+        let id = base32_id(&mut rng, "comms_operation_");
+        let mut phases = Vec::new();
+        match shape {
+            Shape::Scheduled | Shape::Canceled => phases.push((Phase::Scheduled, start)),
+            Shape::Processing => phases.push((Phase::Processing, start)),
+            Shape::Completed => {
+                phases.push((Phase::Processing, start));
+                phases.push((Phase::Completed, start + 2_000));
+            }
+        }
+        let resources = (0..cfg.recipients.max(1))
+            .map(|n| plan_resource(cfg, &mut rng, kind, shape, start + n as u64))
+            .collect();
+        OperationPlan {
+            id,
+            kind,
+            shape,
+            phases,
+            resources,
+        }
+    }
+
+    /// The final state tally must show for this operation.
+    pub fn expected(&self) -> Expected {
+        Expected::of(self)
+    }
+}
+
+fn plan_resource(cfg: &Config, rng: &mut Rng, kind: Kind, shape: Shape, t0: u64) -> ResourcePlan {
+    let id = base32_id(rng, resource_prefix(kind));
+    let to = match kind {
+        Kind::Messages => format!("+1555{:07}", rng.below(10_000_000)),
+        Kind::Emails => format!("user{}@example.com", rng.below(100_000_000)),
+        Kind::PushNotifications => format!("device-{:016x}", rng.next_u64()),
+    };
+    let form_route = |rng: &mut Rng| -> Route {
+        let via_form = match cfg.mix {
+            Mix::Events => false,
+            Mix::Status => true,
+            Mix::Both => rng.chance(0.5),
+        };
+        if !via_form {
+            Route::Events
+        } else if rng.chance(0.1) {
+            if cfg.mix == Mix::Both {
+                Route::FormLinkedByEvent
+            } else {
+                Route::FormLinkedOnce
+            }
+        } else {
+            Route::Form
+        }
+    };
+    let step = |t: &mut u64, rng: &mut Rng, status, error_code| {
+        *t += 100 + rng.below(5_000);
+        Report {
+            status,
+            error_code,
+            at_ms: *t,
+        }
+    };
+    let mut t = t0;
+    let mut attempts = Vec::new();
+    use AttemptStatus as S;
+    match (kind, shape) {
+        (_, Shape::Scheduled | Shape::Canceled) => {
+            let (channel, sid) = match kind {
+                Kind::Messages => (Channel::Sms, Some(sms_sid(rng))),
+                Kind::Emails => (Channel::Email, None),
+                Kind::PushNotifications => (Channel::Fcm, None),
+            };
+            let mut reports = vec![step(&mut t, rng, S::Scheduled, None)];
+            if shape == Shape::Canceled {
+                reports.push(step(&mut t, rng, S::Canceled, None));
+            }
+            let route = if kind == Kind::Messages {
+                form_route(rng)
+            } else {
+                Route::Events
+            };
+            attempts.push(AttemptPlan {
+                sid,
+                number: 1,
+                channel,
+                route,
+                reports,
+            });
+        }
+        (Kind::Messages, _) => {
+            let first = if rng.chance(cfg.fallback) {
+                // A rich channel first, which fails, then SMS.
+                let (channel, codes) = if rng.chance(0.6) {
+                    (Channel::Rcs, &RCS_FALLBACK[..])
+                } else {
+                    (Channel::Whatsapp, &WHATSAPP_FALLBACK[..])
+                };
+                let code = *rng.pick(codes);
+                attempts.push(AttemptPlan {
+                    sid: Some(sms_sid(rng)),
+                    number: 1,
+                    channel,
+                    route: form_route(rng),
+                    reports: vec![
+                        step(&mut t, rng, S::Queued, None),
+                        step(&mut t, rng, S::Failed, Some(code)),
+                    ],
+                });
+                Channel::Sms
+            } else {
+                *rng.pick(&[
+                    Channel::Sms,
+                    Channel::Sms,
+                    Channel::Sms,
+                    Channel::Rcs,
+                    Channel::Whatsapp,
+                ])
+            };
+            let mut reports = vec![step(&mut t, rng, S::Queued, None)];
+            let roll = rng.below(100);
+            if roll < 4 {
+                let code = *rng.pick(&SMS_FAILED);
+                reports.push(step(&mut t, rng, S::Failed, Some(code)));
+            } else {
+                reports.push(step(&mut t, rng, S::Sent, None));
+                if roll < 12 {
+                    let code = *rng.pick(&SMS_UNDELIVERED);
+                    reports.push(step(&mut t, rng, S::Undelivered, Some(code)));
+                } else if roll < 16 || (shape == Shape::Processing && roll < 30) {
+                    // Still waiting for a delivery receipt.
+                } else {
+                    reports.push(step(&mut t, rng, S::Delivered, None));
+                    if first != Channel::Sms && rng.chance(0.6) {
+                        reports.push(step(&mut t, rng, S::Read, None));
+                    }
+                }
+            }
+            let number = attempts.len() as u8 + 1;
+            attempts.push(AttemptPlan {
+                sid: Some(sms_sid(rng)),
+                number,
+                channel: first,
+                route: form_route(rng),
+                reports,
+            });
+        }
+        (Kind::Emails, _) => {
+            let mut reports = vec![step(&mut t, rng, S::Queued, None)];
+            let roll = rng.below(100);
+            if roll < 5 {
+                reports.push(step(&mut t, rng, S::Failed, None));
+            } else {
+                reports.push(step(&mut t, rng, S::Sent, None));
+                if roll < 12 {
+                    reports.push(step(&mut t, rng, S::Undelivered, None));
+                } else if roll >= 16 {
+                    reports.push(step(&mut t, rng, S::Delivered, None));
+                    if rng.chance(0.4) {
+                        reports.push(step(&mut t, rng, S::Opened, None));
+                    }
+                }
+            }
+            attempts.push(AttemptPlan {
+                sid: None,
+                number: 1,
+                channel: Channel::Email,
+                route: Route::Events,
+                reports,
+            });
+        }
+        (Kind::PushNotifications, _) => {
+            let mut reports = vec![step(&mut t, rng, S::Queued, None)];
+            if rng.chance(0.08) {
+                reports.push(step(&mut t, rng, S::Failed, None));
+            } else {
+                reports.push(step(&mut t, rng, S::Sent, None));
+            }
+            let channel = if rng.chance(0.5) {
+                Channel::Fcm
+            } else {
+                Channel::Apns
+            };
+            attempts.push(AttemptPlan {
+                sid: None,
+                number: 1,
+                channel,
+                route: Route::Events,
+                reports,
+            });
+        }
+    }
+    ResourcePlan { id, to, attempts }
+}
