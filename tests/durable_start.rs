@@ -3,263 +3,23 @@
 //! explicitly; one process owns a data directory, and a stale lock left by `kill -9` never
 //! blocks a restart.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const TOKEN: &str = "durable-start-test-token";
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use support::http::RawResp;
+use support::process::{Endpoint, Tally};
+use support::scrape::Scrape;
+use support::{scratch, TOKEN};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A fresh scratch directory for one test, removed when the test passes.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("tally-durable-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A blocking HTTP/1.1 request with `Connection: close`: status, headers and body.
-fn http_full(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status line"))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((code, head.to_owned(), body.to_owned()))
-}
-
-fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http_full(port, method, path, &[], b"").map(|(c, _, b)| (c, b))
-}
-
-/// Post one signed form status callback for `msg` of `op`; the status code.
-fn post_status(port: u16, op: &str, msg: &str, sid: &str, status: &str) -> std::io::Result<u16> {
-    post_status_full(port, op, msg, sid, status).map(|(c, _)| c)
-}
-
-/// Post one signed form status callback for `msg` of `op`; the status code and the head.
-fn post_status_full(
-    port: u16,
-    op: &str,
-    msg: &str,
-    sid: &str,
-    status: &str,
-) -> std::io::Result<(u16, String)> {
-    let path = format!("/twilio/status?operationId={op}&messageId={msg}");
-    let params = vec![
-        ("MessageSid".to_owned(), sid.to_owned()),
-        ("MessageStatus".to_owned(), status.to_owned()),
-    ];
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let sig = tally::signature::sign(TOKEN, &url, &params);
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params.iter())
-        .finish();
-    http_full(
-        port,
-        "POST",
-        &path,
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("X-Twilio-Signature", &sig),
-        ],
-        body.as_bytes(),
+/// Post one signed form status callback for `msg` of `op`; the response.
+fn post_status(t: &Endpoint, op: &str, msg: &str, sid: &str, status: &str) -> RawResp {
+    t.try_post_form(
+        &format!("/twilio/status?operationId={op}&messageId={msg}"),
+        &[("MessageSid", sid), ("MessageStatus", status)],
     )
-    .map(|(c, head, _)| (c, head))
-}
-
-/// A `tally serve` child process in a working directory, killed by its id if a test panics.
-struct Tally {
-    child: Option<Child>,
-    port: u16,
-    stderr: PathBuf,
-}
-
-/// How to start one `tally serve`.
-struct Start<'a> {
-    cwd: &'a Path,
-    env: &'a [(&'a str, &'a str)],
-    /// Name of the file (in `cwd`) that receives standard error.
-    log: &'a str,
-}
-
-impl Start<'_> {
-    fn command(&self, port: u16) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-        cmd.arg("serve")
-            .current_dir(self.cwd)
-            .env_remove("RUST_LOG")
-            .env("TALLY_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("TALLY_HTTP__WORKERS", "2")
-            .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        for (k, v) in self.env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    /// Spawn and return at once (nothing waited for).
-    fn spawn(&self) -> Tally {
-        let port = free_port();
-        let stderr = self.cwd.join(self.log);
-        let child = self
-            .command(port)
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("tally starts");
-        Tally {
-            child: Some(child),
-            port,
-            stderr,
-        }
-    }
-
-    /// Spawn and wait until the query API answers (recovery done).
-    fn ready(&self) -> Tally {
-        let t = self.spawn();
-        t.wait_for("/readyz", Duration::from_secs(60));
-        t.wait_queries(Duration::from_secs(120));
-        t
-    }
-
-    /// Run to completion (for a start that must fail), within `limit`.
-    fn run_to_exit(&self, limit: Duration) -> Output {
-        let mut child = self
-            .command(free_port())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tally starts");
-        let deadline = Instant::now() + limit;
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                return child.wait_with_output().unwrap();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "tally did not exit within {limit:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Tally {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGKILL: no shutdown work at all.
-    fn kill_9(mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn wait_for(&self, path: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if matches!(http(self.port, "GET", path), Ok((200, _))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("{path} not 200 within {limit:?}; log:\n{}", self.log());
-    }
-
-    fn wait_queries(&self, limit: Duration) {
-        self.wait_for("/readyz/queries", limit);
-    }
-
-    fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let (code, body) = http(self.port, "GET", path).expect("GET works");
-        (
-            code,
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-        )
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let status = child.wait().unwrap();
-        assert!(status.success(), "exit {status:?}; log:\n{}", self.log());
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    .expect("answered")
 }
 
 /// Non-empty journal segments under `data`.
@@ -276,34 +36,25 @@ fn segments_with_records(data: &Path) -> usize {
 #[test]
 fn the_default_run_keeps_its_state_in_data_under_the_working_directory_and_a_restart_finds_it() {
     // Arrange: no storage setting at all, as a new user runs it.
-    let cwd = Scratch::new("default");
-    let start = Start {
-        cwd: &cwd,
-        env: &[],
-        log: "first.log",
-    };
-    let first = start.ready();
+    let cwd = scratch("default");
+    let first = Tally::launch(&cwd).durable_defaults().start();
     let data = cwd.join("data").canonicalize().expect("data/ created");
 
     // Act
     for i in 0..5 {
         let code = post_status(
-            first.port,
+            &first,
             "comms_operation_default",
             &format!("comms_message_d{i}"),
             &format!("SMd{i}"),
             "delivered",
         )
-        .unwrap();
+        .status;
         assert_eq!(code, 200);
     }
-    let log = first.log();
+    let log = first.output();
     first.stop();
-    let restarted = Start {
-        log: "second.log",
-        ..start
-    }
-    .ready();
+    let restarted = Tally::launch(&cwd).durable_defaults().start();
 
     // Assert
     assert!(
@@ -322,35 +73,36 @@ fn the_default_run_keeps_its_state_in_data_under_the_working_directory_and_a_res
 #[test]
 fn memory_only_must_be_asked_for_and_then_writes_nothing() {
     // Arrange
-    let cwd = Scratch::new("memory");
+    let cwd = scratch("memory");
 
     // Act: an empty storage.dir on its own, then memory-only asked for.
-    let refused = Start {
-        cwd: &cwd,
-        env: &[("TALLY_STORAGE__DIR", "")],
-        log: "refused.log",
-    }
-    .run_to_exit(Duration::from_secs(30));
-    let memory = Start {
-        cwd: &cwd,
-        env: &[("TALLY_STORAGE__MEMORY_ONLY", "true")],
-        log: "memory.log",
-    }
-    .ready();
+    let refused = Tally::launch(&cwd)
+        .durable_defaults()
+        .env(&[("TALLY_STORAGE__DIR", "")])
+        .run_to_exit(Duration::from_secs(30));
+    let memory = Tally::launch(&cwd)
+        .durable_defaults()
+        .env(&[("TALLY_STORAGE__MEMORY_ONLY", "true")])
+        .start();
     let code = post_status(
-        memory.port,
+        &memory,
         "comms_operation_m",
         "comms_message_m",
         "SMm",
         "sent",
-    );
+    )
+    .status;
 
     // Assert
     assert!(!refused.status.success(), "{:?}", refused.status);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("storage.memory_only"), "{said}");
-    assert_eq!(code.unwrap(), 200);
-    assert!(memory.log().contains("memory only"), "{}", memory.log());
+    assert_eq!(code, 200);
+    assert!(
+        memory.output().contains("memory only"),
+        "{}",
+        memory.output()
+    );
     memory.stop();
     assert!(!cwd.join("data").exists(), "memory-only writes no data/");
 }
@@ -358,34 +110,27 @@ fn memory_only_must_be_asked_for_and_then_writes_nothing() {
 #[test]
 fn a_second_process_on_the_same_data_directory_exits_non_zero_naming_the_owner_pid() {
     // Arrange
-    let cwd = Scratch::new("owner");
-    let first = Start {
-        cwd: &cwd,
-        env: &[],
-        log: "first.log",
-    }
-    .ready();
+    let cwd = scratch("owner");
+    let first = Tally::launch(&cwd).durable_defaults().start();
     assert_eq!(
         post_status(
-            first.port,
+            &first,
             "comms_operation_o",
             "comms_message_o1",
             "SMo1",
             "sent"
         )
-        .unwrap(),
+        .status,
         200
     );
 
     // Act: the same directory, named differently (absolute, through the parent).
     let same = cwd.join("data/../data");
     let same = same.to_str().unwrap();
-    let second = Start {
-        cwd: &cwd,
-        env: &[("TALLY_STORAGE__DIR", same)],
-        log: "second.log",
-    }
-    .run_to_exit(Duration::from_secs(30));
+    let second = Tally::launch(&cwd)
+        .durable_defaults()
+        .env(&[("TALLY_STORAGE__DIR", same)])
+        .run_to_exit(Duration::from_secs(30));
 
     // Assert
     assert!(!second.status.success(), "{:?}", second.status);
@@ -396,13 +141,13 @@ fn a_second_process_on_the_same_data_directory_exits_non_zero_naming_the_owner_p
     assert_eq!(lock.trim(), first.pid().to_string(), "the owner's pid kept");
     assert_eq!(
         post_status(
-            first.port,
+            &first,
             "comms_operation_o",
             "comms_message_o2",
             "SMo2",
             "sent"
         )
-        .unwrap(),
+        .status,
         200,
         "the owner is untouched"
     );
@@ -412,34 +157,25 @@ fn a_second_process_on_the_same_data_directory_exits_non_zero_naming_the_owner_p
 #[test]
 fn after_kill_9_a_restart_takes_the_stale_lock_and_keeps_the_state() {
     // Arrange
-    let cwd = Scratch::new("stale");
-    let start = Start {
-        cwd: &cwd,
-        env: &[],
-        log: "first.log",
-    };
-    let first = start.ready();
+    let cwd = scratch("stale");
+    let mut first = Tally::launch(&cwd).durable_defaults().start();
     let killed_pid = first.pid();
     for i in 0..3 {
         let code = post_status(
-            first.port,
+            &first,
             "comms_operation_k",
             &format!("comms_message_k{i}"),
             &format!("SMk{i}"),
             "delivered",
         )
-        .unwrap();
+        .status;
         assert_eq!(code, 200);
     }
 
     // Act
-    first.kill_9();
+    first.kill();
     let stale = std::fs::read_to_string(cwd.join("data/tally.lock")).unwrap();
-    let restarted = Start {
-        log: "second.log",
-        ..start
-    }
-    .ready();
+    let restarted = Tally::launch(&cwd).durable_defaults().start();
 
     // Assert
     assert_eq!(
@@ -507,7 +243,7 @@ fn without(mut operations: serde_json::Value, op: &str) -> serde_json::Value {
 
 /// Post one signed Event Streams batch of `message.delivered` events for `msgs` of `op`:
 /// status code and body.
-fn post_delivered_batch(port: u16, op: &str, msgs: &[String]) -> (u16, serde_json::Value) {
+fn post_delivered_batch(t: &Endpoint, op: &str, msgs: &[String]) -> (u16, serde_json::Value) {
     let events: Vec<serde_json::Value> = msgs
         .iter()
         .map(|m| {
@@ -522,50 +258,23 @@ fn post_delivered_batch(port: u16, op: &str, msgs: &[String]) -> (u16, serde_jso
         })
         .collect();
     let body = serde_json::to_vec(&events).unwrap();
-    let url = tally::signature::url_with_body_sha256(
-        &format!("http://127.0.0.1:{port}/twilio/events"),
-        &body,
-    );
-    let sig = tally::signature::sign(TOKEN, &url, &[]);
-    let path = url
-        .trim_start_matches(&format!("http://127.0.0.1:{port}"))
-        .to_owned();
-    let (code, _, text) = http_full(
-        port,
-        "POST",
-        &path,
-        &[
-            ("Content-Type", "application/json"),
-            ("X-Twilio-Signature", &sig),
-        ],
-        &body,
-    )
-    .expect("answered");
+    let resp = t.try_post_events(&body).expect("answered");
     (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        resp.status,
+        serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null),
     )
 }
 
-/// The sum of a metric's samples whose line starts with `name`.
-fn metric(port: u16, name: &str) -> f64 {
-    let (_, body) = http(port, "GET", "/metrics").unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of every sample of the metric `name`.
+fn metric(t: &Endpoint, name: &str) -> f64 {
+    t.metrics().sum(name, &[])
 }
 
 #[test]
 fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_queries_wait() {
     // Arrange: a first run whose journal takes seconds to replay.
-    let cwd = Scratch::new("long-recovery");
-    let start = Start {
-        cwd: &cwd,
-        env: &[],
-        log: "first.log",
-    };
-    let first = start.ready();
+    let cwd = scratch("long-recovery");
+    let first = Tally::launch(&cwd).durable_defaults().start();
     fill_with_simulate(first.port);
     let before = all_operations(&first);
     assert_eq!(before.as_array().map(Vec::len), Some(FILL_OPERATIONS));
@@ -573,48 +282,51 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
 
     // Act: restart, and send callbacks from the moment the listener answers (room for 60
     // events while recovery runs).
-    let second = Start {
-        env: &[("TALLY_STORAGE__MAX_RECOVERY_BACKLOG_EVENTS", "60")],
-        log: "second.log",
-        ..start
-    }
-    .spawn();
+    let mut second = Tally::launch(&cwd)
+        .durable_defaults()
+        .env(&[("TALLY_STORAGE__MAX_RECOVERY_BACKLOG_EVENTS", "60")])
+        .spawn();
     second.wait_for("/readyz", Duration::from_secs(30));
     let probe_op = before[0]["id"].as_str().unwrap().to_owned();
-    let (query_code, query_head, _) = http_full(
-        second.port,
+    let RawResp {
+        status: query_code,
+        head: query_head,
+        ..
+    } = second.request(
         "GET",
         &format!("/v1/Messages/Operations/{probe_op}"),
         &[],
         b"",
-    )
-    .unwrap();
+    );
     let (_, ready) = second.get_json("/readyz");
     let op = "comms_operation_during_recovery";
     let mut deferred = 0;
     for i in 0..30 {
         let code = post_status(
-            second.port,
+            &second,
             op,
             &format!("comms_message_r{i}"),
             &format!("SMr{i}"),
             "delivered",
         )
-        .unwrap();
+        .status;
         assert_eq!(code, 200, "form callback {i} during recovery");
     }
     for b in 0..3 {
         let msgs: Vec<String> = (0..10).map(|k| format!("comms_message_e{b}x{k}")).collect();
-        let (code, summary) = post_delivered_batch(second.port, op, &msgs);
+        let (code, summary) = post_delivered_batch(&second, op, &msgs);
         assert_eq!(code, 200, "batch {b} during recovery: {summary}");
         deferred += summary["deferred"].as_u64().unwrap_or(0);
     }
-    let (over_code, over_head) =
-        post_status_full(second.port, op, "comms_message_over", "SMover", "delivered").unwrap();
+    let RawResp {
+        status: over_code,
+        head: over_head,
+        ..
+    } = post_status(&second, op, "comms_message_over", "SMover", "delivered");
     let (still_code, _) = second.get_json(&format!("/v1/Messages/Operations/{probe_op}"));
-    let backlog = metric(second.port, "tally_recovery_backlog_events");
-    let in_progress = metric(second.port, "tally_recovery_in_progress");
-    second.wait_queries(Duration::from_secs(300));
+    let backlog = metric(&second, "tally_recovery_backlog_events");
+    let in_progress = metric(&second, "tally_recovery_in_progress");
+    second.wait_for("/readyz/queries", Duration::from_secs(300));
 
     // Assert: the query API waited, the callbacks were taken, and all of it is in the state.
     assert_eq!(query_code, 503, "queries wait for the replay");
@@ -648,11 +360,11 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
         without(all_operations(&second), op) == before,
         "the replay restored the first run's operations exactly"
     );
-    assert_eq!(metric(second.port, "tally_recovery_in_progress"), 0.0);
-    assert_eq!(metric(second.port, "tally_recovery_backlog_events"), 0.0);
-    assert!(metric(second.port, "tally_recovery_replayed_bytes") > 0.0);
+    assert_eq!(metric(&second, "tally_recovery_in_progress"), 0.0);
+    assert_eq!(metric(&second, "tally_recovery_backlog_events"), 0.0);
+    assert!(metric(&second, "tally_recovery_replayed_bytes") > 0.0);
     assert_eq!(
-        metric(second.port, "tally_events_received_total"),
+        metric(&second, "tally_events_received_total"),
         60.0,
         "deferred events are counted once, when applied"
     );
@@ -661,18 +373,15 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
         "recovery of {} journal bytes took {}s",
         done["recovery"]["total_bytes"], done["recovery"]["elapsed_seconds"]
     );
-    let log = second.log();
+    let log = second.output();
     assert!(log.contains("recovery: replaying journal"), "{log}");
     assert!(log.contains("percent="), "{log}");
 
     // And a crash right after: the callbacks were journalled after the replayed segments, so
     // the next start replays both once and ends in the same state.
-    second.kill_9();
-    let third = Start {
-        log: "third.log",
-        ..start
-    }
-    .ready();
+    second.kill();
+    let third = Tally::launch(&cwd).durable_defaults().spawn();
+    third.wait_ready(Duration::from_secs(180));
     let (_, again) = third.get_json(&format!("/v1/Messages/Operations/{op}"));
     assert_eq!(again["stats"], during["stats"]);
     assert_eq!(
@@ -687,21 +396,15 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
 #[test]
 fn the_standard_process_metrics_are_exported_beside_tallys_own() {
     // Arrange
-    let cwd = Scratch::new("process-metrics");
-    let t = Start {
-        cwd: &cwd,
-        env: &[],
-        log: "tally.log",
-    }
-    .ready();
+    let cwd = scratch("process-metrics");
+    let t = Tally::launch(&cwd).durable_defaults().start();
 
     // Act
-    let (_, exposition) = http(t.port, "GET", "/metrics").unwrap();
+    let exposition = t.request("GET", "/metrics", &[], b"").text();
+    let scrape = Scrape::parse(&exposition);
     let value = |name: &str| -> f64 {
-        exposition
-            .lines()
-            .find(|l| l.split(' ').next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        scrape
+            .get(name, &[])
             .unwrap_or_else(|| panic!("{name} not exported:\n{exposition}"))
     };
 
@@ -744,7 +447,7 @@ fn the_standard_process_metrics_are_exported_beside_tallys_own() {
 fn a_journal_of_json_records_from_an_older_tally_is_replayed_and_new_records_are_binary() {
     use tally::event::{AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind};
     // Arrange: a data directory as a tally that wrote JSON records left it.
-    let cwd = Scratch::new("json-journal");
+    let cwd = scratch("json-journal");
     let journal = cwd.join("data/journal");
     std::fs::create_dir_all(&journal).unwrap();
     // An hour ago: well inside retention.ttl.
@@ -780,26 +483,22 @@ fn a_journal_of_json_records_from_an_older_tally_is_replayed_and_new_records_are
     .unwrap();
 
     // Act
-    let t = Start {
-        cwd: &cwd,
-        env: &[],
-        log: "tally.log",
-    }
-    .ready();
+    let t = Tally::launch(&cwd).durable_defaults().start();
     let (code, msg) = t.get_json("/v1/Messages/comms_message_json");
     let posted = post_status(
-        t.port,
+        &t,
         "comms_operation_new",
         "comms_message_new",
         "SMnew",
         "sent",
-    );
+    )
+    .status;
     t.stop();
 
     // Assert: the old record was applied; the new one went to a new segment, in binary.
     assert_eq!(code, 200, "{msg}");
     assert_eq!(msg["status"], "DELIVERED", "{msg}");
-    assert_eq!(posted.unwrap(), 200);
+    assert_eq!(posted, 200);
     let newer = std::fs::read(journal.join("00000000000000000002.log")).unwrap();
     let (frames, _) = tally::journal::read_frames(&newer);
     assert_eq!(frames.len(), 1, "one record in the new segment");

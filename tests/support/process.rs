@@ -6,7 +6,7 @@ use super::http::{self, RawResp};
 use super::scrape::Scrape;
 use super::{free_port, signing, TOKEN};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a start (recovery included) may take before the test fails.
@@ -44,9 +44,66 @@ impl Launch {
         self
     }
 
-    /// Start it and wait until `/readyz` answers 200.
+    /// Drop the memory-only default and set no storage at all, as a new user runs it: state
+    /// goes to the default `data/` under the working directory (the scratch directory).
+    pub fn durable_defaults(mut self) -> Launch {
+        self.env.retain(|(k, _)| k != "TALLY_STORAGE__MEMORY_ONLY");
+        self
+    }
+
+    /// Start it and wait until `/readyz` and then `/readyz/queries` answer 200.
     pub fn start(self) -> Tally {
+        let tally = self.spawn();
+        tally.wait_ready(READY_WITHIN);
+        tally
+    }
+
+    /// Start it and return at once, waiting for nothing (to talk to it during a long start-up
+    /// recovery; [`Tally::wait_for`] waits for a probe).
+    pub fn spawn(self) -> Tally {
         let port = free_port();
+        let stdout = self.dir.join("tally.stdout.log");
+        let stderr = self.dir.join("tally.stderr.log");
+        let mut cmd = self.command(port);
+        cmd.stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        Tally {
+            child: Some(cmd.spawn().expect("tally starts")),
+            endpoint: Endpoint { port },
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Run a start that is expected to fail: wait (up to `limit`) for the exit and return the
+    /// status with stdout and stderr captured. Past the limit the process is killed and the
+    /// test fails with its output.
+    pub fn run_to_exit(self, limit: Duration) -> Output {
+        let mut child = self
+            .command(free_port())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tally starts");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().expect("waitable").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "tally did not exit within {limit:?}:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        child.wait_with_output().expect("output")
+    }
+
+    /// The command: `tally serve` in the scratch directory, on `port`, with the test token and
+    /// the environment asked for; output not yet directed.
+    fn command(self, port: u16) -> Command {
         let bin = env!("CARGO_BIN_EXE_tally");
         let mut cmd = match &self.shell_prefix {
             Some(prefix) => {
@@ -60,8 +117,6 @@ impl Launch {
                 c
             }
         };
-        let stdout = self.dir.join("tally.stdout.log");
-        let stderr = self.dir.join("tally.stderr.log");
         // The scratch directory is the working directory, so a default `data/` lands there.
         cmd.current_dir(&self.dir)
             .env_remove("RUST_LOG")
@@ -69,17 +124,8 @@ impl Launch {
             .env("TALLY_HTTP__WORKERS", "1")
             .env("TALLY_TWILIO__AUTH_TOKENS", TOKEN)
             .envs(self.env)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        let tally = Tally {
-            child: Some(cmd.spawn().expect("tally starts")),
-            endpoint: Endpoint { port },
-            stdout,
-            stderr,
-        };
-        tally.wait_ready(READY_WITHIN);
-        tally
+            .stdin(Stdio::null());
+        cmd
     }
 }
 
@@ -207,23 +253,29 @@ impl Tally {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Wait until `/readyz` answers 200; fail the test with tally's output after `limit`.
+    /// Wait until `/readyz` and then `/readyz/queries` answer 200 (ready for callbacks, then
+    /// start-up recovery done); fail the test with tally's output after `limit`.
     pub fn wait_ready(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        // Ready for callbacks, then start-up recovery done (the query API answers).
         for probe in ["/readyz", "/readyz/queries"] {
-            while !matches!(
-                self.try_request("GET", probe, &[], b""),
-                Ok(RawResp { status: 200, .. })
-            ) {
-                assert!(
-                    Instant::now() < deadline,
-                    "tally did not become ready ({probe}) on port {}:\n{}",
-                    self.port,
-                    self.output()
-                );
-                std::thread::sleep(Duration::from_millis(25));
-            }
+            self.wait_for(probe, deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Wait until `GET probe` answers 200; fail the test with tally's output after `limit`.
+    pub fn wait_for(&self, probe: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !matches!(
+            self.try_request("GET", probe, &[], b""),
+            Ok(RawResp { status: 200, .. })
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "tally did not become ready ({probe}) on port {}:\n{}",
+                self.port,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
