@@ -24,25 +24,30 @@ pub(super) async fn topic_setup(
 ) {
     // Asking for a topic's metadata must not create it with the broker's defaults.
     config.set("allow.auto.create.topics", "false");
-    let ctx = Context {
-        status: status.clone(),
-        metrics: metrics.clone(),
-        producer: false,
-    };
-    let admin: AdminClient<Context> = match AdminClient::from_config_and_context(&config, ctx) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "kafka: cannot create the admin client; topics are not checked");
-            return;
-        }
-    };
-    let admin = Arc::new(admin);
+    // librdkafka's client delivers statistics and error events to a queue that an admin client
+    // never reads (it reads only its own results): with statistics on, a long-lived admin client
+    // would keep one statistics document a second for ever. Statistics off, and a new admin
+    // client for each round of checks, dropped after it.
+    config.set("statistics.interval.ms", "0");
     let mut topics = vec![(Role::Operations, settings.topic.clone())];
     if let Some(t) = &settings.resources_topic {
         topics.push((Role::Resources, t.clone()));
     }
     let mut backoff = Duration::from_millis(500);
     loop {
+        let ctx = Context {
+            status: status.clone(),
+            metrics: metrics.clone(),
+            producer: false,
+        };
+        let admin: AdminClient<Context> = match AdminClient::from_config_and_context(&config, ctx) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "kafka: cannot create the admin client; topics are not checked");
+                return;
+            }
+        };
+        let admin = Arc::new(admin);
         let mut all_ready = true;
         for (role, name) in &topics {
             let was_ready = status_ready(&status, role.as_str());
@@ -79,6 +84,8 @@ pub(super) async fn topic_setup(
                 }
             }
         }
+        // Dropping it joins its polling thread: not on this runtime's thread.
+        tokio::task::spawn_blocking(move || drop(admin));
         if all_ready {
             backoff = Duration::from_millis(500);
             // Look again now and then: a broker that lost its data has lost the topic too.
