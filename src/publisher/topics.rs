@@ -35,19 +35,9 @@ pub(super) async fn topic_setup(
     }
     let mut backoff = Duration::from_millis(500);
     loop {
-        let ctx = Context {
-            status: status.clone(),
-            metrics: metrics.clone(),
-            producer: false,
+        let Some(admin) = admin_client(&config, &status, &metrics) else {
+            return;
         };
-        let admin: AdminClient<Context> = match AdminClient::from_config_and_context(&config, ctx) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "kafka: cannot create the admin client; topics are not checked");
-                return;
-            }
-        };
-        let admin = Arc::new(admin);
         let mut all_ready = true;
         for (role, name) in &topics {
             let was_ready = status_ready(&status, role.as_str());
@@ -96,6 +86,26 @@ pub(super) async fn topic_setup(
         } else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(settings.topic_setup_retry);
+        }
+    }
+}
+
+/// A new admin client, or `None` (logged) when librdkafka refuses the configuration.
+fn admin_client(
+    config: &ClientConfig,
+    status: &Arc<KafkaStatus>,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<AdminClient<Context>>> {
+    let ctx = Context {
+        status: status.clone(),
+        metrics: metrics.clone(),
+        producer: false,
+    };
+    match AdminClient::from_config_and_context(config, ctx) {
+        Ok(a) => Some(Arc::new(a)),
+        Err(e) => {
+            tracing::error!(error = %e, "kafka: cannot create the admin client; topics are not checked");
+            None
         }
     }
 }
