@@ -41,6 +41,14 @@ async fn read(
         .expect("reader")
 }
 
+/// Every id's newest record on the topic shows what the query API shows for it.
+fn assert_each_newest_record_is_its_view(recs: &[Rec], ids: &[String], views: &[Value]) {
+    let newest = newest_by_key(recs);
+    for (id, view) in ids.iter().zip(views) {
+        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
+    }
+}
+
 /// Wait until every id's newest record carries the version the query API shows.
 async fn read_until_current(
     app: &TestApp,
@@ -167,10 +175,7 @@ async fn shuffled_duplicated_traffic_keeps_versions_in_order_and_ends_at_the_que
         }
     }
     let (recs, views) = read_until_current(&app, &bootstrap, &ids).await;
-    let newest = newest_by_key(&recs);
-    for (id, view) in ids.iter().zip(&views) {
-        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
-    }
+    assert_each_newest_record_is_its_view(&recs, &ids, &views);
     assert_eq!(version_regressions(&recs), Vec::<String>::new());
     app.stop().await.expect("clean shutdown");
 }
@@ -247,10 +252,7 @@ async fn a_broker_outage_loses_nothing_and_callbacks_keep_succeeding() {
     assert!(m.get("tally_kafka_oldest_unpublished_seconds", &[]) > Some(0.5));
     mock.broker_up(1).expect("broker up");
     let (recs, views) = read_until_current(&app, &bootstrap, &ids).await;
-    let newest = newest_by_key(&recs);
-    for (id, view) in ids.iter().zip(&views) {
-        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
-    }
+    assert_each_newest_record_is_its_view(&recs, &ids, &views);
     assert_eq!(version_regressions(&recs), Vec::<String>::new());
     app.stop().await.expect("clean shutdown");
 }
@@ -434,10 +436,7 @@ async fn a_producer_the_broker_refuses_is_replaced_and_every_operation_still_rea
         assert_eq!(post(&app, chunk).await, 200);
     }
     let (recs, views) = read_until_current(&app, &bootstrap, &ids).await;
-    let newest = newest_by_key(&recs);
-    for (id, view) in ids.iter().zip(&views) {
-        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
-    }
+    assert_each_newest_record_is_its_view(&recs, &ids, &views);
     assert_eq!(version_regressions(&recs), Vec::<String>::new());
     let m = app.metrics().await;
     assert!(
@@ -506,9 +505,6 @@ async fn a_producer_without_acknowledgements_while_connected_is_replaced_after_t
     }
     mock.broker_round_trip_time(1, Duration::ZERO).expect("rtt");
     let (recs, views) = read_until_current(&app, &bootstrap, &ids).await;
-    let newest = newest_by_key(&recs);
-    for (id, view) in ids.iter().zip(&views) {
-        assert_eq!(as_query_view(&newest[id].value), *view, "{id}");
-    }
+    assert_each_newest_record_is_its_view(&recs, &ids, &views);
     app.stop().await.expect("clean shutdown");
 }
