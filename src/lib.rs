@@ -21,6 +21,7 @@
 
 pub mod aggregator;
 pub mod cidr;
+pub mod comms_api;
 pub mod config;
 pub mod datadir;
 pub mod dirty;
