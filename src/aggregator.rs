@@ -5,7 +5,7 @@
 //! `.await`. Time is passed in.
 
 use crate::dirty::Dirty;
-use crate::event::{AttemptEvent, Event, EventBody, Kind, SkipReason};
+use crate::event::{AttemptEvent, Event, EventBody, Kind, ResourceRead, SkipReason};
 use crate::rollup::{
     fallback, Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
 };
@@ -318,6 +318,51 @@ impl Aggregator {
                 }
             }
             EventBody::Attempt(a) => self.apply_attempt(a, ev.time_ms, now_ms),
+            EventBody::OperationRead(r) => {
+                let mut op = self
+                    .ops
+                    .entry(r.operation_id.clone())
+                    .or_insert_with(|| self.new_operation(&r.operation_id, ev.time_ms, now_ms));
+                if op.apply_operation_read(r, ev.time_ms, now_ms) {
+                    let kind = op.kind();
+                    drop(op);
+                    self.mark_dirty(&r.operation_id, None, now_ms);
+                    Outcome::Applied(kind)
+                } else {
+                    Outcome::Noop
+                }
+            }
+            EventBody::ResourceRead(r) => self.apply_resource_read(r, ev.time_ms, now_ms),
+        }
+    }
+
+    /// Fold one resource read from Twilio into its operation, and link the resource there so
+    /// that attempts naming only the resource find it (and held ones are released).
+    fn apply_resource_read(&self, r: &ResourceRead, time_ms: u64, now_ms: u64) -> Outcome {
+        let (changed, kind, link) = {
+            let mut op = self
+                .ops
+                .entry(r.operation_id.clone())
+                .or_insert_with(|| self.new_operation(&r.operation_id, time_ms, now_ms));
+            let before = op.resource_count();
+            let applied = op.apply_resource_read(r, time_ms, now_ms);
+            if op.resource_count() > before {
+                self.resources.fetch_add(1, Ordering::Relaxed);
+            }
+            (applied.changed, op.kind(), (op.link_number(), applied.slot))
+        };
+        if changed {
+            self.mark_dirty(&r.operation_id, Some(&r.resource_id), now_ms);
+        }
+        let res_key = self.link_key(&r.resource_id);
+        if !self.res_links.contains_key(&res_key) && self.res_links.insert(res_key, link).is_none()
+        {
+            self.release_held(&r.operation_id, &r.resource_id, None, now_ms);
+        }
+        if changed {
+            Outcome::Applied(kind)
+        } else {
+            Outcome::Noop
         }
     }
 

@@ -226,7 +226,8 @@ impl Event {
     pub fn forget_recipient(&mut self) -> bool {
         match &mut self.body {
             EventBody::Attempt(a) => a.to.take().is_some(),
-            EventBody::Operation { .. } => false,
+            EventBody::ResourceRead(r) => r.to.take().is_some(),
+            EventBody::Operation { .. } | EventBody::OperationRead(_) => false,
         }
     }
 }
@@ -242,6 +243,54 @@ pub enum EventBody {
     /// A status of one delivery attempt, from a Comms API event, a classic Messaging event, or
     /// a form-encoded status callback.
     Attempt(AttemptEvent),
+    /// An operation as read from Twilio's REST API by the reconciler (docs/reconcile.md).
+    /// Variants are appended, never inserted: the journal stores them by index.
+    OperationRead(OperationRead),
+    /// One resource as read from Twilio's REST API by the reconciler: Twilio's verdict on its
+    /// status at the time of the read. Not an attempt: it adds none.
+    ResourceRead(ResourceRead),
+}
+
+/// What a read of `GET /v1/{Kind}/Operations/{id}` says, folded as joins (docs/contract.md,
+/// "Reconciliation").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OperationRead {
+    pub operation_id: String,
+    pub kind: Kind,
+    /// `None` when Twilio's status word is not one tally knows.
+    pub status: Option<crate::rollup::OperationStatus>,
+    pub total: u64,
+    pub recipients: u64,
+    pub attempts: u64,
+    pub unaddressable: u64,
+}
+
+/// What a resource list item read from Twilio says about one resource.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResourceRead {
+    pub kind: Kind,
+    pub operation_id: String,
+    pub resource_id: String,
+    pub status: AttemptStatus,
+    /// The recipient address, when the read shows one.
+    pub to: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl AttemptStatus {
+    /// Whether a resource read in this status has Twilio's final word on it (delivered,
+    /// read/opened, undelivered, failed, canceled), rather than a status still in flight.
+    pub fn is_terminal_read(self) -> bool {
+        matches!(
+            self,
+            AttemptStatus::Delivered
+                | AttemptStatus::Read
+                | AttemptStatus::Opened
+                | AttemptStatus::Undelivered
+                | AttemptStatus::Failed
+                | AttemptStatus::Canceled
+        )
+    }
 }
 
 /// A status report for one attempt. The links (`operation_id`, `resource_id`) may be missing:

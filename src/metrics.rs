@@ -428,6 +428,8 @@ fn labels_of(ev: Result<&Event, SkipReason>) -> (&'static str, &'static str) {
             a.status.as_str(),
             a.channel.map(|c| c.as_str()).unwrap_or("unknown"),
         ),
+        Ok(EventBody::ResourceRead(r)) => (r.status.as_str(), "none"),
+        Ok(EventBody::OperationRead(_)) => ("operation_read", "none"),
         Ok(EventBody::Operation { phase, .. }) => (
             match phase {
                 crate::event::Phase::Scheduled => "operation_scheduled",

@@ -50,6 +50,10 @@ pub fn check_event(e: &Event, received_ms: u64) {
                 assert!(v.len() <= MAX_TAG_VALUE_BYTES, "{e:?}");
             }
         }
+        // Reads come from the reconciler, never from a callback.
+        EventBody::OperationRead(_) | EventBody::ResourceRead(_) => {
+            panic!("ingest made a reconciler read: {e:?}")
+        }
     }
 }
 

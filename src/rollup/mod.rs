@@ -9,4 +9,4 @@ mod stored;
 
 pub use fallback::Fallback;
 pub use operation::{Attempt, AttemptKey, Operation, OperationView, Resource, Stats};
-pub use status::{Bucket, OperationStatus, ResourceStatus};
+pub use status::{Bucket, OperationStatus, Reads, ResourceStatus};

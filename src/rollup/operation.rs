@@ -11,9 +11,11 @@
 //! see; they are built on demand.
 
 use super::compact::Id;
-use super::status::{attempt_rank, Bucket, OperationStatus, ResourceStatus};
+use super::status::{attempt_rank, Bucket, OperationStatus, Reads, ResourceStatus};
 use super::stored::{hash_id, Labels, Slot};
-use crate::event::{AttemptEvent, AttemptStatus, Channel, Kind, Phase};
+use crate::event::{
+    AttemptEvent, AttemptStatus, Channel, Kind, OperationRead, Phase, ResourceRead,
+};
 use hashbrown::HashTable;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -68,18 +70,18 @@ pub struct Resource {
     pub to: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub attempts: Vec<Attempt>,
+    /// What the reconciler read of it from Twilio.
+    #[serde(default, skip_serializing_if = "Reads::is_empty")]
+    pub reads: Reads,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
 
 impl Resource {
-    /// The resource's status: the best of its attempts under the resource order.
+    /// The resource's status: the best of its attempts under the resource order, joined with
+    /// what was read of it from Twilio ([`Reads::status`]).
     pub fn status(&self) -> ResourceStatus {
-        self.attempts
-            .iter()
-            .map(|a| ResourceStatus::of_attempt(a.status))
-            .max()
-            .unwrap_or(ResourceStatus::Queued)
+        self.reads.status(self.attempts.iter().map(|a| a.status))
     }
 
     /// The attempt that decides the status (the latest channel that got furthest).
@@ -126,6 +128,38 @@ pub struct Operation {
     labels: Labels,
     buckets: [u64; 9],
     attempts: u64,
+    /// What the reconciler read of the operation itself from Twilio.
+    read: OperationReads,
+    /// What it read of each resource, by slot: a side table, since most resources (those
+    /// whose callbacks all arrived) are never read and the slots stay small without it.
+    reads: std::collections::HashMap<u32, Reads>,
+}
+
+/// The joins of every read of an operation from Twilio (docs/contract.md, "Reconciliation"):
+/// the highest status, and the largest of each count Twilio reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationReads {
+    pub status: Option<OperationStatus>,
+    pub total: u64,
+    pub recipients: u64,
+    pub attempts: u64,
+    pub unaddressable: u64,
+}
+
+impl OperationReads {
+    fn join(&mut self, r: &OperationRead) -> bool {
+        let before = *self;
+        self.status = self.status.max(r.status);
+        self.total = self.total.max(r.total);
+        self.recipients = self.recipients.max(r.recipients);
+        self.attempts = self.attempts.max(r.attempts);
+        self.unaddressable = self.unaddressable.max(r.unaddressable);
+        *self != before
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == OperationReads::default()
+    }
 }
 
 impl Operation {
@@ -143,7 +177,21 @@ impl Operation {
             labels: Labels::default(),
             buckets: [0; 9],
             attempts: 0,
+            read: OperationReads::default(),
+            reads: std::collections::HashMap::new(),
         }
+    }
+
+    fn reads_of(&self, slot: u32) -> Reads {
+        self.reads.get(&slot).copied().unwrap_or_default()
+    }
+
+    fn slot_status(&self, slot: u32) -> ResourceStatus {
+        self.slots[slot as usize].status(self.reads_of(slot))
+    }
+
+    fn slot_view(&self, slot: u32) -> Resource {
+        self.slots[slot as usize].view(&self.labels, self.reads_of(slot))
     }
 
     /// The number the aggregator's links know this operation by.
@@ -173,7 +221,7 @@ impl Operation {
 
     /// Every resource, in arrival order.
     pub fn resources(&self) -> impl Iterator<Item = Resource> + '_ {
-        self.slots.iter().map(|s| s.view(&self.labels))
+        (0..self.slots.len() as u32).map(|i| self.slot_view(i))
     }
 
     /// Each resource's id and its attempts' downstream ids, with its slot number: what the
@@ -203,9 +251,7 @@ impl Operation {
             .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
             .collect();
         order.sort_unstable();
-        order
-            .into_iter()
-            .map(move |(_, i)| self.slots[i as usize].view(&self.labels))
+        order.into_iter().map(move |(_, i)| self.slot_view(i))
     }
 
     fn slot_index(&self, id: &str) -> Option<u32> {
@@ -232,8 +278,7 @@ impl Operation {
     }
 
     pub fn resource(&self, id: &str) -> Option<Resource> {
-        self.slot_index(id)
-            .map(|i| self.slots[i as usize].view(&self.labels))
+        self.slot_index(id).map(|i| self.slot_view(i))
     }
 
     fn insert_slot(&mut self, slot: Slot) -> u32 {
@@ -327,14 +372,12 @@ impl Operation {
         let kind_before = self.kind();
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
-        let slot = match self.slot_index(resource_id) {
-            Some(i) => i,
-            None => self.insert_slot(Slot::new(resource_id, time_ms)),
+        let (slot, was_new) = match self.slot_index(resource_id) {
+            Some(i) => (i, false),
+            None => (self.insert_slot(Slot::new(resource_id, time_ms)), true),
         };
-        let i = slot as usize;
-        let resource = &mut self.slots[i];
-        let was_new = resource.attempts.as_slice().is_empty();
-        let before = resource.status();
+        let before = self.slot_status(slot);
+        let resource = &mut self.slots[slot as usize];
         let attempts_before = resource.attempts.as_slice().len();
         if time_ms < resource.created_ms {
             resource.created_ms = time_ms;
@@ -344,9 +387,84 @@ impl Operation {
         if res_changed {
             resource.updated_ms = resource.updated_ms.max(now_ms);
         }
-        let after = resource.status();
         self.attempts += (resource.attempts.as_slice().len() - attempts_before) as u64;
+        let after = self.slot_status(slot);
         changed |= res_changed;
+        self.rebucket(kind_before, was_new, before, after);
+        AttemptApplied {
+            changed: self.touch(changed, now_ms),
+            slot,
+        }
+    }
+
+    /// Apply what a read of the operation from Twilio says: its kind, status and counts join
+    /// the operation's own.
+    pub fn apply_operation_read(
+        &mut self,
+        read: &OperationRead,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let kind_before = self.kind();
+        let mut changed = self.note_kind(Some(read.kind));
+        if self.kind() != kind_before {
+            self.recount();
+        }
+        changed |= self.note_time(time_ms);
+        changed |= self.read.join(read);
+        self.touch(changed, now_ms)
+    }
+
+    /// Apply one resource as read from Twilio: its status joins the resource's reads (never an
+    /// attempt), its address and tags join as an attempt's would.
+    pub fn apply_resource_read(
+        &mut self,
+        read: &ResourceRead,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> AttemptApplied {
+        let kind_before = self.kind();
+        let mut changed = self.note_kind(Some(read.kind));
+        changed |= self.note_time(time_ms);
+        let (slot, was_new) = match self.slot_index(&read.resource_id) {
+            Some(i) => (i, false),
+            None => (
+                self.insert_slot(Slot::new(&read.resource_id, time_ms)),
+                true,
+            ),
+        };
+        let before = self.slot_status(slot);
+        let mut reads = self.reads_of(slot);
+        let resource = &mut self.slots[slot as usize];
+        if time_ms < resource.created_ms {
+            resource.created_ms = time_ms;
+            changed = true;
+        }
+        let res_changed = resource.join_read(read, &mut reads);
+        if res_changed {
+            resource.updated_ms = resource.updated_ms.max(now_ms);
+        }
+        if !reads.is_empty() {
+            self.reads.insert(slot, reads);
+        }
+        let after = self.slot_status(slot);
+        changed |= res_changed;
+        self.rebucket(kind_before, was_new, before, after);
+        AttemptApplied {
+            changed: self.touch(changed, now_ms),
+            slot,
+        }
+    }
+
+    /// Move one resource between buckets after a join (or recount everything when the kind,
+    /// which names the buckets, changed).
+    fn rebucket(
+        &mut self,
+        kind_before: Kind,
+        was_new: bool,
+        before: ResourceStatus,
+        after: ResourceStatus,
+    ) {
         if self.kind() != kind_before {
             // The bucket names depend on the kind; recount (rare: kinds settle on first event).
             self.recount();
@@ -356,24 +474,23 @@ impl Operation {
             self.buckets[before.bucket(kind_before).index()] -= 1;
             self.buckets[after.bucket(kind_before).index()] += 1;
         }
-        AttemptApplied {
-            changed: self.touch(changed, now_ms),
-            slot,
-        }
     }
 
     fn recount(&mut self) {
         let kind = self.kind();
         self.buckets = [0; 9];
-        for r in &self.slots {
-            self.buckets[r.status().bucket(kind).index()] += 1;
+        for i in 0..self.slots.len() as u32 {
+            let bucket = self.slot_status(i).bucket(kind);
+            self.buckets[bucket.index()] += 1;
         }
     }
 
     /// The operation's status (docs/contract.md, "Operation status and stats").
     pub fn status(&self) -> OperationStatus {
         let n = self.slots.len() as u64;
-        if n > 0 && self.buckets[Bucket::Canceled.index()] == n {
+        if (n > 0 && self.buckets[Bucket::Canceled.index()] == n)
+            || self.read.status == Some(OperationStatus::Canceled)
+        {
             return OperationStatus::Canceled;
         }
         let derived = if n == 0 {
@@ -384,7 +501,10 @@ impl Operation {
             Some(OperationStatus::Processing)
         };
         let phase = self.phase.map(OperationStatus::of_phase);
-        phase.max(derived).unwrap_or(OperationStatus::Processing)
+        phase
+            .max(derived)
+            .max(self.read.status)
+            .unwrap_or(OperationStatus::Processing)
     }
 
     pub fn stats(&self) -> Stats {
@@ -392,10 +512,10 @@ impl Operation {
         let b = |x: Bucket| self.buckets[x.index()];
         Stats {
             kind: self.kind(),
-            total: n,
-            recipients: n,
-            attempts: self.attempts,
-            unaddressable: 0,
+            total: n.max(self.read.total),
+            recipients: n.max(self.read.recipients),
+            attempts: self.attempts.max(self.read.attempts),
+            unaddressable: self.read.unaddressable,
             scheduled: b(Bucket::Scheduled),
             queued: b(Bucket::Queued),
             sent: b(Bucket::Sent),
@@ -439,7 +559,7 @@ impl Serialize for ResourcesRef<'_> {
 impl Serialize for Operation {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Operation", 9)?;
+        let mut st = s.serialize_struct("Operation", 10)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("kind", &self.kind)?;
         st.serialize_field("phase", &self.phase)?;
@@ -449,6 +569,11 @@ impl Serialize for Operation {
         st.serialize_field("resources", &ResourcesRef(self))?;
         st.serialize_field("buckets", &self.buckets)?;
         st.serialize_field("attempts", &self.attempts)?;
+        if self.read.is_empty() {
+            st.skip_field("read")?;
+        } else {
+            st.serialize_field("read", &self.read)?;
+        }
         st.end()
     }
 }
@@ -465,6 +590,8 @@ struct OperationRepr {
     resources: BTreeMap<String, Resource>,
     buckets: [u64; 9],
     attempts: u64,
+    #[serde(default)]
+    read: OperationReads,
 }
 
 impl<'de> Deserialize<'de> for Operation {
@@ -476,10 +603,14 @@ impl<'de> Deserialize<'de> for Operation {
         op.version = r.version;
         op.buckets = r.buckets;
         op.attempts = r.attempts;
+        op.read = r.read;
         op.slots.reserve_exact(r.resources.len());
         for res in r.resources.values() {
             let slot = Slot::from_resource(res, &mut op.labels);
-            op.insert_slot(slot);
+            let i = op.insert_slot(slot);
+            if !res.reads.is_empty() {
+                op.reads.insert(i, res.reads);
+            }
         }
         Ok(op)
     }
@@ -705,6 +836,109 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"total":0,"recipients":0,"attempts":0,"unaddressable":0,"queued":0,"sent":0,"scheduled":0,"delivered":0,"undelivered":0,"failed":0,"canceled":0}"#
+        );
+    }
+
+    fn read(res: &str, st: AttemptStatus) -> ResourceRead {
+        ResourceRead {
+            kind: Kind::from_resource_id(res).unwrap_or(Kind::Messages),
+            operation_id: "comms_operation_1".into(),
+            resource_id: res.into(),
+            status: st,
+            to: None,
+            tags: vec![],
+        }
+    }
+
+    /// A read is Twilio's word at the time of the read. One taken before the newest callbacks
+    /// (a status the resource has already passed) never moves it backwards in the resource
+    /// order, changes nothing at all unless the callbacks said failed, undelivered or canceled
+    /// (which rank below anything in flight, so an in-flight read counts there like a fallback
+    /// attempt still under way), and the next read,
+    /// Twilio's current word, puts it back exactly where the callbacks put it.
+    #[test]
+    fn a_stale_read_after_newer_callbacks_never_moves_a_resource_backwards() {
+        use AttemptStatus::*;
+        let lives: [&[AttemptStatus]; 4] = [
+            &[Scheduled, Queued, Sent, Delivered, Read],
+            &[Queued, Sent, Undelivered],
+            &[Queued, Sent, Failed],
+            &[Scheduled, Queued, Canceled],
+        ];
+        let status = |op: &Operation| op.resource("comms_message_a").unwrap().status();
+        for life in lives {
+            for now in 0..life.len() {
+                for stale in 0..=now {
+                    let mut op = Operation::new("comms_operation_1", 1, 1);
+                    for st in &life[..=now] {
+                        let ev = attempt("comms_message_a", "SM1", Channel::Sms, *st);
+                        op.apply_attempt("comms_message_a", &ev, 1, 1);
+                    }
+                    let (before, stats) = (status(&op), op.stats());
+                    let what = format!("{:?} read after {:?}", life[stale], life[now]);
+                    op.apply_resource_read(&read("comms_message_a", life[stale]), 1, 2);
+                    assert!(status(&op) >= before, "{what}");
+                    let below_in_flight = matches!(
+                        before,
+                        ResourceStatus::Failed
+                            | ResourceStatus::Undelivered
+                            | ResourceStatus::Canceled
+                    );
+                    if !below_in_flight {
+                        assert_eq!(op.stats(), stats, "{what}");
+                    }
+                    op.apply_resource_read(&read("comms_message_a", life[now]), 1, 3);
+                    assert_eq!(
+                        status(&op),
+                        before,
+                        "{what}, then a read of {:?}",
+                        life[now]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reads_bring_in_what_twilio_never_pushes() {
+        let mut op = Operation::new("comms_operation_e", 5, 5);
+        // An Email operation with no callback at all: reads alone build it.
+        for (id, st) in [
+            ("comms_email_1", AttemptStatus::Opened),
+            ("comms_email_2", AttemptStatus::Delivered),
+            ("comms_email_3", AttemptStatus::Queued),
+        ] {
+            assert!(op.apply_resource_read(&read(id, st), 5, 6).changed);
+        }
+        let s = op.stats();
+        assert_eq!(s.kind, Kind::Emails);
+        assert_eq!(
+            (s.total, s.opened, s.delivered, s.queued, s.attempts),
+            (3, 1, 1, 1, 0)
+        );
+        let r = OperationRead {
+            operation_id: "comms_operation_e".into(),
+            kind: Kind::Emails,
+            status: Some(OperationStatus::Canceled),
+            total: 4,
+            recipients: 4,
+            attempts: 3,
+            unaddressable: 0,
+        };
+        assert!(op.apply_operation_read(&r, 5, 7));
+        assert!(
+            !op.apply_operation_read(&r, 5, 8),
+            "a second read is a no-op"
+        );
+        let s = op.stats();
+        assert_eq!((s.total, s.recipients, s.attempts), (4, 4, 3));
+        assert_eq!(op.status(), OperationStatus::Canceled);
+        // Snapshots keep the reads.
+        let back: Operation = serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap();
+        assert_eq!(back.view(), op.view());
+        assert_eq!(
+            back.resource("comms_email_3").unwrap().reads,
+            op.resource("comms_email_3").unwrap().reads
         );
     }
 

@@ -107,6 +107,82 @@ impl ResourceStatus {
     }
 }
 
+/// Where a resource status stands in the attempt order, for comparing it with a status read
+/// from Twilio (each resource status at the rank of the attempt status it comes from; queued
+/// at `queued`).
+fn resource_rank(r: ResourceStatus) -> u8 {
+    attempt_rank(match r {
+        ResourceStatus::Failed => AttemptStatus::Failed,
+        ResourceStatus::Undelivered => AttemptStatus::Undelivered,
+        ResourceStatus::Canceled => AttemptStatus::Canceled,
+        ResourceStatus::Scheduled => AttemptStatus::Scheduled,
+        ResourceStatus::Queued => AttemptStatus::Queued,
+        ResourceStatus::Sent => AttemptStatus::Sent,
+        ResourceStatus::Delivered => AttemptStatus::Delivered,
+        ResourceStatus::Read => AttemptStatus::Read,
+    })
+}
+
+/// What the reconciler has read of one resource from Twilio, kept as two joins
+/// (docs/contract.md, "Reconciliation"): the highest terminal status read, under the attempt
+/// order, and the highest in-flight status read, under the resource order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Reads {
+    pub terminal: Option<AttemptStatus>,
+    pub in_flight: Option<AttemptStatus>,
+}
+
+/// The resource order on in-flight statuses, with the attempt order to break ties inside
+/// `queued` (accepted < queued < sending), so that the join is a total order.
+fn in_flight_key(s: AttemptStatus) -> (ResourceStatus, u8) {
+    (ResourceStatus::of_attempt(s), attempt_rank(s))
+}
+
+impl Reads {
+    /// Join one status read; true when it changed what is kept.
+    pub fn join(&mut self, s: AttemptStatus) -> bool {
+        if s.is_terminal_read() {
+            let joined = self.terminal.map_or(s, |t| join_attempt(t, s));
+            let changed = self.terminal != Some(joined);
+            self.terminal = Some(joined);
+            changed
+        } else if self
+            .in_flight
+            .is_none_or(|old| in_flight_key(s) > in_flight_key(old))
+        {
+            self.in_flight = Some(s);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terminal.is_none() && self.in_flight.is_none()
+    }
+
+    /// The status of a resource with these attempt statuses and these reads. Once a terminal
+    /// status has been read, the greater (attempt order) of it and what the attempts say;
+    /// until then, the in-flight read counts like one more attempt (resource order). With
+    /// neither attempts nor reads: queued.
+    pub fn status(&self, attempts: impl Iterator<Item = AttemptStatus>) -> ResourceStatus {
+        let from_attempts = attempts.map(ResourceStatus::of_attempt).max();
+        match self.terminal {
+            Some(t) => {
+                let derived = from_attempts.unwrap_or(ResourceStatus::Queued);
+                if attempt_rank(t) >= resource_rank(derived) {
+                    ResourceStatus::of_attempt(t)
+                } else {
+                    derived
+                }
+            }
+            None => from_attempts
+                .max(self.in_flight.map(ResourceStatus::of_attempt))
+                .unwrap_or(ResourceStatus::Queued),
+        }
+    }
+}
+
 /// One stats bucket: every resource sits in exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
@@ -162,7 +238,9 @@ impl Bucket {
 }
 
 /// An operation's status, `SCHEDULED < PROCESSING < COMPLETED`, plus `CANCELED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum OperationStatus {
     Scheduled,
@@ -206,6 +284,76 @@ impl OperationStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reads(list: &[AttemptStatus]) -> Reads {
+        let mut r = Reads::default();
+        for s in list {
+            r.join(*s);
+        }
+        r
+    }
+
+    #[test]
+    fn a_terminal_read_settles_a_resource_whose_fallback_callbacks_were_lost() {
+        use AttemptStatus::*;
+        // RCS failed, SMS fallback queued, its failure callback lost: Twilio says FAILED.
+        let r = reads(&[Failed]);
+        assert_eq!(
+            r.status([Failed, Queued].into_iter()),
+            ResourceStatus::Failed
+        );
+        // Canceled through the API while queued.
+        assert_eq!(
+            reads(&[Canceled]).status([Queued].into_iter()),
+            ResourceStatus::Canceled
+        );
+        // A later read callback still moves a delivered read forward.
+        assert_eq!(
+            reads(&[Delivered]).status([Read].into_iter()),
+            ResourceStatus::Read
+        );
+        // A stale terminal read never undoes what the attempts went past.
+        assert_eq!(
+            reads(&[Canceled]).status([Sent].into_iter()),
+            ResourceStatus::Sent
+        );
+        // With no attempt at all (an Email), the read is the status.
+        assert_eq!(
+            reads(&[Opened]).status(std::iter::empty()),
+            ResourceStatus::Read
+        );
+    }
+
+    #[test]
+    fn an_in_flight_read_counts_like_one_more_attempt_until_a_terminal_read() {
+        use AttemptStatus::*;
+        let r = reads(&[Queued]);
+        assert_eq!(r.status([Failed].into_iter()), ResourceStatus::Queued);
+        assert_eq!(r.status([Delivered].into_iter()), ResourceStatus::Delivered);
+        assert_eq!(
+            reads(&[Scheduled]).status(std::iter::empty()),
+            ResourceStatus::Scheduled
+        );
+        let r = reads(&[Sent, Failed]);
+        assert_eq!(
+            r.status([Failed, Queued].into_iter()),
+            ResourceStatus::Failed
+        );
+    }
+
+    #[test]
+    fn reads_join_in_any_order_to_the_same_state() {
+        let all = AttemptStatus::ALL;
+        for a in all {
+            for b in all {
+                for c in all {
+                    let x = reads(&[a, b, c]);
+                    assert_eq!(x, reads(&[c, a, b]));
+                    assert_eq!(x, reads(&[b, c, a, b]));
+                }
+            }
+        }
+    }
 
     #[test]
     fn attempt_join_is_commutative_associative_and_idempotent() {

@@ -5,8 +5,8 @@
 
 use super::compact::Id;
 use super::operation::{Attempt, AttemptKey, Resource};
-use super::status::{join_attempt, ResourceStatus};
-use crate::event::{AttemptEvent, AttemptStatus, Channel};
+use super::status::{join_attempt, Reads, ResourceStatus};
+use crate::event::{AttemptEvent, AttemptStatus, Channel, ResourceRead};
 use hashbrown::HashTable;
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -255,16 +255,13 @@ impl Slot {
         }
     }
 
-    pub(super) fn status(&self) -> ResourceStatus {
-        self.attempts
-            .as_slice()
-            .iter()
-            .map(|a| ResourceStatus::of_attempt(a.status))
-            .max()
-            .unwrap_or(ResourceStatus::Queued)
+    /// Its status, given what was read of it from Twilio (kept by its operation, since few
+    /// resources have any).
+    pub(super) fn status(&self, reads: Reads) -> ResourceStatus {
+        reads.status(self.attempts.as_slice().iter().map(|a| a.status))
     }
 
-    pub(super) fn view(&self, labels: &Labels) -> Resource {
+    pub(super) fn view(&self, labels: &Labels, reads: Reads) -> Resource {
         let mut attempts: Vec<Attempt> = self
             .attempts
             .as_slice()
@@ -277,14 +274,23 @@ impl Slot {
             to: self.to.as_ref().map(Id::as_string),
             tags: self.tags.as_deref().cloned().unwrap_or_default(),
             attempts,
+            reads,
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
         }
     }
 
-    pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
-        let mut changed = join_id(&mut self.to, &ev.to);
-        for (k, v) in &ev.tags {
+    /// Join a resource read from Twilio: its status into `reads`, its address and tags as an
+    /// attempt's would be.
+    pub(super) fn join_read(&mut self, read: &ResourceRead, reads: &mut Reads) -> bool {
+        let mut changed = join_id(&mut self.to, &read.to);
+        changed |= self.join_tags(&read.tags);
+        changed | reads.join(read.status)
+    }
+
+    fn join_tags(&mut self, new: &[(String, String)]) -> bool {
+        let mut changed = false;
+        for (k, v) in new {
             let tags = self.tags.get_or_insert_with(Default::default);
             match tags.get(k) {
                 Some(old) if old >= v => {}
@@ -294,6 +300,12 @@ impl Slot {
                 }
             }
         }
+        changed
+    }
+
+    pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+        let mut changed = join_id(&mut self.to, &ev.to);
+        changed |= self.join_tags(&ev.tags);
         match self
             .attempts
             .as_mut_slice()
