@@ -567,6 +567,14 @@ impl Aggregator {
         }
     }
 
+    /// Every operation's id, kind and creation time (what the reconciler keeps in step).
+    pub fn operation_ids(&self) -> Vec<(String, Kind, u64)> {
+        self.ops
+            .iter()
+            .map(|op| (op.id.clone(), op.kind(), op.created_ms))
+            .collect()
+    }
+
     /// The rolled-up view of one operation.
     pub fn operation(&self, id: &str) -> Option<OperationView> {
         self.ops.get(id).map(|op| op.view())

@@ -26,6 +26,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub log: LogSettings,
     pub kafka: KafkaSettings,
+    pub reconcile: ReconcileSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +136,63 @@ pub struct LogSettings {
     /// At most one "signature rejected" line per this interval; the rest are only counted.
     #[serde(with = "humantime_serde_shim")]
     pub signature_failure_interval: Duration,
+}
+
+/// Reading Twilio's REST API to converge to its numbers (docs/reconcile.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    pub api_base: String,
+    /// An API key SID (or the Account SID); empty turns reconciliation off.
+    pub username: String,
+    /// The API key's secret (or the auth token): never shown by `Debug`.
+    pub password: Secret,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub password_file: Option<String>,
+    #[serde(with = "humantime_serde_shim")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub max_interval: Duration,
+    pub requests_per_second: f64,
+    pub page_size: u32,
+    #[serde(with = "humantime_serde_shim")]
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+    #[serde(with = "humantime_serde_shim")]
+    pub discovery_overlap: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub max_backoff: Duration,
+}
+
+impl ReconcileSettings {
+    pub fn enabled(&self) -> bool {
+        !self.username.trim().is_empty()
+    }
+
+    /// The reconciler's configuration, given the retention that bounds its look-back; `None`
+    /// when reconciliation is off.
+    pub fn config(&self, retention_ttl: Duration) -> Option<crate::reconcile::ReconcileConfig> {
+        if !self.enabled() {
+            return None;
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        Some(crate::reconcile::ReconcileConfig {
+            api_base: self.api_base.trim_end_matches('/').to_owned(),
+            username: self.username.trim().to_owned(),
+            password: self.password.0.clone().unwrap_or_default(),
+            page_size: self.page_size,
+            request_timeout: self.request_timeout,
+            max_response_bytes: self.max_response_bytes,
+            plan: crate::reconcile::plan::PlanConfig {
+                interval_ms: ms(self.interval),
+                max_interval_ms: ms(self.max_interval),
+                lookback_ms: ms(retention_ttl),
+                overlap_ms: ms(self.discovery_overlap),
+                requests_per_second: self.requests_per_second,
+                max_backoff_ms: ms(self.max_backoff),
+            },
+        })
+    }
 }
 
 /// Publishing rolled-up state to Kafka (docs/kafka.md).
@@ -284,6 +342,32 @@ impl<'de> Deserialize<'de> for Secrets {
     }
 }
 
+/// One secret string (a password): never shown by `Debug`; empty is none.
+#[derive(Clone, Default)]
+pub struct Secret(Option<SecretString>);
+
+impl Secret {
+    pub fn new(s: &str) -> Secret {
+        Secret((!s.trim().is_empty()).then(|| SecretString::from(s.to_owned())))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "[redacted]"
+        } else {
+            "[none]"
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret::new(&String::deserialize(d)?))
+    }
+}
+
 fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     Ok(if s.trim().is_empty() { None } else { Some(s) })
@@ -384,6 +468,7 @@ impl Settings {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
         settings.read_token_file()?;
+        settings.read_reconcile_password_file()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -429,8 +514,54 @@ impl Settings {
         Ok(())
     }
 
+    fn read_reconcile_password_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.reconcile.password_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .unwrap_or_default();
+        self.reconcile.password = Secret::new(first);
+        Ok(())
+    }
+
+    fn validate_reconcile(&self) -> Result<(), ConfigError> {
+        let r = &self.reconcile;
+        if !r.enabled() {
+            return Ok(());
+        }
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(r.api_base.starts_with("https://") || r.api_base.starts_with("http://")) {
+            return bad(
+                "reconcile.api_base must start with https:// (or http:// for a local simulator)",
+            );
+        }
+        if r.password.0.is_none() {
+            return bad(
+                "reconcile.username is set but reconcile.password (or password_file) is empty",
+            );
+        }
+        if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
+            return bad("reconcile.requests_per_second must be a positive number");
+        }
+        if r.page_size == 0 || r.max_response_bytes == 0 {
+            return bad("reconcile.page_size and reconcile.max_response_bytes must be positive");
+        }
+        if r.interval.is_zero() || r.max_interval < r.interval || r.request_timeout.is_zero() {
+            return bad("reconcile.interval and request_timeout must be positive, and max_interval at least interval");
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_hardening()?;
+        self.validate_reconcile()?;
         if let Some(url) = &self.http.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
@@ -600,6 +731,11 @@ fn env_value(old: &toml::Value, raw: &str) -> Result<toml::Value, String> {
             raw.trim()
                 .parse()
                 .map_err(|_| "expected an integer".to_owned())?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| "expected a number".to_owned())?,
         ),
         toml::Value::Boolean(_) => toml::Value::Boolean(
             raw.trim()

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod publisher;
+pub mod reconcile;
 pub mod recovery;
 pub mod rollup;
 pub mod routes;

@@ -31,6 +31,8 @@ declare::metric_set! {
         registry: Registry,
         /// The Kafka publisher's metrics.
         pub kafka: KafkaMetrics,
+        /// The reconciler's metrics.
+        pub reconcile: ReconcileMetrics,
         /// `tally_memory_limit_bytes`: the memory limit of tally's cgroup (a container's or a
         /// systemd unit's), registered only when there is one; beside the standard
         /// `process_*` metrics (resident memory, CPU, open files) of the process collector.
@@ -168,15 +170,40 @@ declare::metric_set! {
     }
 }
 
+declare::metric_set! {
+    /// The reconciler's metrics (docs/reconcile.md). What it reads is counted like callback
+    /// events, on the route label `reconcile` of `tally_events_*`. `endpoint` is
+    /// `list_operations`, `fetch_operation` or `list_resources`; `code` an HTTP status, or
+    /// `timeout`, `error` (no answer) or `refused` (a next page outside api_base).
+    pub struct ReconcileMetrics {}
+    metrics RECONCILE_METRICS {
+        /// Requests made to Twilio's API, by endpoint and outcome code.
+        requests: IntCounterVec = "tally_reconcile_requests_total" ["endpoint", "code"];
+        /// The request budget (reconcile.requests_per_second); 0 when reconciliation is off.
+        budget: Gauge = "tally_reconcile_budget_requests_per_second";
+        /// Operations being kept in step with Twilio.
+        live_operations: IntGauge = "tally_reconcile_live_operations";
+        /// Live operations whose last whole check still disagreed with Twilio.
+        disagreeing_operations: IntGauge = "tally_reconcile_disagreeing_operations";
+        /// Resources by which they disagree: Twilio's excess over tally, summed over statuses.
+        disagreeing_resources: IntGauge = "tally_reconcile_disagreeing_resources";
+        /// How long the oldest disagreement has lasted, in seconds (0 when none).
+        oldest_disagreement_seconds: Gauge = "tally_reconcile_oldest_disagreement_seconds";
+        /// Seconds left of the pause Twilio asked for (429) or failures imposed (0 when none).
+        backoff_seconds: Gauge = "tally_reconcile_backoff_seconds";
+    }
+}
+
 /// The README's metrics table, generated from the declarations above (`tally metrics-doc`).
 pub fn markdown_table() -> String {
-    declare::markdown_table(&[METRICS, KAFKA_METRICS])
+    declare::markdown_table(&[METRICS, KAFKA_METRICS, RECONCILE_METRICS])
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let kafka = KafkaMetrics::declare(&registry);
+        let reconcile = ReconcileMetrics::declare(&registry);
         let memory_limit = cgroup_memory_limit(
             &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
             std::path::Path::new("/sys/fs/cgroup"),
@@ -198,7 +225,7 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("registered once");
-        let m = Metrics::declare(&registry, registry.clone(), kafka, memory_limit);
+        let m = Metrics::declare(&registry, registry.clone(), kafka, reconcile, memory_limit);
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -206,9 +233,11 @@ impl Metrics {
         for reason in SkipReason::ALL {
             m.events_rejected.with_label_values(&[reason.as_str()]);
         }
-        for route in ["events", "status"] {
+        for route in ["events", "status", "reconcile"] {
             m.events_received.with_label_values(&[route]);
             m.events_noop.with_label_values(&[route]);
+        }
+        for route in ["events", "status"] {
             for reason in ["source_not_allowed", "overload"] {
                 m.callbacks_refused.with_label_values(&[route, reason]);
             }
@@ -508,6 +537,10 @@ mod tests {
             .records_failed
             .with_label_values(&["operations", "evicted"]);
         metrics.kafka.topic_ready.with_label_values(&["operations"]);
+        metrics
+            .reconcile
+            .requests
+            .with_label_values(&["fetch_operation", "200"]);
         // The process collector's `process_*` and the cgroup memory limit are outside the
         // declarations (the README names them below the table).
         let families: Vec<_> = metrics
@@ -516,7 +549,11 @@ mod tests {
             .into_iter()
             .filter(|f| !f.name().starts_with("process_") && f.name() != "tally_memory_limit_bytes")
             .collect();
-        let declared: Vec<&declare::MetricSpec> = METRICS.iter().chain(KAFKA_METRICS).collect();
+        let declared: Vec<&declare::MetricSpec> = METRICS
+            .iter()
+            .chain(KAFKA_METRICS)
+            .chain(RECONCILE_METRICS)
+            .collect();
         assert_eq!(families.len(), declared.len());
         for family in &families {
             let spec = declared

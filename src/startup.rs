@@ -8,6 +8,7 @@ use crate::dirty::Dirty;
 use crate::journal::{self, Journal, JournalConfig};
 use crate::metrics::Metrics;
 use crate::publisher::{KafkaStatus, Publisher};
+use crate::reconcile::Reconciler;
 use crate::recovery::Recovery;
 use crate::routes::auth::ApiAuth;
 use crate::routes::callbacks::{now_ms, Intake, LogThrottle, UrlPolicy};
@@ -38,6 +39,8 @@ pub struct Application {
     publisher: Option<Publisher>,
     kafka_shutdown: Duration,
     recovery: web::Data<Recovery>,
+    /// Reads Twilio's API once recovery is done (when `[reconcile]` is on).
+    reconciler: Option<Reconciler>,
     /// The data directory's lock, held until the application is dropped (or the process ends).
     _data_dir: Option<DataDir>,
 }
@@ -131,6 +134,16 @@ impl Application {
         let retention_ms = settings.retention.ttl.as_millis() as u64;
         let metrics = web::Data::new(Metrics::new());
         let (publisher, kafka_status) = kafka_publisher(&settings.kafka, &aggregator, &metrics)?;
+        let reconciler = settings
+            .reconcile
+            .config(settings.retention.ttl)
+            .map(|config| Reconciler {
+                config,
+                aggregator: aggregator.clone().into_inner(),
+                journal: journal.clone().map(web::Data::into_inner),
+                recovery: recovery.clone().into_inner(),
+                metrics: metrics.clone().into_inner(),
+            });
         if let (Some(owned), Some(j)) = (&data_dir, &journal) {
             spawn_recovery(Replay {
                 dir: owned.path().to_owned(),
@@ -212,6 +225,7 @@ impl Application {
             snapshot_bytes: settings.storage.snapshot_bytes,
             publisher,
             kafka_shutdown: settings.kafka.shutdown_timeout,
+            reconciler,
             recovery,
             _data_dir: data_dir,
         })
@@ -260,6 +274,8 @@ impl Application {
                 Some(publisher.start())
             })
         });
+        // Reconciling starts once the replay is over too (it waits for it).
+        let reconciler = self.reconciler.map(|r| actix_web::rt::spawn(r.run()));
         let recovery = self.recovery.clone();
         let recovery_failed = async move {
             match recovery.wait().await {
@@ -287,6 +303,9 @@ impl Application {
             }
         };
         maintenance.abort();
+        if let Some(r) = reconciler {
+            r.abort();
+        }
         if let Some(starter) = kafka {
             if self.recovery.is_done() {
                 if let Ok(Some(kafka)) = starter.await {

@@ -232,7 +232,7 @@ fn signature_header(req: &HttpRequest) -> Result<Option<&[u8]>, CallbackError> {
 /// them, or, while start-up recovery runs, leave them to be applied (and counted) when the
 /// replay ends (docs/architecture.md, Recovery). Skipped events are counted at once; nothing
 /// is counted for a request that gets 503, since Twilio sends it again.
-async fn admit(
+pub async fn admit(
     route: &'static str,
     decoded: Vec<Result<Event, SkipReason>>,
     journal: Option<&Journal>,
