@@ -170,8 +170,9 @@ pub struct Journal {
     fsync: FsyncMode,
     dir: PathBuf,
     pub stats: Arc<JournalStats>,
-    /// Held for reading from append to apply; held for writing while a snapshot cuts.
-    pub gate: tokio::sync::RwLock<()>,
+    /// Held for reading from append to apply ([`Journal::applying`]); held for writing while a
+    /// snapshot cuts.
+    gate: tokio::sync::RwLock<()>,
     first_segment: u64,
 }
 
@@ -680,6 +681,13 @@ impl Journal {
             done,
         })?;
         wait.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Hold this from appending a request's events until they are applied: a snapshot waits
+    /// for it, so it never cuts the journal between the two (an appended record whose events
+    /// are not yet in the state the snapshot saves would be lost from both).
+    pub async fn applying(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     /// Take a snapshot of `agg` and drop the segments (and snapshots) it makes redundant. The

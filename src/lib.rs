@@ -27,6 +27,7 @@ pub mod datadir;
 pub mod dirty;
 pub mod event;
 pub mod ingest;
+pub mod intake;
 pub mod journal;
 pub mod metrics;
 pub mod publisher;

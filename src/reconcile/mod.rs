@@ -15,11 +15,11 @@ use crate::event::{
     AttemptStatus, Event, EventBody, Kind, OperationRead, ResourceRead, SkipReason, MAX_ID_BYTES,
 };
 use crate::ingest::{MAX_TAGS, MAX_TAG_KEY_BYTES, MAX_TAG_VALUE_BYTES};
+use crate::intake::{admit, now_ms, Summary};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::recovery::Recovery;
 use crate::rollup::{Bucket, OperationStatus};
-use crate::routes::callbacks::{admit, now_ms, Summary};
 use plan::{Call, OperationCheck, PlanConfig, Planner};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;

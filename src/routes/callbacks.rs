@@ -5,19 +5,20 @@
 //! Nothing of a request is applied before its signature holds.
 
 use super::error::CallbackError;
-use crate::aggregator::{Aggregator, Outcome};
-use crate::event::{Event, SkipReason};
+use crate::aggregator::Aggregator;
 use crate::ingest;
-use crate::journal::{Journal, Record};
+use crate::intake::admit;
+pub use crate::intake::{now_ms, Summary};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
-use crate::recovery::{Deferred, Recovery};
+use crate::recovery::Recovery;
 use crate::signature::{SignatureError, Verifier};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::Serialize;
+
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How the URL that Twilio signed is rebuilt from a request.
 #[derive(Debug, Clone)]
@@ -117,42 +118,6 @@ impl LogThrottle {
     }
 }
 
-/// What a callback request did, returned as its 200 body.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Summary {
-    pub received: u64,
-    pub applied: u64,
-    pub noop: u64,
-    pub rejected: u64,
-    /// Events journalled during start-up recovery, applied once the replay ends (shown only
-    /// then): `received = applied + noop + rejected + deferred`.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub deferred: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-impl Summary {
-    fn add(&mut self, outcome: Outcome) {
-        self.received += 1;
-        match outcome {
-            Outcome::Applied(_) | Outcome::Held => self.applied += 1,
-            Outcome::Noop => self.noop += 1,
-            Outcome::Rejected(_) => self.rejected += 1,
-        }
-    }
-}
-
-/// Wall-clock time in Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn content_type_is(req: &HttpRequest, accept: fn(&str) -> bool) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
@@ -226,89 +191,6 @@ fn signature_header(req: &HttpRequest) -> Result<Option<&[u8]>, CallbackError> {
         return Err(CallbackError::Signature(SignatureError::Malformed));
     }
     Ok(first)
-}
-
-/// Make the decoded events durable (when a journal is configured), then apply and count
-/// them, or, while start-up recovery runs, leave them to be applied (and counted) when the
-/// replay ends (docs/architecture.md, Recovery). Skipped events are counted at once; nothing
-/// is counted for a request that gets 503, since Twilio sends it again.
-pub async fn admit(
-    route: &'static str,
-    decoded: Vec<Result<Event, SkipReason>>,
-    journal: Option<&Journal>,
-    recovery: &Recovery,
-    agg: &Aggregator,
-    metrics: &Metrics,
-) -> Result<Summary, CallbackError> {
-    let now = now_ms();
-    let mut skipped = Vec::new();
-    let mut events = Vec::with_capacity(decoded.len());
-    let keep_recipients = agg.keeps_recipient_addresses();
-    for d in decoded {
-        match d {
-            Ok(mut e) => {
-                if !keep_recipients {
-                    e.forget_recipient();
-                }
-                events.push(e)
-            }
-            Err(reason) => skipped.push(reason),
-        }
-    }
-    let record = Record {
-        received_ms: now,
-        events,
-    };
-    // Room in the recovery backlog, taken before the append so that a refused request leaves
-    // nothing in the journal.
-    let reservation = match journal {
-        Some(_) if !record.events.is_empty() => recovery
-            .reserve(record.events.len() as u64)
-            .map_err(|e| CallbackError::Recovering {
-                message: e.to_string(),
-                retry_after: recovery.retry_after_secs(),
-            })?,
-        _ => None,
-    };
-    let _gate = match journal {
-        Some(j) => {
-            let gate = j.gate.read().await;
-            if !record.events.is_empty() {
-                j.append(&record)
-                    .await
-                    .map_err(|e| CallbackError::Unavailable(e.to_string()))?;
-            }
-            Some(gate)
-        }
-        None => None,
-    };
-    let mut summary = Summary::default();
-    let record = match reservation {
-        None => Some(record),
-        Some(room) => {
-            let n = record.events.len() as u64;
-            let back = recovery.defer(room, Deferred { route, record });
-            if back.is_none() {
-                summary.received += n;
-                summary.deferred += n;
-            }
-            back.map(|d| d.record)
-        }
-    };
-    for e in record.iter().flat_map(|r| &r.events) {
-        let outcome = agg.apply(e, now);
-        metrics.count_event(route, Ok(e), outcome);
-        summary.add(outcome);
-    }
-    drop(_gate);
-    for reason in skipped {
-        metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
-        summary.add(Outcome::Rejected(reason));
-    }
-    if agg.over_capacity() {
-        agg.evict_to_capacity();
-    }
-    Ok(summary)
 }
 
 /// Count the request and turn the result into a response.
@@ -385,6 +267,7 @@ pub async fn events(
             &metrics,
         )
         .await
+        .map_err(CallbackError::from)
     }
     .await;
     finish("events", started, &intake, &metrics, result)
@@ -425,6 +308,7 @@ pub async fn status(
             &metrics,
         )
         .await
+        .map_err(CallbackError::from)
     }
     .await;
     finish("status", started, &intake, &metrics, result)

@@ -28,6 +28,21 @@ pub enum CallbackError {
     Recovering { message: String, retry_after: u64 },
 }
 
+impl From<crate::intake::AdmitError> for CallbackError {
+    fn from(e: crate::intake::AdmitError) -> CallbackError {
+        match e {
+            crate::intake::AdmitError::Unavailable(m) => CallbackError::Unavailable(m),
+            crate::intake::AdmitError::Recovering {
+                message,
+                retry_after,
+            } => CallbackError::Recovering {
+                message,
+                retry_after,
+            },
+        }
+    }
+}
+
 impl ResponseError for CallbackError {
     fn status_code(&self) -> StatusCode {
         match self {
