@@ -100,6 +100,16 @@ impl StorageSettings {
         }
         self.dir.as_ref().map(PathBuf::from)
     }
+
+    /// The journal's configuration in the data directory `dir`.
+    pub fn journal_config(&self, dir: &Path) -> crate::journal::JournalConfig {
+        crate::journal::JournalConfig {
+            dir: dir.to_owned(),
+            fsync: self.fsync,
+            segment_bytes: self.segment_bytes,
+            max_group: self.max_group,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

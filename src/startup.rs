@@ -5,7 +5,7 @@ use crate::aggregator::Aggregator;
 use crate::config::{KafkaSettings, Settings};
 use crate::datadir::DataDir;
 use crate::dirty::Dirty;
-use crate::journal::{self, Journal, JournalConfig};
+use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
 use crate::publisher::{KafkaStatus, Publisher};
 use crate::reconcile::Reconciler;
@@ -49,84 +49,16 @@ impl Application {
     /// Bind `http.listen` and wire every component.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
         // Before anything else: a second process on the same directory stops here.
-        let data_dir = match settings.storage.data_dir() {
-            None => None,
-            Some(dir) => {
-                let owned = DataDir::acquire(&dir)?;
-                tracing::info!(
-                    dir = %owned.path().display(),
-                    pid = std::process::id(),
-                    "data directory: the journal and snapshots are kept here (locked by this process)"
-                );
-                Some(owned)
-            }
-        };
+        let data_dir = lock_data_dir(settings)?;
         let listener = TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
-        let tokens = settings.twilio.auth_tokens.expose();
         let health = web::Data::new(Health::default());
-        if tokens.is_empty() {
-            tracing::warn!(
-                "no Twilio auth token configured (twilio.auth_tokens or TALLY_TWILIO__AUTH_TOKENS): every callback will be refused with 403"
-            );
-            health.set(
-                "signature",
-                Some("no Twilio auth token configured: callbacks cannot be verified".into()),
-            );
-        }
-        let credentials = settings.api.credentials.expose();
-        if credentials.is_empty() {
-            tracing::warn!("api.credentials is empty: the query API answers loopback clients only");
-        }
-        let intake = web::Data::new(Intake {
-            verifier: Verifier::new(&tokens),
-            urls: UrlPolicy {
-                public_url: settings
-                    .http
-                    .public_url
-                    .as_ref()
-                    .map(|u| u.trim_end_matches('/').to_owned()),
-                trust_forwarded_headers: settings.http.trust_forwarded_headers,
-            },
-            max_body_bytes: settings.http.max_body_bytes,
-            max_events_per_batch: settings.http.max_events_per_batch,
-            body_read_timeout: settings.http.body_read_timeout,
-            signature_failure_log: LogThrottle::new(settings.log.signature_failure_interval),
-        });
+        let intake = intake(settings, &health);
         let (gate, listeners, admin_listener) = hardening(settings)?;
         let admin_port = listeners.admin.map(|a| a.port());
-        let pages = web::Data::new(PageLimits {
-            max_page_size: settings.api.max_page_size,
-        });
         let aggregator = web::Data::new(Aggregator::new(settings.limits()));
-        let journal = match &data_dir {
-            None => {
-                tracing::warn!(
-                    "storage.memory_only = true: state lives in memory only and a restart forgets it"
-                );
-                None
-            }
-            Some(owned) => {
-                let dir = owned.path();
-                // Opened before the replay, on a fresh segment after every existing one:
-                // callbacks are journalled there while the older segments are replayed.
-                let j = Journal::open(JournalConfig {
-                    dir: dir.to_owned(),
-                    fsync: settings.storage.fsync,
-                    segment_bytes: settings.storage.segment_bytes,
-                    max_group: settings.storage.max_group,
-                })
-                .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
-                tracing::info!(
-                    dir = %dir.display(),
-                    fsync = ?settings.storage.fsync,
-                    segment = j.first_segment(),
-                    "journal open"
-                );
-                Some(web::Data::new(j))
-            }
-        };
+        let journal = open_journal(settings, data_dir.as_ref())?;
         let recovery = web::Data::new(match &journal {
             None => Recovery::done(),
             Some(_) => Recovery::replaying(settings.storage.max_recovery_backlog_events),
@@ -154,64 +86,22 @@ impl Application {
                 retention_ms,
             })?;
         }
-        let auth = web::Data::new(ApiAuth::new(&credentials));
-        let agg = aggregator.clone();
-        let journal_data = journal.clone();
-        let recovery_data = recovery.clone();
-        let mut server = HttpServer::new(move || {
-            let app = App::new();
-            let app = match &journal_data {
-                Some(j) => app.app_data(j.clone()),
-                None => app,
-            };
-            app.app_data(intake.clone())
-                .app_data(gate.clone())
-                .app_data(listeners.clone())
-                .app_data(pages.clone())
-                .app_data(agg.clone())
-                .app_data(metrics.clone())
-                .app_data(auth.clone())
-                .app_data(health.clone())
-                .app_data(kafka_status.clone())
-                .app_data(recovery_data.clone())
-                .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                    actix_web::error::InternalError::from_response(
-                        e.to_string(),
-                        json_error(
-                            actix_web::http::StatusCode::BAD_REQUEST,
-                            "invalid query string",
-                        ),
-                    )
-                    .into()
-                }))
-                .app_data(web::PathConfig::default().error_handler(|e, _| {
-                    actix_web::error::InternalError::from_response(
-                        e.to_string(),
-                        json_error(actix_web::http::StatusCode::NOT_FOUND, "not found"),
-                    )
-                    .into()
-                }))
-                .configure(routes::configure)
-                .default_service(web::to(|| async {
-                    json_error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
-                }))
-        })
-        .disable_signals()
-        .shutdown_timeout(settings.http.shutdown_timeout.as_secs().max(1));
-        if settings.http.workers > 0 {
-            server = server.workers(settings.http.workers);
-        }
-        // Slow and greedy clients: head and disconnect timeouts, keep-alive, connections.
-        let mut server = server
-            .client_request_timeout(settings.http.client_request_timeout)
-            .client_disconnect_timeout(settings.http.client_disconnect_timeout)
-            .keep_alive(settings.http.keep_alive)
-            .max_connections(settings.http.max_connections)
-            .listen(listener)?;
-        if let Some(admin) = admin_listener {
-            server = server.listen(admin)?;
-        }
-        let server = server.run();
+        let shared = Shared {
+            journal: journal.clone(),
+            intake,
+            gate,
+            listeners,
+            pages: web::Data::new(PageLimits {
+                max_page_size: settings.api.max_page_size,
+            }),
+            aggregator: aggregator.clone(),
+            metrics,
+            auth: web::Data::new(api_auth(settings)),
+            health,
+            kafka_status,
+            recovery: recovery.clone(),
+        };
+        let server = http_server(settings, shared, listener, admin_listener)?;
         tracing::info!(addr = %settings.http.listen, port, "tally listening");
         Ok(Application {
             server,
@@ -326,6 +216,162 @@ impl Application {
         }
         result.context("http server failed")
     }
+}
+
+/// Take the data directory's lock (when state is kept on disk), logging where the data lives.
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<Option<DataDir>> {
+    let Some(dir) = settings.storage.data_dir() else {
+        return Ok(None);
+    };
+    let owned = DataDir::acquire(&dir)?;
+    tracing::info!(
+        dir = %owned.path().display(),
+        pid = std::process::id(),
+        "data directory: the journal and snapshots are kept here (locked by this process)"
+    );
+    Ok(Some(owned))
+}
+
+/// What the callback handlers share: the verifier, the URL policy and the body limits. Says on
+/// `health` (and in the log) when no auth token is configured.
+fn intake(settings: &Settings, health: &Health) -> web::Data<Intake> {
+    let tokens = settings.twilio.auth_tokens.expose();
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no Twilio auth token configured (twilio.auth_tokens or TALLY_TWILIO__AUTH_TOKENS): every callback will be refused with 403"
+        );
+        health.set(
+            "signature",
+            Some("no Twilio auth token configured: callbacks cannot be verified".into()),
+        );
+    }
+    web::Data::new(Intake {
+        verifier: Verifier::new(&tokens),
+        urls: UrlPolicy {
+            public_url: settings
+                .http
+                .public_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            trust_forwarded_headers: settings.http.trust_forwarded_headers,
+        },
+        max_body_bytes: settings.http.max_body_bytes,
+        max_events_per_batch: settings.http.max_events_per_batch,
+        body_read_timeout: settings.http.body_read_timeout,
+        signature_failure_log: LogThrottle::new(settings.log.signature_failure_interval),
+    })
+}
+
+fn api_auth(settings: &Settings) -> ApiAuth {
+    let credentials = settings.api.credentials.expose();
+    if credentials.is_empty() {
+        tracing::warn!("api.credentials is empty: the query API answers loopback clients only");
+    }
+    ApiAuth::new(&credentials)
+}
+
+/// Open the journal in the data directory, on a fresh segment after every existing one
+/// (callbacks are journalled there while the older segments are replayed); `None` in memory.
+fn open_journal(
+    settings: &Settings,
+    data_dir: Option<&DataDir>,
+) -> anyhow::Result<Option<web::Data<Journal>>> {
+    let Some(owned) = data_dir else {
+        tracing::warn!(
+            "storage.memory_only = true: state lives in memory only and a restart forgets it"
+        );
+        return Ok(None);
+    };
+    let dir = owned.path();
+    let j = Journal::open(settings.storage.journal_config(dir))
+        .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
+    tracing::info!(
+        dir = %dir.display(),
+        fsync = ?settings.storage.fsync,
+        segment = j.first_segment(),
+        "journal open"
+    );
+    Ok(Some(web::Data::new(j)))
+}
+
+/// Everything the HTTP handlers share, handed to each worker's `App`.
+#[derive(Clone)]
+struct Shared {
+    journal: Option<web::Data<Journal>>,
+    intake: web::Data<Intake>,
+    gate: web::Data<CallbackGate>,
+    listeners: web::Data<Listeners>,
+    pages: web::Data<PageLimits>,
+    aggregator: web::Data<Aggregator>,
+    metrics: web::Data<Metrics>,
+    auth: web::Data<ApiAuth>,
+    health: web::Data<Health>,
+    kafka_status: web::Data<KafkaStatus>,
+    recovery: web::Data<Recovery>,
+}
+
+/// Bind the HTTP server on its listeners, with the slow-client limits of `[http]`.
+fn http_server(
+    settings: &Settings,
+    shared: Shared,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+) -> anyhow::Result<Server> {
+    let mut server = HttpServer::new(move || {
+        let s = shared.clone();
+        let app = App::new();
+        let app = match s.journal {
+            Some(j) => app.app_data(j),
+            None => app,
+        };
+        app.app_data(s.intake)
+            .app_data(s.gate)
+            .app_data(s.listeners)
+            .app_data(s.pages)
+            .app_data(s.aggregator)
+            .app_data(s.metrics)
+            .app_data(s.auth)
+            .app_data(s.health)
+            .app_data(s.kafka_status)
+            .app_data(s.recovery)
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                actix_web::error::InternalError::from_response(
+                    e.to_string(),
+                    json_error(
+                        actix_web::http::StatusCode::BAD_REQUEST,
+                        "invalid query string",
+                    ),
+                )
+                .into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                actix_web::error::InternalError::from_response(
+                    e.to_string(),
+                    json_error(actix_web::http::StatusCode::NOT_FOUND, "not found"),
+                )
+                .into()
+            }))
+            .configure(routes::configure)
+            .default_service(web::to(|| async {
+                json_error(actix_web::http::StatusCode::NOT_FOUND, "no such route")
+            }))
+    })
+    .disable_signals()
+    .shutdown_timeout(settings.http.shutdown_timeout.as_secs().max(1));
+    if settings.http.workers > 0 {
+        server = server.workers(settings.http.workers);
+    }
+    // Slow and greedy clients: head and disconnect timeouts, keep-alive, connections.
+    let mut server = server
+        .client_request_timeout(settings.http.client_request_timeout)
+        .client_disconnect_timeout(settings.http.client_disconnect_timeout)
+        .keep_alive(settings.http.keep_alive)
+        .max_connections(settings.http.max_connections)
+        .listen(listener)?;
+    if let Some(admin) = admin_listener {
+        server = server.listen(admin)?;
+    }
+    Ok(server.run())
 }
 
 /// What the recovery thread needs.
