@@ -311,102 +311,21 @@ pub fn recover_before(
             .map(|n| file_len(&segment_path(dir, *n)))
             .sum()
     };
-    let snapshots = list_numbered(dir, "snapshot-", ".bin")?;
-    let newest = snapshots
-        .last()
-        .map_or(0, |n| file_len(&snapshot_path(dir, *n)));
-    progress
-        .total_bytes
-        .store(newest + segment_bytes(0), Ordering::Relaxed);
-    let mut from_segment = 0;
-    for n in snapshots.into_iter().rev() {
-        let path = snapshot_path(dir, n);
-        let size = file_len(&path);
-        tracing::info!(snapshot = n, bytes = size, "recovery: loading snapshot");
-        match read_snapshot(&path) {
-            Ok(state) => {
-                agg.restore(state);
-                report.snapshot = Some(n);
-                from_segment = n;
-                progress
-                    .total_bytes
-                    .store(size + segment_bytes(n), Ordering::Relaxed);
-                progress.bytes.store(size, Ordering::Relaxed);
-                break;
-            }
-            Err(e) => {
-                tracing::error!(snapshot = n, error = %e, "recovery: snapshot unreadable, trying an older one")
-            }
-        }
-    }
+    let from_segment = load_newest_snapshot(dir, agg, progress, &mut report, segment_bytes)?;
     let segments: Vec<u64> = all_segments
         .into_iter()
         .filter(|n| *n >= from_segment)
         .collect();
-    let total = segments.len();
-    let mut last_log = Instant::now();
+    let mut replay = Replay {
+        agg,
+        progress,
+        report: &mut report,
+        started,
+        last_log: Instant::now(),
+        total: segments.len(),
+    };
     for (i, n) in segments.iter().enumerate() {
-        let path = segment_path(dir, *n);
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        let (frames, valid) = read_frames(&bytes);
-        for payload in frames {
-            match decode_record(payload) {
-                Ok(rec) => {
-                    for ev in &rec.events {
-                        agg.apply(ev, rec.received_ms);
-                    }
-                    report.records += 1;
-                    report.events += rec.events.len() as u64;
-                }
-                // Written by a newer tally: skipping it would lose acknowledged callbacks.
-                Err(e @ RecordError::UnknownFormat(_)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("journal segment {}: {e}", path.display()),
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(segment = n, error = %e, "recovery: skipping a record that does not decode")
-                }
-            }
-            progress.records.store(report.records, Ordering::Relaxed);
-            progress.events.store(report.events, Ordering::Relaxed);
-            progress
-                .bytes
-                .fetch_add((payload.len() + FRAME_HEADER) as u64, Ordering::Relaxed);
-            if last_log.elapsed() > Duration::from_secs(2) {
-                tracing::info!(
-                    segment = i + 1,
-                    of = total,
-                    records = report.records,
-                    events = report.events,
-                    bytes = progress.bytes.load(Ordering::Relaxed),
-                    total_bytes = progress.total_bytes.load(Ordering::Relaxed),
-                    percent = progress.percent(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "recovery: replaying journal"
-                );
-                last_log = Instant::now();
-            }
-        }
-        if valid < bytes.len() {
-            tracing::warn!(
-                segment = n,
-                valid_bytes = valid,
-                dropped_bytes = bytes.len() - valid,
-                "recovery: torn or corrupt journal tail detected; truncating it"
-            );
-            OpenOptions::new()
-                .write(true)
-                .open(&path)?
-                .set_len(valid as u64)?;
-            report.truncated_tails += 1;
-            progress
-                .bytes
-                .fetch_add((bytes.len() - valid) as u64, Ordering::Relaxed);
-        }
-        report.segments += 1;
+        replay.segment(&segment_path(dir, *n), *n, i)?;
     }
     report.elapsed = started.elapsed();
     tracing::info!(
@@ -421,6 +340,126 @@ pub fn recover_before(
         "recovery: replay complete"
     );
     Ok(report)
+}
+
+/// Restore the newest snapshot that reads (an older one when the newest is damaged) and say
+/// from which segment the replay starts (0 without a snapshot). Sets the progress total: the
+/// snapshot's bytes and those of the segments still to replay.
+fn load_newest_snapshot(
+    dir: &Path,
+    agg: &Aggregator,
+    progress: &ReplayProgress,
+    report: &mut RecoveryReport,
+    segment_bytes: impl Fn(u64) -> u64,
+) -> io::Result<u64> {
+    let snapshots = list_numbered(dir, "snapshot-", ".bin")?;
+    let newest = snapshots
+        .last()
+        .map_or(0, |n| file_len(&snapshot_path(dir, *n)));
+    progress
+        .total_bytes
+        .store(newest + segment_bytes(0), Ordering::Relaxed);
+    for n in snapshots.into_iter().rev() {
+        let path = snapshot_path(dir, n);
+        let size = file_len(&path);
+        tracing::info!(snapshot = n, bytes = size, "recovery: loading snapshot");
+        match read_snapshot(&path) {
+            Ok(state) => {
+                agg.restore(state);
+                report.snapshot = Some(n);
+                progress
+                    .total_bytes
+                    .store(size + segment_bytes(n), Ordering::Relaxed);
+                progress.bytes.store(size, Ordering::Relaxed);
+                return Ok(n);
+            }
+            Err(e) => {
+                tracing::error!(snapshot = n, error = %e, "recovery: snapshot unreadable, trying an older one")
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The replay of journal segments into the aggregator, with its progress.
+struct Replay<'a> {
+    agg: &'a Aggregator,
+    progress: &'a ReplayProgress,
+    report: &'a mut RecoveryReport,
+    started: Instant,
+    last_log: Instant,
+    total: usize,
+}
+
+impl Replay<'_> {
+    /// Apply every record of segment `n` (the `i`-th replayed); truncate a torn tail.
+    fn segment(&mut self, path: &Path, n: u64, i: usize) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        File::open(path)?.read_to_end(&mut bytes)?;
+        let (frames, valid) = read_frames(&bytes);
+        for payload in frames {
+            match decode_record(payload) {
+                Ok(rec) => {
+                    for ev in &rec.events {
+                        self.agg.apply(ev, rec.received_ms);
+                    }
+                    self.report.records += 1;
+                    self.report.events += rec.events.len() as u64;
+                }
+                // Written by a newer tally: skipping it would lose acknowledged callbacks.
+                Err(e @ RecordError::UnknownFormat(_)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("journal segment {}: {e}", path.display()),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(segment = n, error = %e, "recovery: skipping a record that does not decode")
+                }
+            }
+            self.note_progress((payload.len() + FRAME_HEADER) as u64, i);
+        }
+        if valid < bytes.len() {
+            tracing::warn!(
+                segment = n,
+                valid_bytes = valid,
+                dropped_bytes = bytes.len() - valid,
+                "recovery: torn or corrupt journal tail detected; truncating it"
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(valid as u64)?;
+            self.report.truncated_tails += 1;
+            self.progress
+                .bytes
+                .fetch_add((bytes.len() - valid) as u64, Ordering::Relaxed);
+        }
+        self.report.segments += 1;
+        Ok(())
+    }
+
+    /// Count one replayed record of `bytes`, and log the progress every two seconds.
+    fn note_progress(&mut self, bytes: u64, i: usize) {
+        let p = self.progress;
+        p.records.store(self.report.records, Ordering::Relaxed);
+        p.events.store(self.report.events, Ordering::Relaxed);
+        p.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.last_log.elapsed() > Duration::from_secs(2) {
+            tracing::info!(
+                segment = i + 1,
+                of = self.total,
+                records = self.report.records,
+                events = self.report.events,
+                bytes = p.bytes.load(Ordering::Relaxed),
+                total_bytes = p.total_bytes.load(Ordering::Relaxed),
+                percent = p.percent(),
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "recovery: replaying journal"
+            );
+            self.last_log = Instant::now();
+        }
+    }
 }
 
 fn read_snapshot(path: &Path) -> io::Result<SnapshotState> {
