@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::cloudevent;
 use support::process::{Endpoint, Tally};
 use support::scratch;
 
@@ -37,22 +38,9 @@ fn post_status(
 
 /// Post one signed Event Streams batch of `message.sent` events for `msgs` of `op`.
 fn post_batch(tally: Endpoint, op: &str, msgs: &[String]) -> std::io::Result<u16> {
-    let events: Vec<serde_json::Value> = msgs
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "specversion": "1.0",
-                "type": "com.twilio.comms-api.message.sent",
-                "source": "/test", "id": format!("EV{m}"),
-                "time": "2026-11-23T10:00:00.000Z",
-                "data": {"operation_id": op, "message_id": m, "downstream_id": format!("SM{m}"),
-                         "from": {"address": "+15017122661", "channel": "SMS"},
-                         "to": {"address": "+15558675310", "channel": "SMS"}}
-            })
-        })
-        .collect();
-    let body = serde_json::to_vec(&events).unwrap();
-    tally.try_post_events(&body).map(|r| r.status)
+    tally
+        .try_post_events(&cloudevent::message_batch("sent", op, msgs))
+        .map(|r| r.status)
 }
 
 /// A callback that got 200: operation id, message id, the status it must show.

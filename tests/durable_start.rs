@@ -8,6 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use support::cloudevent;
 use support::http::RawResp;
 use support::process::{Endpoint, Tally};
 use support::scrape::Scrape;
@@ -244,21 +245,9 @@ fn without(mut operations: serde_json::Value, op: &str) -> serde_json::Value {
 /// Post one signed Event Streams batch of `message.delivered` events for `msgs` of `op`:
 /// status code and body.
 fn post_delivered_batch(t: &Endpoint, op: &str, msgs: &[String]) -> (u16, serde_json::Value) {
-    let events: Vec<serde_json::Value> = msgs
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "specversion": "1.0",
-                "type": "com.twilio.comms-api.message.delivered",
-                "source": "/test", "id": format!("EV{m}"),
-                "time": "2026-11-23T10:00:00.000Z",
-                "data": {"operation_id": op, "message_id": m, "downstream_id": format!("SM{m}"),
-                         "to": {"address": "+15558675310", "channel": "SMS"}}
-            })
-        })
-        .collect();
-    let body = serde_json::to_vec(&events).unwrap();
-    let resp = t.try_post_events(&body).expect("answered");
+    let resp = t
+        .try_post_events(&cloudevent::message_batch("delivered", op, msgs))
+        .expect("answered");
     (
         resp.status,
         serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null),

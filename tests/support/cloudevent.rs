@@ -144,3 +144,18 @@ impl CloudEvent {
         self.0
     }
 }
+
+/// The body of an Event Streams request carrying `events`.
+pub fn batch(events: impl IntoIterator<Item = CloudEvent>) -> Vec<u8> {
+    let all: Vec<Value> = events.into_iter().map(CloudEvent::json).collect();
+    serde_json::to_vec(&all).expect("serialisable")
+}
+
+/// One `message.<status>` event per message of `msgs` (of operation `op`), each over its own
+/// attempt `SM<message id>`, as one Event Streams request body.
+pub fn message_batch(status: &str, op: &str, msgs: &[String]) -> Vec<u8> {
+    batch(
+        msgs.iter()
+            .map(|m| CloudEvent::message(status, op, m, &format!("SM{m}"))),
+    )
+}
