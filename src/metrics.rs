@@ -174,7 +174,8 @@ declare::metric_set! {
     /// The reconciler's metrics (docs/reconcile.md). What it reads is counted like callback
     /// events, on the route label `reconcile` of `tally_events_*`. `endpoint` is
     /// `list_operations`, `fetch_operation` or `list_resources`; `code` an HTTP status, or
-    /// `timeout`, `error` (no answer) or `refused` (a next page outside api_base).
+    /// `timeout`, `error` (no answer), `stale` (a kept-alive connection the server had closed:
+    /// made again at once on a new one) or `refused` (a next page outside api_base).
     pub struct ReconcileMetrics {}
     metrics RECONCILE_METRICS {
         /// Requests made to Twilio's API, by endpoint and outcome code.

@@ -65,6 +65,8 @@ enum Answer {
     NotFound,
     /// A 5xx, another 4xx, a timeout or a transport error, with its metrics code.
     Failed(String),
+    /// A kept-alive connection the server had closed: nothing reached it.
+    Stale,
 }
 
 fn rfc3339_s(ms: u64) -> String {
@@ -265,13 +267,22 @@ impl Reconciler {
         let mut resp = match sent {
             Ok(r) => r,
             Err(awc::error::SendRequestError::Timeout) => return Answer::Failed("timeout".into()),
-            Err(_) => return Answer::Failed("error".into()),
+            Err(awc::error::SendRequestError::Connect(awc::error::ConnectError::Disconnected)) => {
+                return Answer::Stale
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reconcile: no answer");
+                return Answer::Failed("error".into());
+            }
         };
         let code = resp.status().as_u16();
         match code {
             200 => match resp.body().limit(self.config.max_response_bytes).await {
                 Ok(b) => Answer::Ok(b.to_vec()),
-                Err(_) => Answer::Failed("error".into()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconcile: answer not read");
+                    Answer::Failed("error".into())
+                }
             },
             429 => Answer::RateLimited(
                 resp.headers()
@@ -288,24 +299,29 @@ impl Reconciler {
     /// Make one request and act on its answer.
     async fn make(&self, client: &awc::Client, planner: &mut Planner, call: Call) {
         let endpoint = call.endpoint();
-        let answer = match self.url(&call) {
+        let mut answer = match self.url(&call) {
             Ok(url) => self.get(client, &url).await,
             Err(why) => {
                 tracing::warn!(endpoint, why, "reconcile: a page not followed");
                 Answer::Failed("refused".into())
             }
         };
+        if let (Answer::Stale, Ok(url)) = (&answer, self.url(&call)) {
+            // Once more on a new connection, within the budget like any request.
+            self.count(endpoint, "stale");
+            answer = match planner.take_token(now_ms()) {
+                Ok(()) => self.get(client, &url).await,
+                Err(_) => Answer::Failed("error".into()),
+            };
+        }
         let code = match &answer {
             Answer::Ok(_) => "200",
             Answer::RateLimited(_) => "429",
             Answer::NotFound => "404",
             Answer::Failed(c) => c.as_str(),
+            Answer::Stale => "stale",
         };
-        self.metrics
-            .reconcile
-            .requests
-            .with_label_values(&[endpoint, code])
-            .inc();
+        self.count(endpoint, code);
         let now = now_ms();
         match answer {
             Answer::Ok(body) => {
@@ -323,6 +339,9 @@ impl Reconciler {
                 } => planner.not_found(id),
                 Call::ListOperations { kind, .. } => planner.operations_listed(*kind, None, now),
             },
+            Answer::Stale => {
+                planner.failed(call, now);
+            }
             Answer::Failed(code) => {
                 let wait = planner.failed(call, now);
                 tracing::warn!(
@@ -333,6 +352,14 @@ impl Reconciler {
                 );
             }
         }
+    }
+
+    fn count(&self, endpoint: &str, code: &str) {
+        self.metrics
+            .reconcile
+            .requests
+            .with_label_values(&[endpoint, code])
+            .inc();
     }
 
     /// Journal and apply read events like callbacks (route `reconcile`).

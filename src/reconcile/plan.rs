@@ -391,6 +391,12 @@ impl Planner {
         Err(wake.min(now_ms + 1000))
     }
 
+    /// Take one request from the budget outside [`Planner::next_call`] (the retry of a request
+    /// that never reached Twilio), or say when there will be one.
+    pub fn take_token(&mut self, now_ms: u64) -> Result<(), u64> {
+        self.budget.take(now_ms)
+    }
+
     /// An answer arrived: failures stop counting.
     pub fn succeeded(&mut self) {
         self.failures = 0;
