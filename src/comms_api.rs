@@ -289,8 +289,7 @@ pub struct EmailItem {
     pub id: String,
     pub from: Option<EmailAddress>,
     pub to: Option<EmailAddress>,
-    /// Subject and body: Twilio's, never kept by tally (left out when absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Subject and body: Twilio's; tally never keeps them and writes `null`.
     pub content: Option<Value>,
     pub status: String,
     pub tags: BTreeMap<String, Value>,

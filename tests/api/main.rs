@@ -15,6 +15,7 @@ mod overload;
 mod privacy;
 mod query;
 mod shutdown;
+mod shapes;
 mod signatures;
 mod simulate;
 mod slow_clients;
