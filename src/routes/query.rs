@@ -158,6 +158,23 @@ fn related_operation(kind: Kind, op_id: &str) -> Vec<Related> {
     }]
 }
 
+/// A push notification's device: tally keeps no device token (it is not an address), so only
+/// the provider of the deciding attempt shows (`FCM`, `APNS`); empty when that is unknown too.
+fn push_to(r: &crate::rollup::Resource) -> Vec<PushTo> {
+    let provider = r
+        .best_attempt()
+        .and_then(|a| a.channel)
+        .filter(|c| matches!(c, Channel::Fcm | Channel::Apns))
+        .map(|c| c.as_api_str().to_owned());
+    if r.to.is_none() && provider.is_none() {
+        return vec![];
+    }
+    vec![PushTo {
+        token: r.to.clone(),
+        provider,
+    }]
+}
+
 /// tally's extras of a resource; `attempts` only on a fetch by id and the errors list.
 fn extras(s: &ResourceSnapshot, with_attempts: bool) -> Extras {
     let r = &s.resource;
@@ -235,18 +252,7 @@ fn resource_body(s: &ResourceSnapshot, with_attempts: bool) -> ResourceBody {
         }),
         Kind::PushNotifications => ResourceBody::Push(PushItem {
             id: r.id.clone(),
-            to: r
-                .to
-                .iter()
-                .map(|t| PushTo {
-                    token: Some(t.clone()),
-                    provider: r
-                        .best_attempt()
-                        .and_then(|a| a.channel)
-                        .filter(|c| matches!(c, Channel::Fcm | Channel::Apns))
-                        .map(|c| c.as_api_str().to_owned()),
-                })
-                .collect(),
+            to: push_to(r),
             status,
             related: related_operation(s.kind, &s.operation_id),
             tags,
