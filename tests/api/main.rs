@@ -11,6 +11,7 @@ mod hostile;
 mod kafka;
 mod limits;
 mod metrics;
+mod openapi;
 mod overload;
 mod privacy;
 mod query;
