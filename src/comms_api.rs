@@ -525,6 +525,34 @@ mod tests {
     }
 
     #[test]
+    fn stats_are_written_in_their_order_and_read_whatever_the_order() {
+        const ORDER: &[&str] = &["total", "opened", "failed", "recipients", "weird"];
+        let s = ApiStats::ordered(ORDER, |n| n.len() as u64);
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(text, r#"{"total":5,"opened":6,"failed":6,"recipients":10}"#);
+        let back: ApiStats = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.order, None);
+        assert_eq!(
+            (back.total, back.opened, back.read),
+            (Some(5), Some(6), None)
+        );
+        // Without an order: the declaration order.
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            r#"{"total":5,"recipients":10,"opened":6,"failed":6}"#
+        );
+    }
+
+    #[test]
+    fn a_written_email_has_twilios_keys_with_content_null() {
+        let text = serde_json::to_string(&EmailItem::default()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":"","from":null,"to":null,"content":null,"status":"","tags":{},"operationId":null,"createdAt":null,"updatedAt":null}"#
+        );
+    }
+
+    #[test]
     fn a_written_message_keeps_twilios_key_order_with_extras_after() {
         let item = MessageItem {
             id: "comms_message_1".into(),

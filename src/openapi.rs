@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(properties("Email"), written(&email));
         assert_eq!(properties("PushNotification"), written(&push));
         assert_eq!(properties("Attempt"), written(&AttemptBody::default()));
-        assert_eq!(properties("MessageOperation"), written(&OperationBody::default()));
+        assert_eq!(
+            properties("MessageOperation"),
+            written(&OperationBody::default())
+        );
         assert_eq!(
             properties("UrlPagination"),
             written(&Pagination::urls(None, String::new()))
@@ -310,7 +313,10 @@ mod tests {
             ("EmailPage", written(&EmailPage::default())),
             ("PushNotificationPage", written(&PushPage::default())),
             ("MessageOperationPage", written(&OperationPage::default())),
-            ("MessageErrorPage", written(&ErrorPage::<MessageItem>::default())),
+            (
+                "MessageErrorPage",
+                written(&ErrorPage::<MessageItem>::default()),
+            ),
         ] {
             assert_eq!(properties(page), list, "{page}");
         }

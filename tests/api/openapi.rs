@@ -68,7 +68,10 @@ async fn every_documented_path_is_a_route_and_every_route_is_documented() {
     }
 
     // Assert
-    assert!(unrouted.is_empty(), "documented but not routed: {unrouted:?}");
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:?}"
+    );
     for route in [
         "/twilio/events",
         "/twilio/status",

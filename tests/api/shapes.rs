@@ -12,7 +12,10 @@ use serde_json::Value;
 
 /// Twilio's sample of `name` (`messages-operation`, `emails-list`, …).
 fn fixture(name: &str) -> Ordered {
-    let path = format!("{}/tests/fixtures/twilio/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/twilio/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     Ordered::parse(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
 }
 
@@ -42,7 +45,9 @@ fn compare(path: &str, want: &Ordered, got: &Ordered, rules: &Rules, diffs: &mut
             let got_keys = got.keys();
             let (twilios, after) = got_keys.split_at(want_keys.len().min(got_keys.len()));
             if twilios != want_keys.as_slice() {
-                diffs.push(format!("{path}: keys {got_keys:?}, Twilio's are {want_keys:?}"));
+                diffs.push(format!(
+                    "{path}: keys {got_keys:?}, Twilio's are {want_keys:?}"
+                ));
                 return;
             }
             let allowed = rules.extras_at(path);
@@ -124,12 +129,8 @@ async fn check_kind(k: Kind) {
     // Arrange
     let app = spawn_app().await;
     app.apply_batch(&k.events).await;
-    let with_attempts: Vec<&'static str> = k
-        .item_extras
-        .iter()
-        .copied()
-        .chain(["attempts"])
-        .collect();
+    let with_attempts: Vec<&'static str> =
+        k.item_extras.iter().copied().chain(["attempts"]).collect();
     let item_path = |p: &str| format!(".{}[]{p}", k.items);
     let rules_for = |root: &str, extras: &[&'static str]| Rules {
         extras: vec![
@@ -184,7 +185,12 @@ async fn check_kind(k: Kind) {
         &got_list,
         &rules_for(&item_path(""), &k.item_extras),
     );
-    assert_shape("one fetched by id", &item, &got_one, &rules_for("", &with_attempts));
+    assert_shape(
+        "one fetched by id",
+        &item,
+        &got_one,
+        &rules_for("", &with_attempts),
+    );
     assert_shape(
         "the errors list",
         &errors,
@@ -193,13 +199,17 @@ async fn check_kind(k: Kind) {
     );
     // The extras are there where they are promised.
     for key in ["attemptCount", "channel", "attempts"] {
-        assert!(got_one.get(key).is_some(), "{key} on a fetch by id: {got_one:?}");
+        assert!(
+            got_one.get(key).is_some(),
+            "{key} on a fetch by id: {got_one:?}"
+        );
     }
     let Some(Ordered::Array(errs)) = got_errors.get("errors") else {
         panic!("errors: {got_errors:?}")
     };
     assert!(
-        errs.iter().any(|e| e.get("id") == Some(&Ordered::String(k.failed.into()))),
+        errs.iter()
+            .any(|e| e.get("id") == Some(&Ordered::String(k.failed.into()))),
         "{} is among the errors: {got_errors:?}",
         k.failed
     );
@@ -316,12 +326,15 @@ async fn page_urls_are_absolute_on_the_request_host_or_the_public_url() {
     // Arrange: callbacks to the second app would be signed over its public URL, so it is
     // asked for an empty list, which still says where it is (`self`).
     let plain = spawn_app().await;
-    let public = spawn_app_with(&[("TALLY_HTTP__PUBLIC_URL", "https://tally.example.com/base/")])
-        .await;
+    let public =
+        spawn_app_with(&[("TALLY_HTTP__PUBLIC_URL", "https://tally.example.com/base/")]).await;
 
     // Act
     let on_host = first_page(&plain).await;
-    let on_public = public.get("/v1/Messages/Operations?pageSize=1").await.json();
+    let on_public = public
+        .get("/v1/Messages/Operations?pageSize=1")
+        .await
+        .json();
 
     // Assert
     let p = &on_host["pagination"];
