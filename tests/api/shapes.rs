@@ -116,8 +116,8 @@ struct Kind {
     fixture: &'static str,
     op: &'static str,
     /// A resource to fetch by id, and one that failed (for the errors list).
-    one: &'static str,
-    failed: &'static str,
+    one: String,
+    failed: String,
     events: Vec<Value>,
     item_extras: Vec<&'static str>,
     stats_extras: Vec<&'static str>,
@@ -209,7 +209,7 @@ async fn check_kind(k: Kind) {
     };
     assert!(
         errs.iter()
-            .any(|e| e.get("id") == Some(&Ordered::String(k.failed.into()))),
+            .any(|e| e.get("id") == Some(&Ordered::String(k.failed.clone()))),
         "{} is among the errors: {got_errors:?}",
         k.failed
     );
@@ -242,8 +242,8 @@ async fn messages_answer_in_twilios_shape_with_extras_after() {
         items: "messages",
         fixture: "messages",
         op,
-        one: Box::leak(id(2).into_boxed_str()),
-        failed: Box::leak(id(4).into_boxed_str()),
+        one: id(2),
+        failed: id(4),
         events,
         item_extras: ITEM_EXTRAS.to_vec(),
         stats_extras: vec![],
@@ -268,8 +268,8 @@ async fn emails_answer_in_twilios_shape_with_extras_after() {
         items: "data",
         fixture: "emails",
         op,
-        one: Box::leak(id(1).into_boxed_str()),
-        failed: Box::leak(id(3).into_boxed_str()),
+        one: id(1),
+        failed: id(3),
         events,
         // `operationId` is one of Twilio's own fields for an Email.
         item_extras: vec!["channel", "errorCode", "attemptCount"],
@@ -294,8 +294,8 @@ async fn push_notifications_answer_in_twilios_shape_with_extras_after() {
         items: "notifications",
         fixture: "push",
         op,
-        one: Box::leak(id(1).into_boxed_str()),
-        failed: Box::leak(id(2).into_boxed_str()),
+        one: id(1),
+        failed: id(2),
         events,
         item_extras: ITEM_EXTRAS.to_vec(),
         stats_extras: vec!["unaddressable", "scheduled", "canceled"],
