@@ -26,35 +26,105 @@ pub struct OperationBody {
 /// An operation's stats. Every field is optional: each kind shows its own set (docs/contract.md,
 /// "Operation status and stats"), and a field a kind does not show is left out when written and
 /// `None` when read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Written in `order` when it is set (tally sets it to its kind's order, Twilio's fields first:
+/// `rollup::operation::stat_names`), else in the order declared here; fields absent from `order`
+/// follow it in declaration order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct ApiStats {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub recipients: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub unaddressable: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub queued: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub read: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub opened: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub undelivered: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub canceled: Option<u64>,
+    /// The order the fields are written in; never read from a body.
+    #[serde(skip)]
+    pub order: Option<&'static [&'static str]>,
+}
+
+impl ApiStats {
+    /// Every field with its name, in declaration order.
+    fn entries(&self) -> [(&'static str, Option<u64>); 13] {
+        [
+            ("total", self.total),
+            ("recipients", self.recipients),
+            ("attempts", self.attempts),
+            ("unaddressable", self.unaddressable),
+            ("queued", self.queued),
+            ("sent", self.sent),
+            ("scheduled", self.scheduled),
+            ("delivered", self.delivered),
+            ("read", self.read),
+            ("opened", self.opened),
+            ("undelivered", self.undelivered),
+            ("failed", self.failed),
+            ("canceled", self.canceled),
+        ]
+    }
+
+    fn slot(&mut self, name: &str) -> Option<&mut Option<u64>> {
+        Some(match name {
+            "total" => &mut self.total,
+            "recipients" => &mut self.recipients,
+            "attempts" => &mut self.attempts,
+            "unaddressable" => &mut self.unaddressable,
+            "queued" => &mut self.queued,
+            "sent" => &mut self.sent,
+            "scheduled" => &mut self.scheduled,
+            "delivered" => &mut self.delivered,
+            "read" => &mut self.read,
+            "opened" => &mut self.opened,
+            "undelivered" => &mut self.undelivered,
+            "failed" => &mut self.failed,
+            "canceled" => &mut self.canceled,
+            _ => return None,
+        })
+    }
+
+    /// Stats with exactly the fields `names` (in that order), each valued by `value`; a name
+    /// that is not a stats field is skipped.
+    pub fn ordered(names: &'static [&'static str], value: impl Fn(&str) -> u64) -> ApiStats {
+        let mut s = ApiStats {
+            order: Some(names),
+            ..ApiStats::default()
+        };
+        for &n in names {
+            if let Some(slot) = s.slot(n) {
+                *slot = Some(value(n));
+            }
+        }
+        s
+    }
+}
+
+impl Serialize for ApiStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let entries = self.entries();
+        let order = self.order.unwrap_or(&[]);
+        let value = |n: &str| entries.iter().find(|(k, _)| *k == n).and_then(|e| e.1);
+        let mut m = s.serialize_map(None)?;
+        for &n in order {
+            if let Some(v) = value(n) {
+                m.serialize_entry(n, &v)?;
+            }
+        }
+        for (n, v) in entries {
+            if let (Some(v), false) = (v, order.contains(&n)) {
+                m.serialize_entry(n, &v)?;
+            }
+        }
+        m.end()
+    }
 }
 
 /// `GET /v1/{Kind}/Operations`: the operations list (tally's and Twilio's). Pagination comes in
@@ -219,8 +289,7 @@ pub struct EmailItem {
     pub id: String,
     pub from: Option<EmailAddress>,
     pub to: Option<EmailAddress>,
-    /// Subject and body: Twilio's, never kept by tally (left out when absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Subject and body: Twilio's; tally never keeps them and writes `null`.
     pub content: Option<Value>,
     pub status: String,
     pub tags: BTreeMap<String, Value>,
@@ -279,6 +348,15 @@ pub struct EmailPage {
 #[serde(default)]
 pub struct PushPage {
     pub notifications: Vec<PushItem>,
+    pub pagination: Pagination,
+}
+
+/// `GET /v1/{Kind}/Operations/{id}/Errors`: the failed and undelivered resources of an
+/// operation, each in its kind's item shape (`MessageItem`, `EmailItem`, `PushItem`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ErrorPage<T> {
+    pub errors: Vec<T>,
     pub pagination: Pagination,
 }
 
@@ -444,6 +522,34 @@ mod tests {
             (Some(2), Some(1), None)
         );
         assert_eq!(o.created_at, None);
+    }
+
+    #[test]
+    fn stats_are_written_in_their_order_and_read_whatever_the_order() {
+        const ORDER: &[&str] = &["total", "opened", "failed", "recipients", "weird"];
+        let s = ApiStats::ordered(ORDER, |n| n.len() as u64);
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(text, r#"{"total":5,"opened":6,"failed":6,"recipients":10}"#);
+        let back: ApiStats = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.order, None);
+        assert_eq!(
+            (back.total, back.opened, back.read),
+            (Some(5), Some(6), None)
+        );
+        // Without an order: the declaration order.
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            r#"{"total":5,"recipients":10,"opened":6,"failed":6}"#
+        );
+    }
+
+    #[test]
+    fn a_written_email_has_twilios_keys_with_content_null() {
+        let text = serde_json::to_string(&EmailItem::default()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":"","from":null,"to":null,"content":null,"status":"","tags":{},"operationId":null,"createdAt":null,"updatedAt":null}"#
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!                      → metrics (received = applied + noop + rejected) → 200
 //!                        (each change marks its operation in dirty::Dirty when Kafka is on)
 //!  rollup::Operation   attempt lattice → resource status → stats buckets → OperationView
-//!  readers             routes::query (/v1/…, Twilio-shaped), /metrics, /healthz/details
+//!  readers             routes::query (/v1/…, Twilio-shaped: comms_api types), /metrics,
+//!                      /healthz/details, /openapi.json (openapi: the whole HTTP interface)
 //!  publisher           every kafka.flush_interval: dirty operations → record(&OperationView)
 //!                      → idempotent producer, one record in flight per operation → Kafka
 //!  simulate            acts as Twilio: a seeded scenario, signed requests, the state to expect
@@ -30,6 +31,7 @@ pub mod ingest;
 pub mod intake;
 pub mod journal;
 pub mod metrics;
+pub mod openapi;
 pub mod publisher;
 pub mod reconcile;
 pub mod recovery;

@@ -53,6 +53,13 @@ enum Command {
     /// Print the table of every metric tally exports (name, type, labels, meaning), as the
     /// README shows it.
     MetricsDoc,
+    /// Print the OpenAPI 3.1 document of tally's HTTP interface as YAML (docs/openapi.yaml), or
+    /// with --json exactly as GET /openapi.json serves it.
+    Openapi {
+        /// The JSON served at GET /openapi.json instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +76,14 @@ fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => tally::simulate::command::run(*args),
         Command::MetricsDoc => {
             print!("{}", tally::metrics::markdown_table());
+            Ok(())
+        }
+        Command::Openapi { json } => {
+            if json {
+                print!("{}", tally::openapi::DOCUMENT);
+            } else {
+                print!("{}", tally::openapi::yaml());
+            }
             Ok(())
         }
     }

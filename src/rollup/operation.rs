@@ -635,34 +635,83 @@ pub struct Stats {
     pub canceled: u64,
 }
 
+/// The stats fields `kind` shows, in order: Twilio's fields for that kind in the order its own
+/// responses list them, then tally's extras (docs/contract.md, "Operation status and stats").
+/// The one definition of the order, for the query API and Kafka records alike.
+pub fn stat_names(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Messages => &[
+            "total",
+            "recipients",
+            "attempts",
+            "unaddressable",
+            "queued",
+            "sent",
+            "scheduled",
+            "delivered",
+            "read",
+            "undelivered",
+            "failed",
+            "canceled",
+        ],
+        Kind::Emails => &[
+            "total",
+            "queued",
+            "sent",
+            "scheduled",
+            "delivered",
+            "opened",
+            "undelivered",
+            "failed",
+            "canceled",
+            // tally's extras
+            "recipients",
+            "attempts",
+        ],
+        Kind::PushNotifications => &[
+            "total",
+            "recipients",
+            "attempts",
+            "queued",
+            "sent",
+            "delivered",
+            "undelivered",
+            "failed",
+            // tally's extras
+            "unaddressable",
+            "scheduled",
+            "canceled",
+        ],
+    }
+}
+
 impl Stats {
-    /// The status buckets this kind shows, in order, with their values.
+    /// One field by its name (0 for a name no kind shows).
+    pub fn get(&self, name: &str) -> u64 {
+        match name {
+            "total" => self.total,
+            "recipients" => self.recipients,
+            "attempts" => self.attempts,
+            "unaddressable" => self.unaddressable,
+            "scheduled" => self.scheduled,
+            "queued" => self.queued,
+            "sent" => self.sent,
+            "delivered" => self.delivered,
+            "read" => self.read,
+            "opened" => self.opened,
+            "undelivered" => self.undelivered,
+            "failed" => self.failed,
+            "canceled" => self.canceled,
+            _ => 0,
+        }
+    }
+
+    /// The fields this kind shows, in order ([`stat_names`]), with their values.
     pub fn fields(&self) -> Vec<(&'static str, u64)> {
-        let mut f = vec![
-            ("total", self.total),
-            ("recipients", self.recipients),
-            ("attempts", self.attempts),
-        ];
-        if self.kind != Kind::Emails {
-            f.push(("unaddressable", self.unaddressable));
-        }
-        f.extend([
-            ("queued", self.queued),
-            ("sent", self.sent),
-            ("scheduled", self.scheduled),
-            ("delivered", self.delivered),
-        ]);
-        match self.kind {
-            Kind::Messages => f.push(("read", self.read)),
-            Kind::Emails => f.push(("opened", self.opened)),
-            Kind::PushNotifications => {}
-        }
-        f.extend([
-            ("undelivered", self.undelivered),
-            ("failed", self.failed),
-            ("canceled", self.canceled),
-        ]);
-        f
+        stat_names(self.kind)
+            .iter()
+            .map(|&n| (n, self.get(n)))
+            .collect()
     }
 
     /// Sum of every status bucket; always equals `total`.
@@ -819,6 +868,8 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        // Messages: exactly Twilio's sample; Emails and push notifications: Twilio's fields in
+        // its order, tally's extras after.
         assert_eq!(
             names(&s),
             "total,recipients,attempts,unaddressable,queued,sent,scheduled,delivered,read,undelivered,failed,canceled"
@@ -826,16 +877,18 @@ mod tests {
         s.kind = Kind::Emails;
         assert_eq!(
             names(&s),
-            "total,recipients,attempts,queued,sent,scheduled,delivered,opened,undelivered,failed,canceled"
+            "total,queued,sent,scheduled,delivered,opened,undelivered,failed,canceled,recipients,attempts"
         );
         s.kind = Kind::PushNotifications;
         assert_eq!(
             names(&s),
-            "total,recipients,attempts,unaddressable,queued,sent,scheduled,delivered,undelivered,failed,canceled"
+            "total,recipients,attempts,queued,sent,delivered,undelivered,failed,unaddressable,scheduled,canceled"
         );
+        s.delivered = 4;
+        s.unaddressable = 1;
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
-            r#"{"total":0,"recipients":0,"attempts":0,"unaddressable":0,"queued":0,"sent":0,"scheduled":0,"delivered":0,"undelivered":0,"failed":0,"canceled":0}"#
+            r#"{"total":0,"recipients":0,"attempts":0,"queued":0,"sent":0,"delivered":4,"undelivered":0,"failed":0,"unaddressable":1,"scheduled":0,"canceled":0}"#
         );
     }
 

@@ -37,8 +37,15 @@ impl UrlPolicy {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
+        format!("{}{}", self.base_url(req), path_and_query)
+    }
+
+    /// The base the request was made to, without a trailing slash: the public base when one is
+    /// configured, else the scheme and host of the request (from `X-Forwarded-Proto` and
+    /// `-Host` only when they are trusted). The query API's absolute page URLs start with it.
+    pub fn base_url(&self, req: &HttpRequest) -> String {
         if let Some(base) = &self.public_url {
-            return format!("{}{}", base.trim_end_matches('/'), path_and_query);
+            return base.trim_end_matches('/').to_owned();
         }
         let header_str = |name: &str| {
             req.headers()
@@ -59,7 +66,7 @@ impl UrlPolicy {
             .or_else(|| header_str("host"))
             .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        format!("{scheme}://{host}{path_and_query}")
+        format!("{scheme}://{host}")
     }
 }
 

@@ -14,8 +14,8 @@ use actix_web::{web, FromRequest, Handler, Responder, Route};
 /// Register every route. Shared state comes as `web::Data` from the app builder.
 ///
 /// Callbacks pass `guard::callbacks` (listener, source network, in-flight bound) and answer
-/// other methods with 405; `/metrics` and `/v1` pass `guard::admin_only` (listener), and `/v1`
-/// then the credentials and `health::after_recovery` (503 until start-up recovery is done).
+/// other methods with 405; `/metrics`, `/openapi.json` and `/v1` pass `guard::admin_only`
+/// (listener), and `/v1` then the credentials and `health::after_recovery` (503 until start-up recovery is done).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(callback("/twilio/events", callbacks::events))
         .service(callback("/twilio/status", callbacks::status))
@@ -24,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/readyz/queries", web::get().to(health::readyz_queries))
         .service(admin("/metrics", web::get().to(health::metrics)))
+        .service(admin("/openapi.json", web::get().to(crate::openapi::serve)))
         .service(
             web::scope("/v1")
                 .wrap(from_fn(health::after_recovery))

@@ -1,15 +1,20 @@
 //! The query API, shaped like Twilio's Communications API so code written against Twilio works
 //! against tally: `/v1/{Messages|Emails|PushNotifications}/…`.
 
+use super::callbacks::Intake;
 use super::error::ApiError;
 use crate::aggregator::{Aggregator, ResourceFilter, ResourceSnapshot};
+use crate::comms_api::{
+    ApiStats, AttemptBody, EmailAddress, EmailItem, EmailPage, ErrorPage, Extras, MessageItem,
+    MessagePage, MessageTo, OperationBody, OperationPage, Pagination, PushItem, PushPage, PushTo,
+    Related,
+};
 use crate::event::{Channel, Kind};
-use crate::rollup::operation::rfc3339_ms;
-use crate::rollup::{Bucket, OperationStatus, OperationView, Stats};
+use crate::rollup::operation::{rfc3339_ms, stat_names};
+use crate::rollup::{Bucket, OperationStatus, OperationView};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Paging limits of the list endpoints.
 #[derive(Debug, Clone, Copy)]
@@ -25,15 +30,6 @@ fn family(name: &str) -> Result<Kind, ApiError> {
         _ => Err(ApiError::NotFound(
             "no such resource family: use Messages, Emails or PushNotifications",
         )),
-    }
-}
-
-/// The list key Twilio uses for each family's items.
-fn items_key(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Messages => "messages",
-        Kind::Emails => "data",
-        Kind::PushNotifications => "notifications",
     }
 }
 
@@ -69,18 +65,20 @@ fn page(q: &HashMap<String, String>, limits: &PageLimits) -> Result<Page, ApiErr
     Ok(Page { size, after })
 }
 
-/// The pagination object in the family's own style: URLs for Messages and push
-/// notifications, a bare token for Emails.
+/// The pagination object in the family's own style: absolute URLs for Messages and push
+/// notifications (`base` is the public base URL, else the request's scheme and host), a bare
+/// token for Emails.
 fn pagination(
     kind: Kind,
+    base: &str,
     req: &HttpRequest,
     q: &HashMap<String, String>,
     size: usize,
     last: Option<&str>,
-) -> Value {
+) -> Pagination {
     let token = last.map(|id| hex::encode(id.as_bytes()));
     match kind {
-        Kind::Emails => json!({"nextPageToken": token, "pageSize": size}),
+        Kind::Emails => Pagination::token(token, size as u64),
         _ => {
             let url_with = |tok: Option<&str>| {
                 let mut pairs: Vec<(&String, &String)> = q
@@ -95,27 +93,19 @@ fn pagination(
                 if let Some(t) = tok {
                     ser.append_pair("pageToken", t);
                 }
-                format!("{}?{}", req.path(), ser.finish())
+                let query = ser.finish();
+                if query.is_empty() {
+                    format!("{base}{}", req.path())
+                } else {
+                    format!("{base}{}?{query}", req.path())
+                }
             };
-            json!({
-                "next": token.as_deref().map(|t| url_with(Some(t))),
-                "self": url_with(q.get("pageToken").map(String::as_str)),
-            })
+            Pagination::urls(
+                token.as_deref().map(|t| url_with(Some(t))),
+                url_with(q.get("pageToken").map(String::as_str)),
+            )
         }
     }
-}
-
-/// An operation as Twilio shows it. Serialised straight from this struct, never through a
-/// `serde_json::Value` (whose maps sort their keys), so the fields and the stats keep Twilio's
-/// order.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct OperationJson<'a> {
-    id: &'a str,
-    status: OperationStatus,
-    stats: &'a Stats,
-    created_at: String,
-    updated_at: String,
 }
 
 /// Split `size + 1` fetched items into the page shown and, when there is more, the id of its
@@ -130,59 +120,172 @@ fn page_of<T>(items: &[T], size: usize, id: impl Fn(&T) -> &str) -> (&[T], Optio
     (shown, last)
 }
 
-fn operation_json(v: &OperationView) -> OperationJson<'_> {
-    OperationJson {
-        id: &v.id,
-        status: v.status,
-        stats: &v.stats,
-        created_at: rfc3339_ms(v.created_ms),
-        updated_at: rfc3339_ms(v.updated_ms),
+/// An operation as Twilio shows it, its stats in its kind's order.
+fn operation_body(v: &OperationView) -> OperationBody {
+    OperationBody {
+        id: v.id.clone(),
+        status: Some(v.status.as_str().to_owned()),
+        stats: ApiStats::ordered(stat_names(v.kind), |n| v.stats.get(n)),
+        created_at: Some(rfc3339_ms(v.created_ms)),
+        updated_at: Some(rfc3339_ms(v.updated_ms)),
     }
 }
 
-/// The body of `GET /v1/{family}/Operations` (a struct for the same reason as [`OperationJson`]).
+/// One resource in its kind's shape (Twilio's fields, then tally's extras).
 #[derive(Serialize)]
-struct OperationList<'a> {
-    operations: Vec<OperationJson<'a>>,
-    pagination: Value,
+#[serde(untagged)]
+enum ResourceBody {
+    Message(MessageItem),
+    Email(EmailItem),
+    Push(PushItem),
 }
 
-fn resource_json(s: &ResourceSnapshot, with_attempts: bool) -> Value {
-    let r = &s.resource;
-    let best = r.best_attempt();
-    let channel = best.and_then(|a| a.channel).map(Channel::as_api_str);
-    let mut m = Map::new();
-    m.insert("id".into(), json!(r.id));
-    m.insert("operationId".into(), json!(s.operation_id));
-    m.insert("status".into(), json!(s.status.api_str(s.kind)));
-    m.insert("to".into(), json!({"address": r.to, "channel": channel}));
-    m.insert("channel".into(), json!(channel));
-    m.insert("errorCode".into(), json!(r.error_code()));
-    m.insert("tags".into(), json!(r.tags));
-    m.insert("attemptCount".into(), json!(r.attempts.len()));
-    if with_attempts {
-        let attempts: Vec<Value> = r
-            .attempts
-            .iter()
-            .map(|a| {
-                json!({
-                    "id": a.downstream_id,
-                    "attempt": a.attempt,
-                    "channel": a.channel.map(Channel::as_api_str),
-                    "status": a.status.as_str().to_ascii_uppercase(),
-                    "errorCode": a.error_code,
-                })
-            })
-            .collect();
-        m.insert("attempts".into(), Value::Array(attempts));
+/// The `channel` of a Message recipient's address: `PHONE` for an E.164 number, else unknown.
+fn address_channel(address: &str) -> Option<String> {
+    let digits = address.strip_prefix('+')?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| "PHONE".to_owned())
+}
+
+/// The `related` entry naming the operation, its `uri` relative to the API base (`/v1`).
+fn related_operation(kind: Kind, op_id: &str) -> Vec<Related> {
+    vec![Related {
+        name: "operation".into(),
+        id: op_id.to_owned(),
+        uri: Some(format!(
+            "/{}/Operations/{op_id}",
+            crate::comms_api::family(kind)
+        )),
+    }]
+}
+
+/// A push notification's device: tally keeps no device token (it is not an address), so only
+/// the provider of the deciding attempt shows (`FCM`, `APNS`); empty when that is unknown too.
+fn push_to(r: &crate::rollup::Resource) -> Vec<PushTo> {
+    let provider = r
+        .best_attempt()
+        .and_then(|a| a.channel)
+        .filter(|c| matches!(c, Channel::Fcm | Channel::Apns))
+        .map(|c| c.as_api_str().to_owned());
+    if r.to.is_none() && provider.is_none() {
+        return vec![];
     }
-    m.insert(
-        "related".into(),
-        json!([{"name": "operation", "id": s.operation_id}]),
-    );
-    m.insert("createdAt".into(), json!(rfc3339_ms(r.created_ms)));
-    m.insert("updatedAt".into(), json!(rfc3339_ms(r.updated_ms)));
-    Value::Object(m)
+    vec![PushTo {
+        token: r.to.clone(),
+        provider,
+    }]
+}
+
+/// tally's extras of a resource; `attempts` only on a fetch by id and the errors list.
+fn extras(s: &ResourceSnapshot, with_attempts: bool) -> Extras {
+    let r = &s.resource;
+    let attempts = with_attempts.then(|| {
+        r.attempts
+            .iter()
+            .map(|a| AttemptBody {
+                id: a.downstream_id.clone(),
+                attempt: a.attempt.clone(),
+                channel: a.channel.map(|c| c.as_api_str().to_owned()),
+                status: a.status.as_str().to_ascii_uppercase(),
+                error_code: a.error_code,
+            })
+            .collect()
+    });
+    Extras {
+        channel: r
+            .best_attempt()
+            .and_then(|a| a.channel)
+            .map(|c| c.as_api_str().to_owned()),
+        error_code: r.error_code(),
+        attempt_count: Some(r.attempts.len() as u64),
+        attempts,
+    }
+}
+
+fn resource_body(s: &ResourceSnapshot, with_attempts: bool) -> ResourceBody {
+    let r = &s.resource;
+    let status = s.status.api_str(s.kind).to_owned();
+    let tags: BTreeMap<String, serde_json::Value> = r
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let created_at = Some(rfc3339_ms(r.created_ms));
+    let updated_at = Some(rfc3339_ms(r.updated_ms));
+    let extras = extras(s, with_attempts);
+    match s.kind {
+        Kind::Messages => ResourceBody::Message(MessageItem {
+            id: r.id.clone(),
+            from: None,
+            to: r
+                .to
+                .iter()
+                .map(|a| MessageTo {
+                    address: Some(a.clone()),
+                    channel: address_channel(a),
+                    contact_id: None,
+                })
+                .collect(),
+            status,
+            related: related_operation(s.kind, &s.operation_id),
+            tags,
+            scheduled_for: None,
+            created_at,
+            updated_at,
+            deleted_at: None,
+            operation_id: Some(s.operation_id.clone()),
+            extras,
+        }),
+        Kind::Emails => ResourceBody::Email(EmailItem {
+            id: r.id.clone(),
+            from: None,
+            to: r.to.as_ref().map(|a| EmailAddress {
+                address: Some(a.clone()),
+                name: None,
+            }),
+            content: None,
+            status,
+            tags,
+            operation_id: Some(s.operation_id.clone()),
+            created_at,
+            updated_at,
+            extras,
+        }),
+        Kind::PushNotifications => ResourceBody::Push(PushItem {
+            id: r.id.clone(),
+            to: push_to(r),
+            status,
+            related: related_operation(s.kind, &s.operation_id),
+            tags,
+            created_at,
+            updated_at,
+            deleted_at: None,
+            operation_id: Some(s.operation_id.clone()),
+            extras,
+        }),
+    }
+}
+
+/// A page of resources under the kind's own list key (`messages`, `data`, `notifications`).
+fn resource_page(kind: Kind, items: Vec<ResourceBody>, pagination: Pagination) -> HttpResponse {
+    let (mut messages, mut data, mut notifications) = (vec![], vec![], vec![]);
+    for item in items {
+        match item {
+            ResourceBody::Message(m) => messages.push(m),
+            ResourceBody::Email(e) => data.push(e),
+            ResourceBody::Push(p) => notifications.push(p),
+        }
+    }
+    match kind {
+        Kind::Messages => HttpResponse::Ok().json(MessagePage {
+            messages,
+            pagination,
+        }),
+        Kind::Emails => HttpResponse::Ok().json(EmailPage { data, pagination }),
+        Kind::PushNotifications => HttpResponse::Ok().json(PushPage {
+            notifications,
+            pagination,
+        }),
+    }
 }
 
 /// The 404 for an unknown operation id (which it does not repeat: error bodies never echo the
@@ -200,7 +303,7 @@ pub async fn get_operation(
         .operation(&id)
         .filter(|v| v.kind == kind)
         .ok_or(OPERATION_NOT_FOUND)?;
-    Ok(HttpResponse::Ok().json(operation_json(&view)))
+    Ok(HttpResponse::Ok().json(operation_body(&view)))
 }
 
 /// `GET /v1/{family}/Operations`: operations of that family, optionally by `status`.
@@ -210,6 +313,7 @@ pub async fn list_operations(
     q: Query,
     agg: web::Data<Aggregator>,
     limits: web::Data<PageLimits>,
+    intake: web::Data<Intake>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = family(&path)?;
     let page = page(&q, &limits)?;
@@ -223,9 +327,10 @@ pub async fn list_operations(
     };
     let ops = agg.list_operations(kind, status, page.after.as_deref(), page.size + 1);
     let (shown, last) = page_of(&ops, page.size, |v| v.id.as_str());
-    Ok(HttpResponse::Ok().json(OperationList {
-        operations: shown.iter().map(operation_json).collect(),
-        pagination: pagination(kind, &req, &q, page.size, last),
+    let base = intake.urls.base_url(&req);
+    Ok(HttpResponse::Ok().json(OperationPage {
+        operations: shown.iter().map(operation_body).collect(),
+        pagination: pagination(kind, &base, &req, &q, page.size, last),
     }))
 }
 
@@ -264,6 +369,7 @@ pub async fn list_resources(
     q: Query,
     agg: web::Data<Aggregator>,
     limits: web::Data<PageLimits>,
+    intake: web::Data<Intake>,
 ) -> Result<HttpResponse, ApiError> {
     let kind = family(&path)?;
     let op_id = q
@@ -278,16 +384,12 @@ pub async fn list_resources(
         .resources(op_id, &filter, page.after.as_deref(), page.size + 1)
         .ok_or(OPERATION_NOT_FOUND)?;
     let (shown, last) = page_of(&items, page.size, |s| s.resource.id.as_str());
-    let mut body = Map::new();
-    body.insert(
-        items_key(kind).into(),
-        Value::Array(shown.iter().map(|s| resource_json(s, false)).collect()),
-    );
-    body.insert(
-        "pagination".into(),
-        pagination(kind, &req, &q, page.size, last),
-    );
-    Ok(HttpResponse::Ok().json(Value::Object(body)))
+    let base = intake.urls.base_url(&req);
+    Ok(resource_page(
+        kind,
+        shown.iter().map(|s| resource_body(s, false)).collect(),
+        pagination(kind, &base, &req, &q, page.size, last),
+    ))
 }
 
 /// `GET /v1/{family}/{id}`: one resource with its attempts.
@@ -301,7 +403,7 @@ pub async fn get_resource(
         .resource(&id)
         .filter(|s| s.kind == kind)
         .ok_or(ApiError::NotFound("resource not found"))?;
-    Ok(HttpResponse::Ok().json(resource_json(&snap, true)))
+    Ok(HttpResponse::Ok().json(resource_body(&snap, true)))
 }
 
 /// `GET /v1/{family}/Operations/{id}/Errors`: failed and undelivered resources with their codes.
@@ -311,6 +413,7 @@ pub async fn list_errors(
     q: Query,
     agg: web::Data<Aggregator>,
     limits: web::Data<PageLimits>,
+    intake: web::Data<Intake>,
 ) -> Result<HttpResponse, ApiError> {
     let (fam, id) = path.into_inner();
     let kind = family(&fam)?;
@@ -332,9 +435,9 @@ pub async fn list_errors(
     items.sort_by(|a, b| a.resource.id.cmp(&b.resource.id));
     items.truncate(page.size + 1);
     let (shown, last) = page_of(&items, page.size, |s| s.resource.id.as_str());
-    let errors: Vec<Value> = shown.iter().map(|s| resource_json(s, true)).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "errors": errors,
-        "pagination": pagination(kind, &req, &q, page.size, last),
-    })))
+    let base = intake.urls.base_url(&req);
+    Ok(HttpResponse::Ok().json(ErrorPage {
+        errors: shown.iter().map(|s| resource_body(s, true)).collect(),
+        pagination: pagination(kind, &base, &req, &q, page.size, last),
+    }))
 }

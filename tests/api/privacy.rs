@@ -44,8 +44,8 @@ async fn send_addresses(app: &TestApp) {
 
 async fn addresses_shown(app: &TestApp) -> Vec<serde_json::Value> {
     vec![
-        app.resource_json("Messages", MSG).await["to"]["address"].clone(),
-        app.resource_json("Messages", FORM_MSG).await["to"]["address"].clone(),
+        app.resource_json("Messages", MSG).await["to"][0]["address"].clone(),
+        app.resource_json("Messages", FORM_MSG).await["to"][0]["address"].clone(),
         app.resource_json("Emails", EMAIL).await["to"]["address"].clone(),
     ]
 }

@@ -156,7 +156,11 @@ impl TestApp {
         server.await.expect("the server task does not panic")
     }
 
+    /// The URL of `path_and_query` on this app; an absolute URL (a page's `next`, say) as it is.
     pub fn url(&self, path_and_query: &str) -> String {
+        if path_and_query.starts_with("http://") || path_and_query.starts_with("https://") {
+            return path_and_query.to_owned();
+        }
         format!("{}{}", self.address, path_and_query)
     }
 

@@ -9,6 +9,7 @@
 //! - [`cloudevent`]: CloudEvent and form-callback builders;
 //! - [`scrape`]: a reader of the Prometheus text format;
 //! - [`kafka_records`]: Kafka traffic, a topic reader and the record checks;
+//! - [`ordered`]: JSON with its keys in document order, for tests about key order;
 //! - here: [`free_port`] and [`scratch`] directories.
 //!
 //! Each test binary uses a part of it, so unused items are allowed here (and only here).
@@ -18,6 +19,7 @@ pub mod app;
 pub mod cloudevent;
 pub mod http;
 pub mod kafka_records;
+pub mod ordered;
 pub mod process;
 pub mod scrape;
 pub mod signing;
