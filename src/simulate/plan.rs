@@ -56,6 +56,10 @@ pub struct ResourcePlan {
     pub id: String,
     pub to: String,
     pub attempts: Vec<AttemptPlan>,
+    /// Set for a resource that never reaches a channel and sends no callback at all: canceled
+    /// through Twilio's API (`Canceled`), or in an operation scheduled for later (`Scheduled`).
+    /// Only Twilio's REST API shows it; it has no attempts.
+    pub held: Option<AttemptStatus>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +70,9 @@ pub struct OperationPlan {
     /// Operation events and their times.
     pub phases: Vec<(Phase, u64)>,
     pub resources: Vec<ResourcePlan>,
+    /// Scheduled for later with no callback at all (`--scheduled`): only Twilio's REST API
+    /// shows it.
+    pub quiet: bool,
 }
 
 /// Real Twilio error codes, by what they mean for the attempt.
@@ -92,7 +99,10 @@ impl OperationPlan {
         );
         let kind = *rng.pick(&cfg.kinds);
         let roll = rng.below(100);
+        // Drawn from a stream of its own, so that the share changes nothing else.
+        let quiet = keyed(cfg.seed, 0x5C4E_D01E, &[index as u64]).chance(cfg.scheduled);
         let shape = match roll {
+            _ if quiet => Shape::Scheduled,
             0..=2 => Shape::Scheduled,
             3..=5 => Shape::Canceled,
             6..=19 => Shape::Processing,
@@ -110,7 +120,21 @@ impl OperationPlan {
             }
         }
         let resources = (0..cfg.recipients.max(1))
-            .map(|n| plan_resource(cfg, &mut rng, kind, shape, start + n as u64))
+            .map(|n| {
+                let mut r = plan_resource(cfg, &mut rng, kind, shape, start + n as u64);
+                let held = if quiet {
+                    Some(AttemptStatus::Scheduled)
+                } else {
+                    keyed(cfg.seed, 0xCA9C_E1ED, &[index as u64, n as u64])
+                        .chance(cfg.cancel)
+                        .then_some(AttemptStatus::Canceled)
+                };
+                if held.is_some() {
+                    r.attempts.clear();
+                    r.held = held;
+                }
+                r
+            })
             .collect();
         OperationPlan {
             id,
@@ -118,6 +142,7 @@ impl OperationPlan {
             shape,
             phases,
             resources,
+            quiet,
         }
     }
 
@@ -289,5 +314,20 @@ fn plan_resource(cfg: &Config, rng: &mut Rng, kind: Kind, shape: Shape, t0: u64)
             });
         }
     }
-    ResourcePlan { id, to, attempts }
+    ResourcePlan {
+        id,
+        to,
+        attempts,
+        held: None,
+    }
+}
+
+/// A generator of its own for one decision (`salt`) about one thing (`parts`: indices), so that
+/// a share such as `--drop` or `--cancel` decides the same way whatever else is configured.
+pub(super) fn keyed(seed: u64, salt: u64, parts: &[u64]) -> Rng {
+    let mut h = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for p in parts {
+        h = Rng::new(h ^ p.wrapping_mul(0xBF58_476D_1CE4_E5B9)).next_u64();
+    }
+    Rng::new(h)
 }
