@@ -271,3 +271,159 @@ pub fn resource_statuses(kind: Kind) -> Vec<&'static str> {
     out.extend(["UNDELIVERED", "FAILED", "CANCELED"]);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Scenario};
+    use super::*;
+
+    fn cfg() -> Config {
+        Config {
+            operations: 40,
+            recipients: 25,
+            kinds: vec![Kind::Messages, Kind::Emails, Kind::PushNotifications],
+            ..Config::default()
+        }
+    }
+
+    /// Every (operation, resource, attempt, report) a scenario delivers at least once.
+    fn delivered(s: &Scenario) -> std::collections::BTreeSet<(u32, u32, u8, u8)> {
+        s.deliveries
+            .iter()
+            .map(|d| (d.op, d.resource, d.attempt, d.item))
+            .collect()
+    }
+
+    fn get(stats: &[(&'static str, u64)], name: &str) -> u64 {
+        stats.iter().find(|(k, _)| *k == name).map_or(0, |x| x.1)
+    }
+
+    #[test]
+    fn drop_cancel_and_scheduled_decide_the_same_way_for_the_same_seed() {
+        let knobs = Config {
+            drop: 0.3,
+            cancel: 0.2,
+            scheduled: 0.2,
+            ..cfg()
+        };
+        let (a, b) = (Scenario::generate(&knobs), Scenario::generate(&knobs));
+        assert_eq!(a.truth().operations, b.truth().operations);
+        assert_eq!(a.deliveries, b.deliveries);
+        let other = Scenario::generate(&Config { seed: 2, ..knobs });
+        assert_ne!(a.truth().operations, other.truth().operations);
+    }
+
+    #[test]
+    fn a_report_lost_at_a_small_share_is_lost_at_a_larger_one_and_the_shares_hold() {
+        let at = |drop| Scenario::generate(&Config { drop, ..cfg() });
+        let (none, some, more) = (at(0.0), at(0.2), at(0.5));
+        let (all, kept_some, kept_more) = (delivered(&none), delivered(&some), delivered(&more));
+        assert!(kept_more.is_subset(&kept_some) && kept_some.is_subset(&all));
+        let (unsent, planned) = some.unsent();
+        let message_reports = all
+            .iter()
+            .filter(|d| d.1 != u32::MAX)
+            .filter(|d| none.operations[d.0 as usize].kind == Kind::Messages)
+            .count() as f64;
+        let share = unsent as f64 / message_reports;
+        assert!(
+            (0.15..0.25).contains(&share),
+            "{unsent} of {message_reports}"
+        );
+        assert!(unsent < planned);
+        // Only Message reports are lost; the truth does not change.
+        assert_eq!(none.truth().operations, some.truth().operations);
+    }
+
+    #[test]
+    fn truth_stats_sum_to_total_and_count_every_resource_and_attempt() {
+        let s = Scenario::generate(&Config {
+            drop: 0.3,
+            cancel: 0.2,
+            scheduled: 0.2,
+            ..cfg()
+        });
+        for op in s.truth().operations {
+            let stats = &op.expected.stats;
+            let buckets: u64 = stats
+                .iter()
+                .filter(|(k, _)| !["total", "recipients", "attempts", "unaddressable"].contains(k))
+                .map(|x| x.1)
+                .sum();
+            assert_eq!(buckets, get(stats, "total"), "{op:?}");
+            assert_eq!(op.resources.len() as u64, get(stats, "total"));
+            let attempts: u64 = op.resources.iter().map(|r| r.attempts).sum();
+            assert_eq!(attempts, get(stats, "attempts"));
+            for r in &op.resources {
+                let n = op.resources.iter().filter(|x| x.status == r.status).count() as u64;
+                assert_eq!(
+                    n,
+                    get(stats, &r.status.to_ascii_lowercase()),
+                    "{}",
+                    r.status
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_operation_whose_every_resource_is_canceled_is_canceled_and_sends_no_report() {
+        let s = Scenario::generate(&Config {
+            cancel: 1.0,
+            ..cfg()
+        });
+        for op in s.truth().operations {
+            assert_eq!(op.status(), "CANCELED");
+            assert_eq!(op.stats().canceled, op.stats().total);
+            assert_eq!(op.stats().attempts, Some(0));
+        }
+        assert!(s.deliveries.iter().all(|d| d.resource == u32::MAX));
+    }
+
+    #[test]
+    fn scheduled_operations_and_silent_kinds_send_nothing_and_show_in_the_truth() {
+        let scheduled = Scenario::generate(&Config {
+            scheduled: 1.0,
+            ..cfg()
+        });
+        assert!(scheduled.deliveries.is_empty());
+        for op in scheduled.truth().operations {
+            assert_eq!(op.status(), "SCHEDULED");
+            assert_eq!(op.stats().scheduled, op.stats().total);
+            assert!(op.resources.iter().all(|r| r.status == "SCHEDULED"));
+        }
+        let silent = Scenario::generate(&Config {
+            silent_kinds: vec![Kind::Emails, Kind::PushNotifications],
+            ..cfg()
+        });
+        let kinds: std::collections::BTreeSet<&str> = silent
+            .deliveries
+            .iter()
+            .map(|d| silent.operations[d.op as usize].kind.as_str())
+            .collect();
+        assert_eq!(kinds, ["messages"].into());
+        assert_eq!(silent.truth().operations.len(), 40);
+    }
+
+    #[test]
+    fn the_truth_agrees_with_itself_through_the_api_shapes() {
+        let s = Scenario::generate(&Config {
+            cancel: 0.3,
+            ..cfg()
+        });
+        for op in s.truth().operations {
+            let body: OperationBody =
+                serde_json::from_slice(&serde_json::to_vec(&op.body()).unwrap()).unwrap();
+            assert_eq!(op.expected.diff(&body), Vec::<String>::new());
+            let mut off = body.clone();
+            off.stats.total = off.stats.total.map(|t| t + 1);
+            off.status = Some("SCHEDULED".into());
+            assert_eq!(
+                op.expected.diff(&off).len(),
+                2,
+                "{:?}",
+                op.expected.diff(&off)
+            );
+        }
+    }
+}
