@@ -4,11 +4,10 @@
 //! an added latency. It counts what it served per endpoint and status at `GET /stats`.
 //! Every body is written with the `comms_api` types.
 
+use super::listing::{parse_time, ListQuery};
 use super::plan::keyed;
 use super::truth::{resource_statuses, OperationTruth, ResourceTruth, Truth};
-use crate::comms_api::{
-    family, EmailPage, MessagePage, OperationBody, OperationPage, Pagination, PushPage,
-};
+use crate::comms_api::{family, EmailPage, MessagePage, OperationBody, OperationPage, PushPage};
 use crate::event::Kind;
 use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
@@ -226,109 +225,6 @@ fn stats(state: &State) -> HttpResponse {
     HttpResponse::Ok().json(json!({"total": total, "endpoints": endpoints}))
 }
 
-/// The query parameters of a list request.
-struct ListQuery {
-    pairs: Vec<(String, String)>,
-    page_size: usize,
-    offset: usize,
-    statuses: Option<Vec<String>>,
-}
-
-impl ListQuery {
-    fn parse(req: &HttpRequest, default_size: usize, allowed: &[&str]) -> Result<Self, String> {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(req.query_string().as_bytes())
-            .into_owned()
-            .collect();
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let page_size = match get("pageSize") {
-            None => default_size,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-                _ => return Err(format!("pageSize must be 1 to {MAX_PAGE_SIZE}, not {v:?}")),
-            },
-        };
-        let offset = match get("pageToken").filter(|t| !t.is_empty()) {
-            None => 0,
-            Some(t) => t
-                .strip_prefix("p")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| format!("pageToken {t:?} is not one this API gave"))?,
-        };
-        let statuses = match get("status").filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => Some(parse_statuses(s, allowed)?),
-        };
-        Ok(ListQuery {
-            pairs,
-            page_size,
-            offset,
-            statuses,
-        })
-    }
-
-    fn get(&self, k: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn admits(&self, status: &str) -> bool {
-        self.statuses
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|x| x == status))
-    }
-
-    /// The page of `items` asked for, and the token of the next page when there is one.
-    fn page<T: Clone>(&self, items: &[T]) -> (Vec<T>, Option<String>) {
-        let start = self.offset.min(items.len());
-        let end = (start + self.page_size).min(items.len());
-        let next = (end < items.len()).then(|| format!("p{end}"));
-        (items[start..end].to_vec(), next)
-    }
-
-    /// This request's URL with `pageToken` set to `token` (absolute, from the Host it came to).
-    fn url_with(&self, req: &HttpRequest, token: Option<&str>) -> String {
-        let info = req.connection_info();
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in self.pairs.iter().filter(|(k, _)| k != "pageToken") {
-            q.append_pair(k, v);
-        }
-        if let Some(t) = token {
-            q.append_pair("pageToken", t);
-        }
-        let q = q.finish();
-        let sep = if q.is_empty() { "" } else { "?" };
-        format!("{}://{}{}{sep}{q}", info.scheme(), info.host(), req.path())
-    }
-
-    /// The `pagination` object: a `next` URL, or for Emails a `nextPageToken`.
-    fn pagination(&self, req: &HttpRequest, kind: Kind, next: Option<String>) -> Pagination {
-        match kind {
-            Kind::Emails => Pagination::token(next, self.page_size as u64),
-            _ => Pagination::urls(
-                next.map(|t| self.url_with(req, Some(&t))),
-                self.url_with(req, None),
-            ),
-        }
-    }
-}
-
-/// `status=DELIVERED,READ`: one or more statuses, comma separated, any case.
-fn parse_statuses(s: &str, allowed: &[&str]) -> Result<Vec<String>, String> {
-    s.split(',')
-        .map(|w| w.trim().to_ascii_uppercase())
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            if allowed.contains(&w.as_str()) {
-                Ok(w)
-            } else {
-                Err(format!("unknown status {w:?}: use {}", allowed.join(", ")))
-            }
-        })
-        .collect()
-}
-
 const OPERATION_STATUSES: [&str; 4] = ["SCHEDULED", "PROCESSING", "COMPLETED", "CANCELED"];
 
 fn answer(req: &HttpRequest, endpoint: &Endpoint, state: &State) -> HttpResponse {
@@ -353,13 +249,6 @@ fn answer(req: &HttpRequest, endpoint: &Endpoint, state: &State) -> HttpResponse
         },
         Endpoint::Stats | Endpoint::Unknown => error(404, "no such resource"),
     }
-}
-
-/// Parse an RFC 3339 time (`2026-01-01T00:00:00Z`, fraction allowed) to Unix ms.
-fn parse_time(name: &str, v: &str) -> Result<u64, String> {
-    let t = humantime::parse_rfc3339_weak(v.trim_end_matches('Z'))
-        .map_err(|e| format!("{name} {v:?} is not an RFC 3339 UTC time: {e}"))?;
-    Ok(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
 }
 
 fn operations(req: &HttpRequest, kind: Kind, q: &ListQuery, truth: &Truth) -> HttpResponse {

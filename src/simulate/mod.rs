@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 pub mod command;
 mod deliver;
+mod listing;
 mod model;
 mod plan;
 mod rng;
