@@ -49,7 +49,7 @@ pub struct Truth {
 /// The tags every resource carries, in its CloudEvents and in the API: `cohort` `a` or `b`.
 pub(super) fn tags(resource: usize) -> Map<String, Value> {
     let mut m = Map::new();
-    let cohort = if resource % 2 == 0 { "a" } else { "b" };
+    let cohort = if resource.is_multiple_of(2) { "a" } else { "b" };
     m.insert("cohort".into(), Value::String(cohort.into()));
     m
 }
