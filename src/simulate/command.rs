@@ -116,7 +116,7 @@ pub struct ServeApiArgs {
     /// Also act as Twilio's Communications REST API on this address ("127.0.0.1:0"): the
     /// operations list, an operation by id and the resources list of each kind, and request
     /// counts at /stats; prints `api: http://HOST:PORT`. Operations are then created near now.
-    #[arg(long, id = "serve_api", requires_all = ["api_username", "api_password"])]
+    #[arg(long, id = "serve_api", value_name = "ADDR", requires_all = ["api_username", "api_password"])]
     pub serve_api: Option<String>,
     /// HTTP Basic username the served API demands.
     #[arg(long, env = "TALLY_SIMULATE_API_USERNAME")]
@@ -362,6 +362,10 @@ fn write_report(
         "concurrency": args.concurrency,
         "threads": args.threads,
         "rate": args.rate,
+        "drop": cfg.drop,
+        "silent_kinds": cfg.silent_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        "cancel": cfg.cancel,
+        "scheduled": cfg.scheduled,
         "run": outcome.run,
         "verify": outcome.verify,
     });

@@ -170,7 +170,10 @@ mod tests {
             ("/v1/Messages?pageToken=xyz", "pageToken"),
             ("/v1/Messages?status=SENT,READ", "READ"),
         ] {
-            let err = query(uri).1.err().unwrap_or_else(|| panic!("{uri} accepted"));
+            let err = query(uri)
+                .1
+                .err()
+                .unwrap_or_else(|| panic!("{uri} accepted"));
             assert!(err.contains(word), "{uri}: {err}");
         }
         let (_, q) = query("/v1/Messages?status=sent,%20canceled");
