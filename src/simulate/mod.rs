@@ -1,9 +1,11 @@
 //! `tally simulate`: act as Twilio. The pure half: a seeded scenario generator (`rng.rs`, the
 //! plans of `plan.rs`: operations, recipients, attempts and the status reports Twilio would send
-//! for them), the order and door of each delivery (here), the requests that carry them
-//! (`wire.rs`), and the final state every operation must reach (`model.rs`, a model of its own of
-//! the rules in docs/contract.md rather than `rollup`). [`client`] sends and verifies;
-//! [`command`] is the `tally simulate` command.
+//! for them), the order and door of each delivery (here) and which are never sent
+//! (`deliver.rs`: lost callbacks, silent kinds, canceled and scheduled resources), the requests
+//! that carry them (`wire.rs`), the final state every operation must reach (`model.rs`, a model
+//! of its own of the rules in docs/contract.md rather than `rollup`) and the ground truth, what
+//! Twilio's REST API shows (`truth.rs`). [`client`] sends, [`verify`] compares tally with the
+//! truth, [`api`] serves Twilio's REST API over it; [`command`] is the `tally simulate` command.
 //!
 //! The same seed and configuration always give the same scenario, byte for byte.
 
