@@ -119,6 +119,12 @@ fn all_operations(s: &Served, kind: Kind, asked: &mut Asked) -> (Vec<OperationBo
         assert_eq!(r.status, 200, "{}", r.text());
         let page: OperationPage = serde_json::from_slice(&r.body).expect("an operations page");
         pages += 1;
+        let p = &page.pagination;
+        if kind == Kind::Emails {
+            assert!(p.next.is_none() && p.page_size == Some(2), "{p:?}");
+        } else {
+            assert!(p.next_page_token.is_none() && p.self_.is_some(), "{p:?}");
+        }
         out.extend(page.operations.iter().cloned());
         match page.pagination.next_page() {
             None => return (out, pages),
@@ -268,7 +274,7 @@ fn verify_checks_a_real_tally_against_twilios_view_and_waits_as_asked() {
         "--drop",
         "0.5",
         "--verify-within",
-        "4s",
+        "1s",
     ]);
 
     // Assert: every callback sent, tally agrees; emails silent and messages lost, it cannot
@@ -285,6 +291,11 @@ fn verify_checks_a_real_tally_against_twilios_view_and_waits_as_asked() {
     assert_eq!(lossy.status.code(), Some(1), "{}", text(&lossy));
     let out = text(&lossy);
     assert!(out.contains("HTTP 404"), "silent emails: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  comms_operation_") && l.contains(": expected ")),
+        "lost message callbacks show as differing stats: {out}"
+    );
     assert!(out.contains("operations agree after"), "progress: {out}");
     assert!(!out.contains("(1 rounds)"), "read again: {out}");
 }
