@@ -310,3 +310,54 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
         .as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_endpoint_and_kind_and_nothing_else() {
+        use Endpoint as E;
+        assert_eq!(E::parse("/stats"), E::Stats);
+        assert_eq!(E::parse("/v1/Emails"), E::Resources(Kind::Emails));
+        assert_eq!(
+            E::parse("/v1/PushNotifications/Operations"),
+            E::Operations(Kind::PushNotifications)
+        );
+        assert_eq!(
+            E::parse("/v1/Messages/Operations/comms_operation_1"),
+            E::Operation(Kind::Messages, "comms_operation_1".into())
+        );
+        for other in [
+            "/",
+            "/v1",
+            "/v1/Faxes",
+            "/v1/Messages/x",
+            "/v1/Messages/Operations/a/b",
+        ] {
+            assert_eq!(E::parse(other), E::Unknown, "{other}");
+        }
+        assert_eq!(
+            E::parse("/v1/Messages/Operations/x").label(),
+            "GET /v1/Messages/Operations/{id}"
+        );
+    }
+
+    #[test]
+    fn the_api_configs_debug_output_shows_no_password() {
+        let cfg = ApiConfig {
+            listen: "127.0.0.1:0".into(),
+            username: "AC1".into(),
+            password: "secret-password-xyz".into(),
+            share_429: 0.0,
+            latency: Duration::ZERO,
+            page_size: 50,
+            seed: 1,
+        };
+        let shown = format!("{cfg:?}");
+        assert!(
+            shown.contains("AC1") && !shown.contains("secret-password-xyz"),
+            "{shown}"
+        );
+    }
+}
