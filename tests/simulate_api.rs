@@ -299,3 +299,74 @@ fn verify_checks_a_real_tally_against_twilios_view_and_waits_as_asked() {
     assert!(out.contains("operations agree after"), "progress: {out}");
     assert!(!out.contains("(1 rounds)"), "read again: {out}");
 }
+
+#[test]
+fn a_reconciling_tally_reaches_twilios_numbers_within_its_request_budget() {
+    // Arrange: a tally that reads the simulator's API, and callbacks that lose a share of the
+    // message reports and send nothing for emails and push notifications.
+    let dir = scratch("simulate-reconcile");
+    let api_port = support::free_port();
+    let api_base = format!("http://127.0.0.1:{api_port}");
+    let tally = Tally::launch(&dir)
+        .env(&[
+            ("TALLY_RECONCILE__API_BASE", api_base.as_str()),
+            ("TALLY_RECONCILE__USERNAME", USER),
+            ("TALLY_RECONCILE__PASSWORD", PASSWORD),
+            ("TALLY_RECONCILE__INTERVAL", "1s"),
+            ("TALLY_RECONCILE__MAX_BACKOFF", "1s"),
+            ("TALLY_RECONCILE__REQUESTS_PER_SECOND", "20"),
+        ])
+        .start();
+    let started = std::time::Instant::now();
+
+    // Act
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["simulate", "--serve-api", &format!("127.0.0.1:{api_port}")])
+        .args(["--api-username", USER, "--api-password", PASSWORD])
+        .args(["--target", &tally.base(), "--token", TOKEN, "--seed", "11"])
+        .args(["--operations", "10", "--recipients", "12"])
+        .args([
+            "--kinds",
+            "messages,emails,push",
+            "--silent-kinds",
+            "emails,push",
+        ])
+        .args(["--drop", "0.3", "--cancel", "0.1", "--scheduled", "0.1"])
+        .args([
+            "--api-429",
+            "0.1",
+            "--verify",
+            "--verify-within",
+            "60s",
+            "--quiet",
+        ])
+        .output()
+        .expect("tally simulate runs");
+    let elapsed = started.elapsed().as_secs_f64();
+
+    // Assert
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("verify: 10 operations match, 0 differ"),
+        "{text}"
+    );
+    let served: serde_json::Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("api served: "))
+        .map(|j| serde_json::from_str(j).expect("JSON counts"))
+        .unwrap_or_else(|| panic!("no api served: line in {text}"));
+    let total = served["total"].as_u64().expect("a total");
+    assert!(
+        total as f64 <= 20.0 * (elapsed + 1.0),
+        "{total} requests in {elapsed:.1}s: {served}"
+    );
+    let reads = tally
+        .metrics()
+        .sum("tally_events_received_total", &[("route", "reconcile")]);
+    assert!(reads > 0.0, "tally counted no reads");
+}

@@ -63,6 +63,18 @@ struct State {
 pub struct Served {
     pub url: String,
     pub server: Server,
+    pub counts: Counts,
+}
+
+/// The served API's request counts, read from outside the server.
+#[derive(Clone)]
+pub struct Counts(web::Data<State>);
+
+impl Counts {
+    /// What `GET /stats` answers: requests served by endpoint and status, and their total.
+    pub fn json(&self) -> serde_json::Value {
+        stats_json(&self.0)
+    }
 }
 
 /// Bind and start serving; must run inside an actix system. The server ignores signals, so
@@ -75,9 +87,10 @@ pub fn start(truth: Arc<Truth>, cfg: ApiConfig) -> anyhow::Result<Served> {
         numbered: AtomicU64::new(0),
         counts: Mutex::new(BTreeMap::new()),
     });
+    let shared = state.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(state.clone())
+            .app_data(shared.clone())
             .default_service(web::to(handle))
     })
     .workers(1)
@@ -92,6 +105,7 @@ pub fn start(truth: Arc<Truth>, cfg: ApiConfig) -> anyhow::Result<Served> {
     Ok(Served {
         url: format!("http://{addr}"),
         server: server.run(),
+        counts: Counts(state),
     })
 }
 
@@ -212,6 +226,10 @@ fn throttled(state: &State) -> bool {
 
 /// `GET /stats`: requests served per endpoint and status code, and their total.
 fn stats(state: &State) -> HttpResponse {
+    HttpResponse::Ok().json(stats_json(state))
+}
+
+fn stats_json(state: &State) -> serde_json::Value {
     let counts = state.counts.lock().unwrap_or_else(|e| e.into_inner());
     let total: u64 = counts.values().flat_map(|m| m.values()).sum();
     let endpoints: serde_json::Map<String, serde_json::Value> = counts
@@ -222,7 +240,7 @@ fn stats(state: &State) -> HttpResponse {
             (label.clone(), serde_json::Value::Object(by))
         })
         .collect();
-    HttpResponse::Ok().json(json!({"total": total, "endpoints": endpoints}))
+    json!({"total": total, "endpoints": endpoints})
 }
 
 const OPERATION_STATUSES: [&str; 4] = ["SCHEDULED", "PROCESSING", "COMPLETED", "CANCELED"];

@@ -182,7 +182,7 @@ async fn drive(
             println!("api: {}", s.url);
             let handle = s.server.handle();
             actix_web::rt::spawn(s.server);
-            Some((handle, Instant::now()))
+            Some((handle, Instant::now(), s.counts))
         }
         None => None,
     };
@@ -204,13 +204,14 @@ async fn drive(
     } else {
         print_expected(&expected);
     }
-    if let Some((handle, started)) = served {
+    if let Some((handle, started, counts)) = served {
         match args.api.serve_for {
             Some(d) => tokio::time::sleep(d.saturating_sub(started.elapsed())).await,
             None if args.verify => {}
             None => std::future::pending::<()>().await,
         }
         handle.stop(true).await;
+        println!("api served: {}", counts.json());
     }
     result
 }
