@@ -17,7 +17,8 @@
 //!                      /healthz/details, /openapi.json (openapi: the whole HTTP interface)
 //!  publisher           every kafka.flush_interval: dirty operations → record(&OperationView)
 //!                      → idempotent producer, one record in flight per operation → Kafka
-//!  simulate            acts as Twilio: a seeded scenario, signed requests, the state to expect
+//!  simulate            acts as Twilio: a seeded scenario, signed requests, the state to expect,
+//!                      and Twilio's REST API over it
 //! ```
 
 pub mod aggregator;

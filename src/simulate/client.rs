@@ -4,12 +4,11 @@
 //! connections; the requests are signed before the clock starts, so the senders spend their
 //! time sending.
 
-use super::{Expected, Request};
-use crate::event::Kind;
+pub use super::verify::{verify, VerifyReport};
+use super::Request;
 use actix_web::web::Bytes;
 use awc::Client;
 use serde::Serialize;
-use std::cell::{Cell, RefCell};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -176,7 +175,7 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-fn client(concurrency: usize) -> Client {
+pub(super) fn client(concurrency: usize) -> Client {
     Client::builder()
         .connector(awc::Connector::new().limit(concurrency.max(1)))
         .timeout(Duration::from_secs(30))
@@ -400,89 +399,6 @@ async fn progress_loop(shared: Arc<Shared>, total: u64, started: Instant) {
             return;
         }
     }
-}
-
-/// What `--verify` found.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct VerifyReport {
-    pub matched: u64,
-    pub mismatched: u64,
-    /// The first mismatches: operation id and what differs.
-    pub details: Vec<(String, Vec<String>)>,
-}
-
-fn family(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Messages => "Messages",
-        Kind::Emails => "Emails",
-        Kind::PushNotifications => "PushNotifications",
-    }
-}
-
-/// Fetch every expected operation from the query API and compare; must run inside an actix
-/// system.
-pub async fn verify(expected: Rc<Vec<Expected>>, cfg: &ClientConfig) -> VerifyReport {
-    let client = client(cfg.concurrency);
-    let target = cfg.target.trim_end_matches('/').to_owned();
-    let report = Rc::new(RefCell::new(VerifyReport::default()));
-    let next = Rc::new(Cell::new(0usize));
-    let mut tasks = Vec::new();
-    for _ in 0..cfg.concurrency.clamp(1, 32) {
-        let (client, target, expected, report, next) = (
-            client.clone(),
-            target.clone(),
-            expected.clone(),
-            report.clone(),
-            next.clone(),
-        );
-        let auth = cfg.api_user.clone();
-        tasks.push(actix_web::rt::spawn(async move {
-            loop {
-                let i = next.get();
-                if i >= expected.len() {
-                    break;
-                }
-                next.set(i + 1);
-                let e = &expected[i];
-                let url = format!("{target}/v1/{}/Operations/{}", family(e.kind), e.id);
-                let mut req = client.get(url);
-                if let Some((u, p)) = auth.as_deref().and_then(|a| a.split_once(':')) {
-                    req = req.basic_auth(u, p);
-                }
-                let diffs = match req.send().await {
-                    Err(err) => vec![format!("request failed: {err}")],
-                    Ok(mut resp) => {
-                        let status = resp.status().as_u16();
-                        let body = resp.body().limit(1 << 20).await.unwrap_or_default();
-                        match serde_json::from_slice::<serde_json::Value>(&body) {
-                            Ok(v) if status == 200 => e.diff(&v),
-                            _ => vec![format!(
-                                "HTTP {status}: {}",
-                                String::from_utf8_lossy(&body)
-                                    .chars()
-                                    .take(200)
-                                    .collect::<String>()
-                            )],
-                        }
-                    }
-                };
-                let mut r = report.borrow_mut();
-                if diffs.is_empty() {
-                    r.matched += 1;
-                } else {
-                    r.mismatched += 1;
-                    if r.details.len() < 20 {
-                        r.details.push((e.id.clone(), diffs));
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let out = report.borrow().clone();
-    out
 }
 
 /// A whole run: what was sent, and what `--verify` found.

@@ -1,25 +1,35 @@
 //! `tally simulate`: act as Twilio. The pure half: a seeded scenario generator (`rng.rs`, the
 //! plans of `plan.rs`: operations, recipients, attempts and the status reports Twilio would send
-//! for them), the order and door of each delivery (here), the requests that carry them
-//! (`wire.rs`), and the final state every operation must reach (`model.rs`, a model of its own of
-//! the rules in docs/contract.md rather than `rollup`). [`client`] sends and verifies;
-//! [`command`] is the `tally simulate` command.
+//! for them), the order and door of each delivery (here) and which are never sent
+//! (`deliver.rs`: lost callbacks, silent kinds, canceled and scheduled resources), the requests
+//! that carry them (`wire.rs`), the final state every operation must reach (`model.rs`, a model
+//! of its own of the rules in docs/contract.md rather than `rollup`) and the ground truth, what
+//! Twilio's REST API shows (`truth.rs`). [`client`] sends, [`verify`] compares tally with the
+//! truth, [`api`] serves Twilio's REST API over it; [`command`] is the `tally simulate` command.
 //!
 //! The same seed and configuration always give the same scenario, byte for byte.
 
+pub mod api;
 pub mod client;
 pub mod command;
+mod deliver;
+mod listing;
 mod model;
 mod plan;
 mod rng;
+mod truth;
+pub mod verify;
 mod wire;
 
 pub use model::{stat_names, Expected};
 pub use plan::{AttemptPlan, OperationPlan, Report, ResourcePlan, Route, Shape};
 pub use rng::{base32_id, sms_sid, Rng};
+pub use truth::{OperationTruth, ResourceTruth, Truth};
 pub use wire::Request;
 
 use crate::event::Kind;
+use deliver::op_deliveries;
+pub use deliver::{Delivery, Via};
 use serde_json::Value;
 
 /// Which door the attempt reports come through.
@@ -102,6 +112,15 @@ pub struct Config {
     pub seed: u64,
     /// Event time of the first operation, Unix ms.
     pub start_ms: u64,
+    /// Share of Message attempt reports never sent (lost callbacks), decided per report.
+    pub drop: f64,
+    /// Kinds for which no callback at all is sent, operation events included (as Twilio sends
+    /// none for Emails and PushNotifications); only its REST API shows them.
+    pub silent_kinds: Vec<Kind>,
+    /// Share of resources canceled through Twilio's API: no attempt, no callback.
+    pub cancel: f64,
+    /// Share of operations scheduled for later: every resource scheduled, no callback.
+    pub scheduled: f64,
 }
 
 impl Default for Config {
@@ -117,32 +136,12 @@ impl Default for Config {
             fallback: 0.5,
             seed: 1,
             start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            drop: 0.0,
+            silent_kinds: Vec::new(),
+            cancel: 0.0,
+            scheduled: 0.0,
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Deliveries: which report goes when, and through which door.
-
-/// How one delivery travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Event,
-    Form { linked: bool },
-}
-
-/// One report (or operation event) as delivered: indices into the plans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
-    pub op: u32,
-    /// `u32::MAX` for an operation event.
-    pub resource: u32,
-    pub attempt: u8,
-    /// Report index, or phase index for an operation event.
-    pub item: u8,
-    pub via: Via,
-    /// When it is delivered (virtual time, for ordering only).
-    pub due_ms: u64,
 }
 
 /// A whole scenario: the plans and the order in which their reports are delivered.
@@ -161,7 +160,7 @@ impl Scenario {
         let mut rng = Rng::new(config.seed ^ 0xD15C_0DE5);
         let mut deliveries = Vec::new();
         for (oi, op) in operations.iter().enumerate() {
-            deliveries.extend(op_deliveries(oi as u32, op));
+            deliveries.extend(op_deliveries(config, oi as u32, op));
         }
         if !config.shuffle {
             for d in &mut deliveries {
@@ -227,7 +226,7 @@ impl Scenario {
         let op = OperationPlan::generate(config, index);
         let scenario = Scenario {
             config: config.clone(),
-            deliveries: op_deliveries(0, &op)
+            deliveries: op_deliveries(config, 0, &op)
                 .into_iter()
                 .map(|mut d| {
                     d.via = Via::Event;
@@ -242,49 +241,6 @@ impl Scenario {
             .map(|r| r.body)
             .collect()
     }
-}
-
-/// Every delivery of one operation, due at its event time.
-fn op_deliveries(oi: u32, op: &OperationPlan) -> Vec<Delivery> {
-    let mut out = Vec::new();
-    for (pi, (_, at)) in op.phases.iter().enumerate() {
-        out.push(Delivery {
-            op: oi,
-            resource: u32::MAX,
-            attempt: 0,
-            item: pi as u8,
-            via: Via::Event,
-            due_ms: *at,
-        });
-    }
-    for (ri, r) in op.resources.iter().enumerate() {
-        for (ai, a) in r.attempts.iter().enumerate() {
-            for (k, rep) in a.reports.iter().enumerate() {
-                let mut push = |via| {
-                    out.push(Delivery {
-                        op: oi,
-                        resource: ri as u32,
-                        attempt: ai as u8,
-                        item: k as u8,
-                        via,
-                        due_ms: rep.at_ms,
-                    })
-                };
-                match a.route {
-                    Route::Events => push(Via::Event),
-                    Route::Form => push(Via::Form { linked: true }),
-                    Route::FormLinkedByEvent => {
-                        push(Via::Form { linked: false });
-                        if k == 0 {
-                            push(Via::Event);
-                        }
-                    }
-                    Route::FormLinkedOnce => push(Via::Form { linked: k == 0 }),
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Totals over every expected operation, for the summary line.
@@ -385,7 +341,9 @@ mod tests {
                         reports: vec![r(AttemptStatus::Delivered, 3), r(AttemptStatus::Sent, 4)],
                     },
                 ],
+                held: None,
             }],
+            quiet: false,
         };
         let e = op.expected();
         assert_eq!(e.status, "COMPLETED");

@@ -2,9 +2,9 @@
 //! status and stats") written apart from `rollup`, so the simulator checks tally against an
 //! independent reading of the rules.
 
-use super::plan::OperationPlan;
+use super::plan::{OperationPlan, ResourcePlan};
+use crate::comms_api::{ApiStats, OperationBody};
 use crate::event::{AttemptStatus, Kind, Phase};
-use serde_json::{json, Value};
 
 /// Rank in the attempt lattice (docs/contract.md, "Statuses: the lattices"): the join keeps the
 /// highest.
@@ -49,6 +49,31 @@ fn bucket_of(s: AttemptStatus, kind: Kind) -> (&'static str, u8) {
     }
 }
 
+/// The stats bucket of a resource: that of its best attempt under the resource order, or the
+/// status Twilio holds it in when it never reached a channel (canceled, scheduled). Twilio's API
+/// shows the same status, uppercased.
+pub(super) fn resource_bucket(r: &ResourcePlan, kind: Kind) -> &'static str {
+    if let Some(held) = r.held {
+        return bucket_of(held, kind).0;
+    }
+    let mut best: Option<(&'static str, u8)> = None;
+    for a in &r.attempts {
+        let Some(status) = a
+            .reports
+            .iter()
+            .map(|rep| rep.status)
+            .max_by_key(|s| attempt_rank(*s))
+        else {
+            continue;
+        };
+        let b = bucket_of(status, kind);
+        if best.is_none_or(|x| b.1 > x.1) {
+            best = Some(b);
+        }
+    }
+    best.map_or("queued", |b| b.0)
+}
+
 /// The stats fields each kind shows, in Twilio's order.
 pub fn stat_names(kind: Kind) -> Vec<&'static str> {
     let mut names = vec!["total", "recipients", "attempts"];
@@ -82,23 +107,8 @@ impl Expected {
         let mut all_scheduled = true;
         let mut all_canceled = true;
         for r in &op.resources {
-            let mut best: Option<(&'static str, u8)> = None;
-            for a in &r.attempts {
-                attempts += 1;
-                let Some(status) = a
-                    .reports
-                    .iter()
-                    .map(|rep| rep.status)
-                    .max_by_key(|s| attempt_rank(*s))
-                else {
-                    continue;
-                };
-                let b = bucket_of(status, op.kind);
-                if best.is_none_or(|x| b.1 > x.1) {
-                    best = Some(b);
-                }
-            }
-            let bucket = best.map_or("queued", |b| b.0);
+            attempts += r.attempts.len() as u64;
+            let bucket = resource_bucket(r, op.kind);
             all_scheduled &= bucket == "scheduled";
             all_canceled &= bucket == "canceled";
             *counts.entry(bucket).or_default() += 1;
@@ -146,40 +156,75 @@ impl Expected {
         }
     }
 
-    /// The `stats` object as JSON.
-    pub fn stats_json(&self) -> Value {
-        Value::Object(
-            self.stats
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), json!(v)))
-                .collect(),
-        )
+    /// The stats as Twilio's API shows them: the kind's fields, the others absent.
+    pub fn api_stats(&self) -> ApiStats {
+        let mut out = ApiStats::default();
+        for (name, v) in &self.stats {
+            if let Some(slot) = stat_slot(&mut out, name) {
+                *slot = Some(*v);
+            }
+        }
+        out
     }
 
-    /// Differences between this and an operation as the query API returned it; empty when equal.
-    pub fn diff(&self, actual: &Value) -> Vec<String> {
+    /// Differences between this and an operation as an API returned it; empty when equal. Every
+    /// stats field counts, a field the kind does not show included (it must be absent).
+    pub fn diff(&self, actual: &OperationBody) -> Vec<String> {
         let mut out = Vec::new();
-        if actual["status"] != json!(self.status) {
+        if actual.status.as_deref() != Some(self.status) {
             out.push(format!(
                 "status: expected {}, got {}",
-                self.status, actual["status"]
+                self.status,
+                actual.status.as_deref().unwrap_or("none")
             ));
         }
-        let want = self.stats_json();
-        if actual["stats"] != want {
-            for (k, v) in &self.stats {
-                if actual["stats"][*k] != json!(v) {
-                    out.push(format!("{k}: expected {v}, got {}", actual["stats"][*k]));
-                }
-            }
-            if let Some(obj) = actual["stats"].as_object() {
-                for k in obj.keys() {
-                    if !self.stats.iter().any(|(n, _)| n == k) {
-                        out.push(format!("unexpected stat {k}"));
-                    }
+        let (mut want, mut got) = (self.api_stats(), actual.stats);
+        for name in ALL_STATS {
+            let (w, g) = (stat_slot(&mut want, name), stat_slot(&mut got, name));
+            if let (Some(w), Some(g)) = (w, g) {
+                if w != g {
+                    let show = |v: &Option<u64>| v.map_or("absent".to_owned(), |v| v.to_string());
+                    out.push(format!("{name}: expected {}, got {}", show(w), show(g)));
                 }
             }
         }
         out
     }
+}
+
+/// Every stats field any kind shows.
+const ALL_STATS: [&str; 13] = [
+    "total",
+    "recipients",
+    "attempts",
+    "unaddressable",
+    "queued",
+    "sent",
+    "scheduled",
+    "delivered",
+    "read",
+    "opened",
+    "undelivered",
+    "failed",
+    "canceled",
+];
+
+/// The field of `stats` called `name`.
+fn stat_slot<'a>(stats: &'a mut ApiStats, name: &str) -> Option<&'a mut Option<u64>> {
+    Some(match name {
+        "total" => &mut stats.total,
+        "recipients" => &mut stats.recipients,
+        "attempts" => &mut stats.attempts,
+        "unaddressable" => &mut stats.unaddressable,
+        "queued" => &mut stats.queued,
+        "sent" => &mut stats.sent,
+        "scheduled" => &mut stats.scheduled,
+        "delivered" => &mut stats.delivered,
+        "read" => &mut stats.read,
+        "opened" => &mut stats.opened,
+        "undelivered" => &mut stats.undelivered,
+        "failed" => &mut stats.failed,
+        "canceled" => &mut stats.canceled,
+        _ => return None,
+    })
 }

@@ -56,6 +56,10 @@ pub struct ResourcePlan {
     pub id: String,
     pub to: String,
     pub attempts: Vec<AttemptPlan>,
+    /// Set for a resource that never reaches a channel and sends no callback at all: canceled
+    /// through Twilio's API (`Canceled`), or in an operation scheduled for later (`Scheduled`).
+    /// Only Twilio's REST API shows it; it has no attempts.
+    pub held: Option<AttemptStatus>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +70,9 @@ pub struct OperationPlan {
     /// Operation events and their times.
     pub phases: Vec<(Phase, u64)>,
     pub resources: Vec<ResourcePlan>,
+    /// Scheduled for later with no callback at all (`--scheduled`): only Twilio's REST API
+    /// shows it.
+    pub quiet: bool,
 }
 
 /// Real Twilio error codes, by what they mean for the attempt.
@@ -92,7 +99,10 @@ impl OperationPlan {
         );
         let kind = *rng.pick(&cfg.kinds);
         let roll = rng.below(100);
+        // Drawn from a stream of its own, so that the share changes nothing else.
+        let quiet = keyed(cfg.seed, 0x5C4E_D01E, &[index as u64]).chance(cfg.scheduled);
         let shape = match roll {
+            _ if quiet => Shape::Scheduled,
             0..=2 => Shape::Scheduled,
             3..=5 => Shape::Canceled,
             6..=19 => Shape::Processing,
@@ -110,7 +120,21 @@ impl OperationPlan {
             }
         }
         let resources = (0..cfg.recipients.max(1))
-            .map(|n| plan_resource(cfg, &mut rng, kind, shape, start + n as u64))
+            .map(|n| {
+                let mut r = plan_resource(cfg, &mut rng, kind, shape, start + n as u64);
+                let held = if quiet {
+                    Some(AttemptStatus::Scheduled)
+                } else {
+                    keyed(cfg.seed, 0xCA9C_E1ED, &[index as u64, n as u64])
+                        .chance(cfg.cancel)
+                        .then_some(AttemptStatus::Canceled)
+                };
+                if held.is_some() {
+                    r.attempts.clear();
+                    r.held = held;
+                }
+                r
+            })
             .collect();
         OperationPlan {
             id,
@@ -118,6 +142,7 @@ impl OperationPlan {
             shape,
             phases,
             resources,
+            quiet,
         }
     }
 
@@ -134,160 +159,200 @@ fn plan_resource(cfg: &Config, rng: &mut Rng, kind: Kind, shape: Shape, t0: u64)
         Kind::Emails => format!("user{}@example.com", rng.below(100_000_000)),
         Kind::PushNotifications => format!("device-{:016x}", rng.next_u64()),
     };
-    let form_route = |rng: &mut Rng| -> Route {
-        let via_form = match cfg.mix {
-            Mix::Events => false,
-            Mix::Status => true,
-            Mix::Both => rng.chance(0.5),
-        };
-        if !via_form {
-            Route::Events
-        } else if rng.chance(0.1) {
-            if cfg.mix == Mix::Both {
-                Route::FormLinkedByEvent
-            } else {
-                Route::FormLinkedOnce
-            }
-        } else {
-            Route::Form
-        }
-    };
-    let step = |t: &mut u64, rng: &mut Rng, status, error_code| {
-        *t += 100 + rng.below(5_000);
-        Report {
-            status,
-            error_code,
-            at_ms: *t,
-        }
-    };
     let mut t = t0;
-    let mut attempts = Vec::new();
-    use AttemptStatus as S;
-    match (kind, shape) {
+    let attempts = match (kind, shape) {
         (_, Shape::Scheduled | Shape::Canceled) => {
-            let (channel, sid) = match kind {
-                Kind::Messages => (Channel::Sms, Some(sms_sid(rng))),
-                Kind::Emails => (Channel::Email, None),
-                Kind::PushNotifications => (Channel::Fcm, None),
-            };
-            let mut reports = vec![step(&mut t, rng, S::Scheduled, None)];
-            if shape == Shape::Canceled {
-                reports.push(step(&mut t, rng, S::Canceled, None));
-            }
-            let route = if kind == Kind::Messages {
-                form_route(rng)
-            } else {
-                Route::Events
-            };
-            attempts.push(AttemptPlan {
-                sid,
-                number: 1,
-                channel,
-                route,
-                reports,
-            });
+            vec![waiting_attempt(cfg, rng, kind, shape, &mut t)]
         }
-        (Kind::Messages, _) => {
-            let first = if rng.chance(cfg.fallback) {
-                // A rich channel first, which fails, then SMS.
-                let (channel, codes) = if rng.chance(0.6) {
-                    (Channel::Rcs, &RCS_FALLBACK[..])
-                } else {
-                    (Channel::Whatsapp, &WHATSAPP_FALLBACK[..])
-                };
-                let code = *rng.pick(codes);
-                attempts.push(AttemptPlan {
-                    sid: Some(sms_sid(rng)),
-                    number: 1,
-                    channel,
-                    route: form_route(rng),
-                    reports: vec![
-                        step(&mut t, rng, S::Queued, None),
-                        step(&mut t, rng, S::Failed, Some(code)),
-                    ],
-                });
-                Channel::Sms
-            } else {
-                *rng.pick(&[
-                    Channel::Sms,
-                    Channel::Sms,
-                    Channel::Sms,
-                    Channel::Rcs,
-                    Channel::Whatsapp,
-                ])
-            };
-            let mut reports = vec![step(&mut t, rng, S::Queued, None)];
-            let roll = rng.below(100);
-            if roll < 4 {
-                let code = *rng.pick(&SMS_FAILED);
-                reports.push(step(&mut t, rng, S::Failed, Some(code)));
-            } else {
-                reports.push(step(&mut t, rng, S::Sent, None));
-                if roll < 12 {
-                    let code = *rng.pick(&SMS_UNDELIVERED);
-                    reports.push(step(&mut t, rng, S::Undelivered, Some(code)));
-                } else if roll < 16 || (shape == Shape::Processing && roll < 30) {
-                    // Still waiting for a delivery receipt.
-                } else {
-                    reports.push(step(&mut t, rng, S::Delivered, None));
-                    if first != Channel::Sms && rng.chance(0.6) {
-                        reports.push(step(&mut t, rng, S::Read, None));
-                    }
-                }
-            }
-            let number = attempts.len() as u8 + 1;
-            attempts.push(AttemptPlan {
-                sid: Some(sms_sid(rng)),
-                number,
-                channel: first,
-                route: form_route(rng),
-                reports,
-            });
+        (Kind::Messages, _) => message_attempts(cfg, rng, shape, &mut t),
+        (Kind::Emails, _) => vec![email_attempt(rng, &mut t)],
+        (Kind::PushNotifications, _) => vec![push_attempt(rng, &mut t)],
+    };
+    ResourcePlan {
+        id,
+        to,
+        attempts,
+        held: None,
+    }
+}
+
+/// Through which door a Message attempt's reports come, as `--mix` asks.
+fn form_route(cfg: &Config, rng: &mut Rng) -> Route {
+    let via_form = match cfg.mix {
+        Mix::Events => false,
+        Mix::Status => true,
+        Mix::Both => rng.chance(0.5),
+    };
+    if !via_form {
+        Route::Events
+    } else if rng.chance(0.1) {
+        if cfg.mix == Mix::Both {
+            Route::FormLinkedByEvent
+        } else {
+            Route::FormLinkedOnce
         }
-        (Kind::Emails, _) => {
-            let mut reports = vec![step(&mut t, rng, S::Queued, None)];
-            let roll = rng.below(100);
-            if roll < 5 {
-                reports.push(step(&mut t, rng, S::Failed, None));
-            } else {
-                reports.push(step(&mut t, rng, S::Sent, None));
-                if roll < 12 {
-                    reports.push(step(&mut t, rng, S::Undelivered, None));
-                } else if roll >= 16 {
-                    reports.push(step(&mut t, rng, S::Delivered, None));
-                    if rng.chance(0.4) {
-                        reports.push(step(&mut t, rng, S::Opened, None));
-                    }
-                }
+    } else {
+        Route::Form
+    }
+}
+
+/// The next report, a little after the last (`t`).
+fn step(t: &mut u64, rng: &mut Rng, status: AttemptStatus, error_code: Option<u32>) -> Report {
+    *t += 100 + rng.below(5_000);
+    Report {
+        status,
+        error_code,
+        at_ms: *t,
+    }
+}
+
+/// The one attempt of a resource in a scheduled (and perhaps canceled) operation.
+fn waiting_attempt(
+    cfg: &Config,
+    rng: &mut Rng,
+    kind: Kind,
+    shape: Shape,
+    t: &mut u64,
+) -> AttemptPlan {
+    let (channel, sid) = match kind {
+        Kind::Messages => (Channel::Sms, Some(sms_sid(rng))),
+        Kind::Emails => (Channel::Email, None),
+        Kind::PushNotifications => (Channel::Fcm, None),
+    };
+    let mut reports = vec![step(t, rng, AttemptStatus::Scheduled, None)];
+    if shape == Shape::Canceled {
+        reports.push(step(t, rng, AttemptStatus::Canceled, None));
+    }
+    let route = if kind == Kind::Messages {
+        form_route(cfg, rng)
+    } else {
+        Route::Events
+    };
+    AttemptPlan {
+        sid,
+        number: 1,
+        channel,
+        route,
+        reports,
+    }
+}
+
+/// A Message's attempts: perhaps a rich channel that fails over to SMS, then the last one.
+fn message_attempts(cfg: &Config, rng: &mut Rng, shape: Shape, t: &mut u64) -> Vec<AttemptPlan> {
+    use AttemptStatus as S;
+    let mut attempts = Vec::new();
+    let first = if rng.chance(cfg.fallback) {
+        // A rich channel first, which fails, then SMS.
+        let (channel, codes) = if rng.chance(0.6) {
+            (Channel::Rcs, &RCS_FALLBACK[..])
+        } else {
+            (Channel::Whatsapp, &WHATSAPP_FALLBACK[..])
+        };
+        let code = *rng.pick(codes);
+        attempts.push(AttemptPlan {
+            sid: Some(sms_sid(rng)),
+            number: 1,
+            channel,
+            route: form_route(cfg, rng),
+            reports: vec![
+                step(t, rng, S::Queued, None),
+                step(t, rng, S::Failed, Some(code)),
+            ],
+        });
+        Channel::Sms
+    } else {
+        *rng.pick(&[
+            Channel::Sms,
+            Channel::Sms,
+            Channel::Sms,
+            Channel::Rcs,
+            Channel::Whatsapp,
+        ])
+    };
+    let mut reports = vec![step(t, rng, S::Queued, None)];
+    let roll = rng.below(100);
+    if roll < 4 {
+        let code = *rng.pick(&SMS_FAILED);
+        reports.push(step(t, rng, S::Failed, Some(code)));
+    } else {
+        reports.push(step(t, rng, S::Sent, None));
+        if roll < 12 {
+            let code = *rng.pick(&SMS_UNDELIVERED);
+            reports.push(step(t, rng, S::Undelivered, Some(code)));
+        } else if roll < 16 || (shape == Shape::Processing && roll < 30) {
+            // Still waiting for a delivery receipt.
+        } else {
+            reports.push(step(t, rng, S::Delivered, None));
+            if first != Channel::Sms && rng.chance(0.6) {
+                reports.push(step(t, rng, S::Read, None));
             }
-            attempts.push(AttemptPlan {
-                sid: None,
-                number: 1,
-                channel: Channel::Email,
-                route: Route::Events,
-                reports,
-            });
-        }
-        (Kind::PushNotifications, _) => {
-            let mut reports = vec![step(&mut t, rng, S::Queued, None)];
-            if rng.chance(0.08) {
-                reports.push(step(&mut t, rng, S::Failed, None));
-            } else {
-                reports.push(step(&mut t, rng, S::Sent, None));
-            }
-            let channel = if rng.chance(0.5) {
-                Channel::Fcm
-            } else {
-                Channel::Apns
-            };
-            attempts.push(AttemptPlan {
-                sid: None,
-                number: 1,
-                channel,
-                route: Route::Events,
-                reports,
-            });
         }
     }
-    ResourcePlan { id, to, attempts }
+    let number = attempts.len() as u8 + 1;
+    attempts.push(AttemptPlan {
+        sid: Some(sms_sid(rng)),
+        number,
+        channel: first,
+        route: form_route(cfg, rng),
+        reports,
+    });
+    attempts
+}
+
+fn email_attempt(rng: &mut Rng, t: &mut u64) -> AttemptPlan {
+    use AttemptStatus as S;
+    let mut reports = vec![step(t, rng, S::Queued, None)];
+    let roll = rng.below(100);
+    if roll < 5 {
+        reports.push(step(t, rng, S::Failed, None));
+    } else {
+        reports.push(step(t, rng, S::Sent, None));
+        if roll < 12 {
+            reports.push(step(t, rng, S::Undelivered, None));
+        } else if roll >= 16 {
+            reports.push(step(t, rng, S::Delivered, None));
+            if rng.chance(0.4) {
+                reports.push(step(t, rng, S::Opened, None));
+            }
+        }
+    }
+    AttemptPlan {
+        sid: None,
+        number: 1,
+        channel: Channel::Email,
+        route: Route::Events,
+        reports,
+    }
+}
+
+fn push_attempt(rng: &mut Rng, t: &mut u64) -> AttemptPlan {
+    use AttemptStatus as S;
+    let mut reports = vec![step(t, rng, S::Queued, None)];
+    if rng.chance(0.08) {
+        reports.push(step(t, rng, S::Failed, None));
+    } else {
+        reports.push(step(t, rng, S::Sent, None));
+    }
+    let channel = if rng.chance(0.5) {
+        Channel::Fcm
+    } else {
+        Channel::Apns
+    };
+    AttemptPlan {
+        sid: None,
+        number: 1,
+        channel,
+        route: Route::Events,
+        reports,
+    }
+}
+
+/// A generator of its own for one decision (`salt`) about one thing (`parts`: indices), so that
+/// a share such as `--drop` or `--cancel` decides the same way whatever else is configured.
+pub(super) fn keyed(seed: u64, salt: u64, parts: &[u64]) -> Rng {
+    let mut h = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for p in parts {
+        h = Rng::new(h ^ p.wrapping_mul(0xBF58_476D_1CE4_E5B9)).next_u64();
+    }
+    Rng::new(h)
 }

@@ -68,7 +68,10 @@ impl Scenario {
         if let Some(code) = rep.error_code {
             data.insert("error_code".into(), json!(code.to_string()));
         }
-        data.insert("tags".into(), json!({}));
+        data.insert(
+            "tags".into(),
+            Value::Object(super::truth::tags(d.resource as usize)),
+        );
         envelope(
             &format!("{ty}.{status}"),
             source,
@@ -123,7 +126,7 @@ impl Scenario {
     }
 }
 
-const SENDER: &str = "+15017122661";
+pub(super) const SENDER: &str = "+15017122661";
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 
 fn event_id(d: &Delivery) -> String {
