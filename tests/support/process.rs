@@ -19,6 +19,7 @@ pub struct Launch {
     dir: PathBuf,
     env: Vec<(String, String)>,
     shell_prefix: Option<String>,
+    port: Option<u16>,
 }
 
 impl Launch {
@@ -36,6 +37,12 @@ impl Launch {
             ("TALLY_STORAGE__MEMORY_ONLY", "false"),
             ("TALLY_STORAGE__DIR", &dir),
         ])
+    }
+
+    /// Listen on `port` rather than a fresh free one (to restart on the same address).
+    pub fn on_port(mut self, port: u16) -> Launch {
+        self.port = Some(port);
+        self
     }
 
     /// Run the binary through `sh -c "<prefix> exec tally serve"` (to ignore a signal, say).
@@ -61,7 +68,7 @@ impl Launch {
     /// Start it and return at once, waiting for nothing (to talk to it during a long start-up
     /// recovery; [`Tally::wait_for`] waits for a probe).
     pub fn spawn(self) -> Tally {
-        let port = free_port();
+        let port = self.port.unwrap_or_else(free_port);
         let stdout = self.dir.join("tally.stdout.log");
         let stderr = self.dir.join("tally.stderr.log");
         let mut cmd = self.command(port);
@@ -235,6 +242,7 @@ impl Tally {
             // State in memory unless the test asks for a journal (`journal`).
             env: vec![("TALLY_STORAGE__MEMORY_ONLY".into(), "true".into())],
             shell_prefix: None,
+            port: None,
         }
     }
 
