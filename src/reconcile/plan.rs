@@ -478,7 +478,8 @@ impl Planner {
         }
     }
 
-    /// A page of an operation's resources came back and was folded.
+    /// A page of an operation's resources came back and was folded. The next page is asked
+    /// for unless tally now counts as many resources in that status as Twilio does.
     #[allow(clippy::too_many_arguments)]
     pub fn resources_listed(
         &mut self,
@@ -494,7 +495,13 @@ impl Planner {
             return;
         };
         l.changed |= changed;
-        if let Some(page) = next {
+        // A status whose count has caught up with Twilio's needs no more pages.
+        let caught_up = l.twilio.is_some_and(|(twilio, _)| {
+            bucket_pairs(l.kind, &twilio, tally)
+                .into_iter()
+                .any(|(b, tw, ta)| b == status && ta >= tw)
+        });
+        if let Some(page) = next.filter(|_| !caught_up) {
             let kind = l.kind;
             self.work.push_back(Call::ListResources {
                 kind,
