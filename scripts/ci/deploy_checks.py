@@ -31,6 +31,8 @@ import tomllib
 
 import yaml
 
+from checklib import fail, finish, ok, section
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -48,26 +50,7 @@ metadata:
 spec:
 """
 
-failures = []
-passed = [0]
 
-
-def fail(msg):
-    failures.append(msg)
-    print(f"  FAIL {msg}")
-
-
-def ok(msg):
-    passed[0] += 1
-    print(f"  ok   {msg}")
-
-
-def note(msg):
-    print(f"  note {msg}")
-
-
-def section(title):
-    print(f"==> {title}")
 
 
 def run(cmd, **kw):
@@ -475,13 +458,7 @@ def main():
     check_dockerfile(venv_bin, tally)
     check_systemd(tally)
     check_runbooks()
-    if failures:
-        print(f"\n{len(failures)} check(s) failed:")
-        for f in failures:
-            print(f"  - {f.splitlines()[0]}")
-    print(f"\nvalidate-deploy: {passed[0]} passed, {len(failures)} failed")
-    if failures:
-        sys.exit(1)
+    finish("validate-deploy")
 
 
 if __name__ == "__main__":

@@ -31,24 +31,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from checklib import fail, finish, ok
+
 PHONE = "+15558675310"
 DEADLINE_S = 45
 # The simulated send: seeded, so every run sends the same requests.
 OPERATIONS = 4
 RECIPIENTS = 25
 
-failures = []
-passed = [0]
-
-
-def fail(msg):
-    failures.append(msg)
-    print(f"  FAIL {msg}")
-
-
-def ok(msg):
-    passed[0] += 1
-    print(f"  ok   {msg}")
 
 
 def http(method, url, body=None, headers=None, timeout=10):
@@ -484,13 +474,7 @@ def main():
     check_dashboard(prom, args.dashboard, exposition, args.src)
     check_rule_names(args.alerts, exposition, args.src)
 
-    if failures:
-        print(f"\n{len(failures)} check(s) failed:")
-        for f in failures:
-            print(f"  - {f}")
-    print(f"\nprometheus-check: {passed[0]} passed, {len(failures)} failed")
-    if failures:
-        sys.exit(1)
+    finish("prometheus-check")
 
 
 if __name__ == "__main__":
