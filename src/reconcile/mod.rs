@@ -161,11 +161,16 @@ impl Reconciler {
             "reconciling with Twilio's API"
         );
         let mut next_scan = 0;
+        let mut next_report = now_ms() + 60_000;
         loop {
             let now = now_ms();
             if now >= next_scan {
                 self.scan(&mut planner, now);
                 next_scan = now + self.config.plan.interval_ms.min(10_000);
+            }
+            if now >= next_report {
+                self.report_lasting_disagreements(&planner, now);
+                next_report = now + 60_000;
             }
             match planner.next_call(now) {
                 Ok(call) => self.make(&client, &mut planner, call).await,
@@ -185,6 +190,22 @@ impl Reconciler {
             metrics
                 .backoff_seconds
                 .set(planner.paused_until_ms().saturating_sub(now_ms()) as f64 / 1000.0);
+        }
+    }
+
+    /// Once a minute, name the operations on which tally and Twilio have disagreed for ten
+    /// checks' worth of time (at least ten minutes): the metrics count them, this says which.
+    fn report_lasting_disagreements(&self, planner: &Planner, now: u64) {
+        let lasting = (10 * self.config.plan.interval_ms).max(600_000);
+        let oldest = planner.oldest_disagreements(now.saturating_sub(lasting), 5);
+        for (id, since, diff) in oldest {
+            tracing::warn!(
+                operation = %id,
+                for_seconds = now.saturating_sub(since) / 1000,
+                resources = diff.resources,
+                status_differs = diff.status,
+                "reconcile: tally and Twilio still disagree on this operation"
+            );
         }
     }
 

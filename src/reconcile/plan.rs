@@ -280,6 +280,19 @@ impl Planner {
         d
     }
 
+    /// The `n` oldest disagreements that started before `before_ms`: id, start, difference.
+    pub fn oldest_disagreements(&self, before_ms: u64, n: usize) -> Vec<(String, u64, Difference)> {
+        let mut all: Vec<(String, u64, Difference)> = self
+            .live
+            .iter()
+            .filter_map(|(id, l)| l.disagreement.map(|(since, d)| (id.clone(), since, d)))
+            .filter(|(_, since, _)| *since < before_ms)
+            .collect();
+        all.sort_by_key(|(id, since, _)| (*since, id.clone()));
+        all.truncate(n);
+        all
+    }
+
     /// Keep `id` in step with Twilio from now on (an operation tally learnt of), unless it is
     /// already, was retired, or is past the look-back.
     pub fn track(&mut self, id: &str, kind: Kind, created_ms: u64, now_ms: u64) {
@@ -789,6 +802,52 @@ mod tests {
             p.operation_read("op", check, at);
         }
         assert_eq!(gaps, vec![60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+
+    #[test]
+    fn lasting_disagreements_are_named_oldest_first() {
+        let mut p = Planner::new(cfg(), T0);
+        drain_discovery(&mut p, T0);
+        let tally = stats(Kind::Emails);
+        let twilio = ApiStats {
+            total: Some(1),
+            opened: Some(1),
+            ..ApiStats::default()
+        };
+        for (i, id) in ["b", "a", "c"].into_iter().enumerate() {
+            let at = T0 + 60_000 * (i as u64 + 1);
+            p.track(id, Kind::Emails, T0, T0);
+            let check = OperationCheck {
+                twilio,
+                twilio_status: None,
+                tally: &tally,
+                tally_status: OperationStatus::Processing,
+                changed: false,
+            };
+            p.operation_read(id, check, at);
+            // The list finds nothing: the check ends still disagreeing.
+            while let Some(Call::ListResources { status, .. }) = next_check(&mut p, at) {
+                p.resources_listed(
+                    id,
+                    status,
+                    None,
+                    false,
+                    &tally,
+                    OperationStatus::Processing,
+                    at,
+                );
+            }
+        }
+        let named: Vec<(String, u64)> = p
+            .oldest_disagreements(T0 + 180_000, 5)
+            .into_iter()
+            .map(|(id, since, d)| {
+                assert_eq!(d.resources, 1);
+                (id, (since - T0) / 60_000)
+            })
+            .collect();
+        assert_eq!(named, vec![("b".to_owned(), 1), ("a".to_owned(), 2)]);
+        assert_eq!(p.disagreements().operations, 3);
     }
 
     #[test]
