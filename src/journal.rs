@@ -25,7 +25,7 @@ use crate::aggregator::{Aggregator, SnapshotRef, SnapshotState};
 use crate::event::Event;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -797,17 +797,62 @@ impl Journal {
 }
 
 fn write_snapshot(dir: &Path, cut: u64, agg: &Aggregator) -> io::Result<()> {
-    let payload = serde_json::to_vec(&SnapshotRef(agg)).map_err(io::Error::other)?;
     let tmp = dir.join(format!("snapshot-{cut:020}.tmp"));
     {
         let mut f = File::create(&tmp)?;
         f.write_all(SNAPSHOT_MAGIC)?;
-        f.write_all(&frame(&payload))?;
+        // The frame's length and checksum are known only at the end: a placeholder now, and
+        // the state streamed after it, operation by operation, never whole in memory.
+        f.write_all(&[0; FRAME_HEADER])?;
+        let mut out = Checksummed::new(io::BufWriter::with_capacity(1 << 20, &mut f));
+        serde_json::to_writer(&mut out, &SnapshotRef(agg)).map_err(io::Error::other)?;
+        let (len, crc) = out.finish()?;
+        let len = u32::try_from(len)
+            .map_err(|_| io::Error::other("snapshot over 4 GiB: its frame cannot say its length"))?;
+        f.seek(io::SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
+        f.write_all(&len.to_le_bytes())?;
+        f.write_all(&crc.to_le_bytes())?;
         f.sync_all()?;
     }
     fs::rename(&tmp, snapshot_path(dir, cut))?;
     sync_dir(dir);
     Ok(())
+}
+
+/// A writer that counts and checksums what goes through it (a frame written as it streams).
+struct Checksummed<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Checksummed<W> {
+    fn new(inner: W) -> Self {
+        Checksummed {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// Flush, and say how many bytes went through and their CRC-32.
+    fn finish(mut self) -> io::Result<(u64, u32)> {
+        self.inner.flush()?;
+        Ok((self.len, self.crc.finalize()))
+    }
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]
