@@ -807,8 +807,9 @@ fn write_snapshot(dir: &Path, cut: u64, agg: &Aggregator) -> io::Result<()> {
         let mut out = Checksummed::new(io::BufWriter::with_capacity(1 << 20, &mut f));
         serde_json::to_writer(&mut out, &SnapshotRef(agg)).map_err(io::Error::other)?;
         let (len, crc) = out.finish()?;
-        let len = u32::try_from(len)
-            .map_err(|_| io::Error::other("snapshot over 4 GiB: its frame cannot say its length"))?;
+        let len = u32::try_from(len).map_err(|_| {
+            io::Error::other("snapshot over 4 GiB: its frame cannot say its length")
+        })?;
         f.seek(io::SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
         f.write_all(&len.to_le_bytes())?;
         f.write_all(&crc.to_le_bytes())?;

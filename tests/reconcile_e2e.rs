@@ -119,6 +119,15 @@ fn tally_reaches_twilios_numbers_through_lost_callbacks_silent_kinds_cancellatio
     let applied = after.sum("tally_events_received_total", &[("route", "reconcile")])
         - after.sum("tally_events_noop_total", &[("route", "reconcile")]);
     assert!(applied > 0.0, "no read changed anything after the restart");
+    let (code, details) = tally.get_json("/healthz/details");
+    assert_eq!(code, 200);
+    let r = &details["reconcile"];
+    assert_eq!(r["enabled"], true, "{details}");
+    assert_eq!(r["requestsPerSecond"].as_f64(), Some(BUDGET), "{details}");
+    assert!(
+        r["liveOperations"].as_u64().is_some_and(|n| n > 0),
+        "{details}"
+    );
     let served: serde_json::Value = text
         .lines()
         .find_map(|l| l.strip_prefix("api served: "))

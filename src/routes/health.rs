@@ -125,8 +125,10 @@ pub async fn details(
     kafka: web::Data<KafkaStatus>,
     agg: web::Data<Aggregator>,
     recovery: web::Data<Recovery>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let problems = health.snapshot();
+    let r = &metrics.reconcile;
     HttpResponse::Ok().json(serde_json::json!({
         "ready": problems.is_empty(),
         "recovery": recovery.details(),
@@ -136,6 +138,15 @@ pub async fn details(
             .collect::<Vec<_>>(),
         "operations": agg.operation_count(),
         "kafka": kafka.details(),
+        "reconcile": {
+            "enabled": r.budget.get() > 0.0,
+            "requestsPerSecond": r.budget.get(),
+            "liveOperations": r.live_operations.get(),
+            "disagreeingOperations": r.disagreeing_operations.get(),
+            "disagreeingResources": r.disagreeing_resources.get(),
+            "oldestDisagreementSeconds": r.oldest_disagreement_seconds.get(),
+            "backoffSeconds": r.backoff_seconds.get(),
+        },
     }))
 }
 
