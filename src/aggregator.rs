@@ -198,11 +198,21 @@ pub struct SnapshotRef<'a>(pub &'a Aggregator);
 
 struct OperationsRef<'a>(&'a DashMap<String, Operation>);
 
+/// Written as JSON (snapshots are JSON) one operation at a time: each is encoded under its
+/// shard's read lock into its own buffer, and written out after the lock is released, so a
+/// snapshot writing to a slow disk never holds a shard, and callbacks applying to it, waiting.
 impl Serialize for OperationsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ids: Vec<String> = self.0.iter().map(|op| op.key().clone()).collect();
         let mut seq = s.serialize_seq(None)?;
-        for op in self.0.iter() {
-            seq.serialize_element(op.value())?;
+        for id in ids {
+            let json = match self.0.get(&id) {
+                Some(op) => serde_json::to_string(op.value()).map_err(serde::ser::Error::custom)?,
+                None => continue, // evicted since the ids were taken
+            };
+            let raw = serde_json::value::RawValue::from_string(json)
+                .map_err(serde::ser::Error::custom)?;
+            seq.serialize_element(&raw)?;
         }
         seq.end()
     }

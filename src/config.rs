@@ -905,6 +905,65 @@ mod tests {
     }
 
     #[test]
+    fn the_reconcile_password_comes_from_the_environment_or_a_file_and_is_never_debug_printed() {
+        // Off by default.
+        let off = Settings::load(None, vec![]).unwrap();
+        assert!(off.reconcile.config(off.retention.ttl).is_none());
+        // From the environment, commas and all (a password is one string, not a list).
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TALLY_RECONCILE__USERNAME", "SKkey"),
+                ("TALLY_RECONCILE__PASSWORD", "pass,word-secret"),
+                ("TALLY_RECONCILE__REQUESTS_PER_SECOND", "2.5"),
+            ]),
+        )
+        .unwrap();
+        let c = s.reconcile.config(s.retention.ttl).expect("on");
+        assert_eq!(c.password.expose_secret(), "pass,word-secret");
+        assert_eq!(c.plan.requests_per_second, 2.5);
+        assert_eq!(c.plan.lookback_ms, s.retention.ttl.as_millis() as u64);
+        assert!(!format!("{s:?}{c:?}").contains("word-secret"));
+        // From a file: its first line that is not a comment.
+        let dir = std::env::temp_dir().join(format!("tally-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("password");
+        std::fs::write(&f, "# the key's secret\nfile-secret\n").unwrap();
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TALLY_RECONCILE__USERNAME", "SKkey"),
+                ("TALLY_RECONCILE__PASSWORD_FILE", f.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        let c = s.reconcile.config(s.retention.ttl).expect("on");
+        assert_eq!(c.password.expose_secret(), "file-secret");
+        // A username without a password, or a budget of zero, is refused with the key named.
+        for (key, value, says) in [
+            ("TALLY_RECONCILE__PASSWORD", "", "reconcile.password"),
+            (
+                "TALLY_RECONCILE__REQUESTS_PER_SECOND",
+                "0",
+                "reconcile.requests_per_second",
+            ),
+            (
+                "TALLY_RECONCILE__API_BASE",
+                "comms.twilio.com",
+                "reconcile.api_base",
+            ),
+        ] {
+            let mut e = env(&[
+                ("TALLY_RECONCILE__USERNAME", "SKkey"),
+                ("TALLY_RECONCILE__PASSWORD", "secret"),
+            ]);
+            e.push((key.to_owned(), value.to_owned()));
+            let err = Settings::load(None, e).unwrap_err().to_string();
+            assert!(err.contains(says), "{key}={value:?}: {err}");
+        }
+    }
+
+    #[test]
     fn tokens_are_read_from_a_file_and_never_debug_printed() {
         let dir = std::env::temp_dir().join(format!("tally-tok-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -708,6 +708,8 @@ mod tests {
         }
     }
 
+    /// One scenario from the first check to the capped back-off, longer than 80 lines: each
+    /// step needs the state the one before left, so split it would repeat the set-up.
     #[test]
     fn a_difference_lists_only_the_statuses_twilio_counts_more_of_and_backs_off_once_agreed() {
         let mut p = Planner::new(cfg(), T0);

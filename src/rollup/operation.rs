@@ -440,7 +440,7 @@ impl Operation {
             resource.created_ms = time_ms;
             changed = true;
         }
-        let res_changed = resource.join_read(read, &mut reads);
+        let res_changed = resource.join_read(read, &mut reads, &mut self.labels);
         if res_changed {
             resource.updated_ms = resource.updated_ms.max(now_ms);
         }

@@ -8,7 +8,6 @@ use super::operation::{Attempt, AttemptKey, Resource};
 use super::status::{join_attempt, Reads, ResourceStatus};
 use crate::event::{AttemptEvent, AttemptStatus, Channel, ResourceRead};
 use hashbrown::HashTable;
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::sync::OnceLock;
@@ -47,8 +46,8 @@ pub(super) fn join_id(a: &mut Option<Id>, b: &Option<String>) -> bool {
     }
 }
 
-/// The attempt labels of one operation ("1", "2", … in practice), each kept once; attempts
-/// refer to them by number (0: no label).
+/// The texts of one operation kept once each: attempt labels ("1", "2", … in practice) and tag
+/// keys and values; attempts and tags refer to them by number (0: no text).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Labels {
     pub(super) texts: Vec<Box<str>>,
@@ -217,10 +216,12 @@ impl Attempts {
 pub(super) struct Slot {
     pub(super) id: Id,
     pub(super) to: Option<Id>,
-    /// Boxed on purpose: an empty `BTreeMap` is 24 bytes in every slot, the box 8, and almost
-    /// no resource has tags.
+    /// Each tag as the numbers of its key and value in the operation's [`Labels`]: the texts
+    /// are kept once per operation (a campaign tags every resource alike), each resource keeps
+    /// 8 bytes a tag. Boxed on purpose: the box is 8 bytes in every slot, a `Vec` would be 24,
+    /// and most resources have no tags.
     #[allow(clippy::box_collection)]
-    pub(super) tags: Option<Box<BTreeMap<String, String>>>,
+    pub(super) tags: Option<Box<Vec<(u32, u32)>>>,
     pub(super) attempts: Attempts,
     pub(super) created_ms: u64,
     pub(super) updated_ms: u64,
@@ -248,7 +249,14 @@ impl Slot {
         Slot {
             id: Id::new(&r.id),
             to: r.to.as_deref().map(Id::new),
-            tags: (!r.tags.is_empty()).then(|| Box::new(r.tags.clone())),
+            tags: (!r.tags.is_empty()).then(|| {
+                Box::new(
+                    r.tags
+                        .iter()
+                        .map(|(k, v)| (labels.intern(k), labels.intern(v)))
+                        .collect(),
+                )
+            }),
             attempts: Attempts::from_vec(attempts),
             created_ms: r.created_ms,
             updated_ms: r.updated_ms,
@@ -272,7 +280,15 @@ impl Slot {
         Resource {
             id: self.id.as_string(),
             to: self.to.as_ref().map(Id::as_string),
-            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            tags: self
+                .tags
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|&(k, v)| {
+                    let text = |n| labels.text(n).unwrap_or_default().to_owned();
+                    (text(k), text(v))
+                })
+                .collect(),
             attempts,
             reads,
             created_ms: self.created_ms,
@@ -282,20 +298,34 @@ impl Slot {
 
     /// Join a resource read from Twilio: its status into `reads`, its address and tags as an
     /// attempt's would be.
-    pub(super) fn join_read(&mut self, read: &ResourceRead, reads: &mut Reads) -> bool {
+    pub(super) fn join_read(
+        &mut self,
+        read: &ResourceRead,
+        reads: &mut Reads,
+        labels: &mut Labels,
+    ) -> bool {
         let mut changed = join_id(&mut self.to, &read.to);
-        changed |= self.join_tags(&read.tags);
+        changed |= self.join_tags(&read.tags, labels);
         changed | reads.join(read.status)
     }
 
-    fn join_tags(&mut self, new: &[(String, String)]) -> bool {
+    /// Join tags: per key, the greatest value seen.
+    fn join_tags(&mut self, new: &[(String, String)], labels: &mut Labels) -> bool {
         let mut changed = false;
         for (k, v) in new {
             let tags = self.tags.get_or_insert_with(Default::default);
-            match tags.get(k) {
-                Some(old) if old >= v => {}
-                _ => {
-                    tags.insert(k.clone(), v.clone());
+            let at = tags
+                .iter()
+                .position(|&(key, _)| labels.text(key) == Some(k.as_str()));
+            match at {
+                Some(i) if labels.text(tags[i].1).is_some_and(|old| old >= v.as_str()) => {}
+                Some(i) => {
+                    tags[i].1 = labels.intern(v);
+                    changed = true;
+                }
+                None => {
+                    tags.push((labels.intern(k), labels.intern(v)));
+                    tags.shrink_to_fit();
                     changed = true;
                 }
             }
@@ -305,7 +335,7 @@ impl Slot {
 
     pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
         let mut changed = join_id(&mut self.to, &ev.to);
-        changed |= self.join_tags(&ev.tags);
+        changed |= self.join_tags(&ev.tags, labels);
         match self
             .attempts
             .as_mut_slice()
