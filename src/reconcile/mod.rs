@@ -153,8 +153,10 @@ impl Reconciler {
             .connector(awc::Connector::new().timeout(self.config.request_timeout))
             .finish();
         let mut planner = Planner::new(self.config.plan.clone(), now_ms());
-        let metrics = &self.metrics.reconcile;
-        metrics.budget.set(self.config.plan.requests_per_second);
+        self.metrics
+            .reconcile
+            .budget
+            .set(self.config.plan.requests_per_second);
         tracing::info!(
             api_base = %self.config.api_base,
             requests_per_second = self.config.plan.requests_per_second,
@@ -162,6 +164,7 @@ impl Reconciler {
         );
         let mut next_scan = 0;
         let mut next_report = now_ms() + 60_000;
+        let mut next_gauges = 0;
         loop {
             let now = now_ms();
             if now >= next_scan {
@@ -179,18 +182,28 @@ impl Reconciler {
                     actix_web::rt::time::sleep(Duration::from_millis(wait)).await;
                 }
             }
-            let d = planner.disagreements();
-            metrics.live_operations.set(planner.live_count() as i64);
-            metrics.disagreeing_operations.set(d.operations as i64);
-            metrics.disagreeing_resources.set(d.resources as i64);
-            metrics.oldest_disagreement_seconds.set(
-                d.oldest_since_ms
-                    .map_or(0.0, |s| now_ms().saturating_sub(s) as f64 / 1000.0),
-            );
-            metrics
-                .backoff_seconds
-                .set(planner.paused_until_ms().saturating_sub(now_ms()) as f64 / 1000.0);
+            // The gauges walk every live operation: once a second, not after every request.
+            let now = now_ms();
+            if now >= next_gauges {
+                self.set_gauges(&planner, now);
+                next_gauges = now + 1000;
+            }
         }
+    }
+
+    fn set_gauges(&self, planner: &Planner, now: u64) {
+        let metrics = &self.metrics.reconcile;
+        let d = planner.disagreements();
+        metrics.live_operations.set(planner.live_count() as i64);
+        metrics.disagreeing_operations.set(d.operations as i64);
+        metrics.disagreeing_resources.set(d.resources as i64);
+        metrics.oldest_disagreement_seconds.set(
+            d.oldest_since_ms
+                .map_or(0.0, |s| now.saturating_sub(s) as f64 / 1000.0),
+        );
+        metrics
+            .backoff_seconds
+            .set(planner.paused_until_ms().saturating_sub(now) as f64 / 1000.0);
     }
 
     /// Once a minute, name the operations on which tally and Twilio have disagreed for ten
@@ -320,18 +333,19 @@ impl Reconciler {
     /// Make one request and act on its answer.
     async fn make(&self, client: &awc::Client, planner: &mut Planner, call: Call) {
         let endpoint = call.endpoint();
-        let mut answer = match self.url(&call) {
-            Ok(url) => self.get(client, &url).await,
+        let url = self.url(&call);
+        let mut answer = match &url {
+            Ok(url) => self.get(client, url).await,
             Err(why) => {
                 tracing::warn!(endpoint, why, "reconcile: a page not followed");
                 Answer::Failed("refused".into())
             }
         };
-        if let (Answer::Stale, Ok(url)) = (&answer, self.url(&call)) {
+        if let (Answer::Stale, Ok(url)) = (&answer, &url) {
             // Once more on a new connection, within the budget like any request.
             self.count(endpoint, "stale");
             answer = match planner.take_token(now_ms()) {
-                Ok(()) => self.get(client, &url).await,
+                Ok(()) => self.get(client, url).await,
                 Err(_) => Answer::Failed("error".into()),
             };
         }

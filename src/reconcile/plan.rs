@@ -539,7 +539,7 @@ impl Planner {
         tally_status: OperationStatus,
         now_ms: u64,
     ) {
-        let cfg = self.cfg.clone();
+        let (interval, max_interval) = (self.cfg.interval_ms, self.cfg.max_interval_ms);
         let Some(l) = self.live.get_mut(id) else {
             return;
         };
@@ -564,9 +564,9 @@ impl Planner {
         }
         l.confirming = settled;
         let delay = if settled {
-            cfg.interval_ms
+            interval
         } else {
-            (cfg.interval_ms << l.unchanged.min(30)).min(cfg.max_interval_ms)
+            (interval << l.unchanged.min(30)).min(max_interval)
         };
         self.schedule(id, now_ms + delay);
     }
