@@ -17,7 +17,9 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
+use std::future::Future;
 use std::sync::{Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// How the URL that Twilio signed is rebuilt from a request.
@@ -182,7 +184,13 @@ async fn read_body_in_time(
     intake: &Intake,
 ) -> Result<web::Bytes, CallbackError> {
     let timeout = intake.body_read_timeout;
-    actix_web::rt::time::timeout(timeout, read_body(req, payload, intake.max_body_bytes))
+    let mut read = std::pin::pin!(read_body(req, payload, intake.max_body_bytes));
+    // A body that came with the head (the usual case) is read without arming a timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    if let Poll::Ready(body) = first {
+        return body;
+    }
+    actix_web::rt::time::timeout(timeout, read)
         .await
         .map_err(|_| CallbackError::BodyTimeout {
             seconds: timeout.as_secs_f64(),
