@@ -45,10 +45,11 @@ fn dir_bytes(dir: &Path, pick: &dyn Fn(&str) -> bool) -> u64 {
     total
 }
 
-/// CPU seconds (user + system) the calling thread has used: recovery runs on this thread, so
-/// the figure does not depend on what else the machine is doing (Linux; 0 elsewhere).
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+/// CPU seconds (user + system) this process has used: nothing else runs in it during a
+/// recovery (its replay threads included), so the figure does not depend on what else the
+/// machine is doing (Linux; 0 elsewhere).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which is in parentheses): utime and stime are the 12th
     // and 13th, in clock ticks of 1/100 s.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -114,10 +115,10 @@ fn main() {
         // Start 1: the journal alone.
         let agg1 = Aggregator::new(limits());
         let t = Instant::now();
-        let cpu = thread_cpu_seconds();
+        let cpu = process_cpu_seconds();
         let r1 = journal::recover(&dir, &agg1).expect("recovers");
         let from_journal_s = t.elapsed().as_secs_f64();
-        let from_journal_cpu_s = thread_cpu_seconds() - cpu;
+        let from_journal_cpu_s = process_cpu_seconds() - cpu;
         assert_eq!(agg1.resource_count(), agg.resource_count());
 
         // Snapshot, then start 2: the snapshot (and an empty tail).
@@ -129,10 +130,10 @@ fn main() {
         let snapshot_bytes = dir_bytes(&dir, &|p| p.ends_with(".bin"));
         let agg2 = Aggregator::new(limits());
         let t = Instant::now();
-        let cpu = thread_cpu_seconds();
+        let cpu = process_cpu_seconds();
         let r2 = journal::recover(&dir, &agg2).expect("recovers");
         let from_snapshot_s = t.elapsed().as_secs_f64();
-        let from_snapshot_cpu_s = thread_cpu_seconds() - cpu;
+        let from_snapshot_cpu_s = process_cpu_seconds() - cpu;
         assert_eq!(agg2.resource_count(), agg.resource_count());
         serde_json::json!({
             "resources": agg.resource_count(),

@@ -6,8 +6,9 @@
 
 use crate::dirty::Dirty;
 use crate::event::{AttemptEvent, Event, EventBody, Kind, ResourceRead, SkipReason};
+use crate::rollup::hashing::{FastHash, KeyIsHash};
 use crate::rollup::{
-    fallback, Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
+    Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
 };
 use dashmap::DashMap;
 use serde::ser::{SerializeSeq, SerializeStruct};
@@ -152,17 +153,17 @@ type Link = (u32, u32);
 
 /// The in-memory state of every tracked operation.
 pub struct Aggregator {
-    ops: DashMap<String, Operation>,
+    ops: DashMap<String, Operation, FastHash>,
     /// Hash of an attempt (downstream) id → its operation and resource slot. Keys are 64-bit
     /// keyed hashes rather than the ids (16 bytes instead of 60 or more per link); a link is
     /// trusted only once the operation confirms the resource has that attempt, so a collision
     /// can never misfile an event.
-    sid_links: DashMap<u64, Link>,
+    sid_links: DashMap<u64, Link, KeyIsHash>,
     /// Hash of a resource id → its operation and slot (confirmed the same way).
-    res_links: DashMap<u64, Link>,
+    res_links: DashMap<u64, Link, KeyIsHash>,
     link_keys: RandomState,
     /// Link number → operation id: links name an operation by a small number, not its id.
-    operations_by_link_number: DashMap<u32, String>,
+    operations_by_link_number: DashMap<u32, String, FastHash>,
     next_link_number: AtomicU32,
     held: Mutex<HeldBook>,
     /// Events in `held`, raised *before* a holder checks the links (see `hold`).
@@ -196,7 +197,7 @@ pub struct SnapshotState {
 /// Serialises the live state without copying it whole: one map shard is read-locked at a time.
 pub struct SnapshotRef<'a>(pub &'a Aggregator);
 
-struct OperationsRef<'a>(&'a DashMap<String, Operation>);
+struct OperationsRef<'a>(&'a DashMap<String, Operation, FastHash>);
 
 /// Written as JSON (snapshots are JSON) one operation at a time: each is encoded under its
 /// shard's read lock into its own buffer, and written out after the lock is released, so a
@@ -243,11 +244,11 @@ impl Serialize for SnapshotRef<'_> {
 impl Aggregator {
     pub fn new(limits: Limits) -> Aggregator {
         Aggregator {
-            ops: DashMap::new(),
-            sid_links: DashMap::new(),
-            res_links: DashMap::new(),
+            ops: DashMap::default(),
+            sid_links: DashMap::default(),
+            res_links: DashMap::default(),
             link_keys: RandomState::new(),
-            operations_by_link_number: DashMap::new(),
+            operations_by_link_number: DashMap::default(),
             next_link_number: AtomicU32::new(1),
             held: Mutex::new(HeldBook::default()),
             held_count: AtomicUsize::new(0),
@@ -471,18 +472,20 @@ impl Aggregator {
         now_ms: u64,
     ) -> Outcome {
         let (changed, kind, fallback, link) = {
-            let mut op = self
-                .ops
-                .entry(op_id.to_owned())
-                .or_insert_with(|| self.new_operation(op_id, time_ms, now_ms));
+            let mut op = match self.ops.get_mut(op_id) {
+                Some(op) => op,
+                None => self
+                    .ops
+                    .entry(op_id.to_owned())
+                    .or_insert_with(|| self.new_operation(op_id, time_ms, now_ms)),
+            };
             let before = op.resource_count();
-            let fallback = fallback::detect(op.resource(res_id).as_ref(), a);
             let applied = op.apply_attempt_at(res_id, a, time_ms, now_ms);
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
             let link = (op.link_number(), applied.slot);
-            (applied.changed, op.kind(), fallback, link)
+            (applied.changed, op.kind(), applied.fallback, link)
         };
         if let Some(f) = fallback {
             self.note_fallback(f);

@@ -28,7 +28,7 @@ impl Change {
 /// The set of changed operations, keyed by operation id.
 #[derive(Debug, Default)]
 pub struct Dirty {
-    ops: DashMap<String, Change>,
+    ops: DashMap<String, Change, crate::rollup::hashing::FastHash>,
     track_resources: bool,
 }
 
@@ -36,7 +36,7 @@ impl Dirty {
     /// A new, empty set; `track_resources` keeps the changed resource ids too.
     pub fn new(track_resources: bool) -> Dirty {
         Dirty {
-            ops: DashMap::new(),
+            ops: DashMap::default(),
             track_resources,
         }
     }

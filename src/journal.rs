@@ -281,7 +281,7 @@ pub struct RecoveryReport {
 
 /// Rebuild `agg` from every snapshot and segment in `dir`, and return what was done.
 pub fn recover(dir: &Path, agg: &Aggregator) -> io::Result<RecoveryReport> {
-    recover_before(dir, agg, u64::MAX, &ReplayProgress::default())
+    recover_before(dir, agg, u64::MAX, &ReplayProgress::default(), 0)
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -290,12 +290,15 @@ fn file_len(path: &Path) -> u64 {
 
 /// Rebuild `agg` from `dir`: the newest snapshot that reads, then the segments from its cut up
 /// to (not including) segment `before`, which a journal opened for new callbacks writes to.
-/// `progress` is kept current and logged every two seconds.
+/// `progress` is kept current and logged every two seconds. The segments are replayed on
+/// `threads` threads side by side (0: one per available core): applying events commutes, so
+/// the order in which segments, or the records in them, are applied never changes the result.
 pub fn recover_before(
     dir: &Path,
     agg: &Aggregator,
     before: u64,
     progress: &ReplayProgress,
+    threads: usize,
 ) -> io::Result<RecoveryReport> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
@@ -316,17 +319,25 @@ pub fn recover_before(
         .into_iter()
         .filter(|n| *n >= from_segment)
         .collect();
-    let mut replay = Replay {
+    let replay = Replay {
         agg,
         progress,
-        report: &mut report,
+        dir,
+        segments: &segments,
+        threads: replay_threads(threads),
+        truncated_tails: AtomicU64::new(0),
         started,
-        last_log: Instant::now(),
-        total: segments.len(),
+        last_log: Mutex::new(None),
     };
-    for (i, n) in segments.iter().enumerate() {
-        replay.segment(&segment_path(dir, *n), *n, i)?;
-    }
+    let (records, events) = (
+        progress.records.load(Ordering::Relaxed),
+        progress.events.load(Ordering::Relaxed),
+    );
+    replay.run()?;
+    report.segments = segments.len();
+    report.records = progress.records.load(Ordering::Relaxed) - records;
+    report.events = progress.events.load(Ordering::Relaxed) - events;
+    report.truncated_tails = replay.truncated_tails.load(Ordering::Relaxed);
     report.elapsed = started.elapsed();
     tracing::info!(
         snapshot = ?report.snapshot,
@@ -340,6 +351,14 @@ pub fn recover_before(
         "recovery: replay complete"
     );
     Ok(report)
+}
+
+/// `threads`, or one per available core when 0.
+fn replay_threads(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 /// Restore the newest snapshot that reads (an older one when the newest is damaged) and say
@@ -381,30 +400,76 @@ fn load_newest_snapshot(
     Ok(0)
 }
 
-/// The replay of journal segments into the aggregator, with its progress.
+/// The replay of journal segments into the aggregator, with its progress. Segments are read
+/// one after the other; the records of each are shared out among the replay threads.
 struct Replay<'a> {
     agg: &'a Aggregator,
     progress: &'a ReplayProgress,
-    report: &'a mut RecoveryReport,
+    dir: &'a Path,
+    segments: &'a [u64],
+    threads: usize,
+    truncated_tails: AtomicU64,
     started: Instant,
-    last_log: Instant,
-    total: usize,
+    /// When progress was last logged: the first record logs at once, then every two seconds.
+    last_log: Mutex<Option<Instant>>,
 }
 
 impl Replay<'_> {
+    /// Replay every segment.
+    fn run(&self) -> io::Result<()> {
+        for (i, &n) in self.segments.iter().enumerate() {
+            self.segment(&segment_path(self.dir, n), n, i)?;
+        }
+        Ok(())
+    }
+
     /// Apply every record of segment `n` (the `i`-th replayed); truncate a torn tail.
-    fn segment(&mut self, path: &Path, n: u64, i: usize) -> io::Result<()> {
+    fn segment(&self, path: &Path, n: u64, i: usize) -> io::Result<()> {
         let mut bytes = Vec::new();
         File::open(path)?.read_to_end(&mut bytes)?;
         let (frames, valid) = read_frames(&bytes);
+        let share = frames.len().div_ceil(self.threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = frames
+                .chunks(share)
+                .map(|part| scope.spawn(move || self.records(part, path, n, i)))
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a journal replay thread panicked")))
+            })
+        })?;
+        if valid < bytes.len() {
+            tracing::warn!(
+                segment = n,
+                valid_bytes = valid,
+                dropped_bytes = bytes.len() - valid,
+                "recovery: torn or corrupt journal tail detected; truncating it"
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(valid as u64)?;
+            self.truncated_tails.fetch_add(1, Ordering::Relaxed);
+            self.progress
+                .bytes
+                .fetch_add((bytes.len() - valid) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Decode and apply `frames`, records of segment `n`.
+    fn records(&self, frames: &[&[u8]], path: &Path, n: u64, i: usize) -> io::Result<()> {
         for payload in frames {
             match decode_record(payload) {
                 Ok(rec) => {
                     for ev in &rec.events {
                         self.agg.apply(ev, rec.received_ms);
                     }
-                    self.report.records += 1;
-                    self.report.events += rec.events.len() as u64;
+                    self.progress.records.fetch_add(1, Ordering::Relaxed);
+                    self.progress
+                        .events
+                        .fetch_add(rec.events.len() as u64, Ordering::Relaxed);
                 }
                 // Written by a newer tally: skipping it would lose acknowledged callbacks.
                 Err(e @ RecordError::UnknownFormat(_)) => {
@@ -419,45 +484,29 @@ impl Replay<'_> {
             }
             self.note_progress((payload.len() + FRAME_HEADER) as u64, i);
         }
-        if valid < bytes.len() {
-            tracing::warn!(
-                segment = n,
-                valid_bytes = valid,
-                dropped_bytes = bytes.len() - valid,
-                "recovery: torn or corrupt journal tail detected; truncating it"
-            );
-            OpenOptions::new()
-                .write(true)
-                .open(path)?
-                .set_len(valid as u64)?;
-            self.report.truncated_tails += 1;
-            self.progress
-                .bytes
-                .fetch_add((bytes.len() - valid) as u64, Ordering::Relaxed);
-        }
-        self.report.segments += 1;
         Ok(())
     }
 
-    /// Count one replayed record of `bytes`, and log the progress every two seconds.
-    fn note_progress(&mut self, bytes: u64, i: usize) {
+    /// Count the bytes of one replayed record, and log the progress (see `last_log`).
+    fn note_progress(&self, bytes: u64, i: usize) {
         let p = self.progress;
-        p.records.store(self.report.records, Ordering::Relaxed);
-        p.events.store(self.report.events, Ordering::Relaxed);
         p.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if self.last_log.elapsed() > Duration::from_secs(2) {
+        let Ok(mut last_log) = self.last_log.try_lock() else {
+            return;
+        };
+        if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
             tracing::info!(
                 segment = i + 1,
-                of = self.total,
-                records = self.report.records,
-                events = self.report.events,
+                of = self.segments.len(),
+                records = p.records.load(Ordering::Relaxed),
+                events = p.events.load(Ordering::Relaxed),
                 bytes = p.bytes.load(Ordering::Relaxed),
                 total_bytes = p.total_bytes.load(Ordering::Relaxed),
                 percent = p.percent(),
                 elapsed_ms = self.started.elapsed().as_millis() as u64,
                 "recovery: replaying journal"
             );
-            self.last_log = Instant::now();
+            *last_log = Some(Instant::now());
         }
     }
 }

@@ -84,6 +84,7 @@ impl Application {
                 metrics: metrics.clone(),
                 recovery: recovery.clone(),
                 retention_ms,
+                threads: settings.storage.recovery_threads,
             })?;
         }
         let shared = Shared {
@@ -382,6 +383,7 @@ struct Replay {
     metrics: web::Data<Metrics>,
     recovery: web::Data<Recovery>,
     retention_ms: u64,
+    threads: usize,
 }
 
 /// Replay the snapshot and the journal segments older than the journal's first one on a thread
@@ -392,8 +394,8 @@ fn spawn_recovery(r: Replay) -> anyhow::Result<()> {
         .name("tally-recovery".into())
         .spawn(move || {
             let before = r.journal.first_segment();
-            let report = match journal::recover_before(&r.dir, &r.agg, before, &r.recovery.progress)
-            {
+            let progress = &r.recovery.progress;
+            let report = match journal::recover_before(&r.dir, &r.agg, before, progress, r.threads) {
                 Ok(report) => report,
                 Err(e) => {
                     r.recovery

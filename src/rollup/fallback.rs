@@ -60,18 +60,22 @@ pub fn all_pairs() -> Vec<Fallback> {
 /// none of the resource's attempts used yet, while another messaging channel was used.
 pub fn detect(resource: Option<&Resource>, ev: &AttemptEvent) -> Option<Fallback> {
     let resource = resource?;
-    let new = ev.channel?;
-    let rank = richness(new)?;
     let key = AttemptKey::of(ev);
     if resource.attempts.iter().any(|a| a.key == key) {
         return None;
     }
-    let used: Vec<(u8, Channel)> = resource
-        .attempts
-        .iter()
-        .filter_map(|a| a.channel)
-        .filter_map(|c| richness(c).map(|r| (r, c)))
-        .collect();
+    after_new_attempt(resource.attempts.iter().filter_map(|a| a.channel), ev)
+}
+
+/// The fallback that `ev`, known to start a new attempt of a resource whose attempts used
+/// the channels `used`, makes, if any (see [`detect`]).
+pub(super) fn after_new_attempt(
+    used: impl Iterator<Item = Channel>,
+    ev: &AttemptEvent,
+) -> Option<Fallback> {
+    let new = ev.channel?;
+    let rank = richness(new)?;
+    let used: Vec<(u8, Channel)> = used.filter_map(|c| richness(c).map(|r| (r, c))).collect();
     if used.is_empty() || used.iter().any(|(_, c)| *c == new) {
         return None;
     }
@@ -115,8 +119,10 @@ mod tests {
         let mut op = Operation::new("comms_operation_1", 0, 0);
         let mut found = Vec::new();
         for e in events {
-            found.extend(detect(op.resource(RES).as_ref(), e));
-            op.apply_attempt(RES, e, 0, 0);
+            let from_view = detect(op.resource(RES).as_ref(), e);
+            let applied = op.apply_attempt_at(RES, e, 0, 0);
+            assert_eq!(applied.fallback, from_view, "stored and viewed disagree");
+            found.extend(from_view);
         }
         found
     }

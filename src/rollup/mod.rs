@@ -3,6 +3,7 @@
 
 pub mod compact;
 pub mod fallback;
+pub mod hashing;
 pub mod operation;
 pub mod status;
 mod stored;

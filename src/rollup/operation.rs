@@ -11,6 +11,7 @@
 //! see; they are built on demand.
 
 use super::compact::Id;
+use super::fallback::{self, Fallback};
 use super::status::{attempt_rank, Bucket, OperationStatus, Reads, ResourceStatus};
 use super::stored::{hash_id, Labels, Slot};
 use crate::event::{
@@ -109,6 +110,8 @@ pub struct AttemptApplied {
     pub changed: bool,
     /// The resource's slot in the operation, which the aggregator's links point at.
     pub slot: u32,
+    /// The channel fallback the event made, if it started one.
+    pub fallback: Option<Fallback>,
 }
 
 /// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
@@ -277,6 +280,16 @@ impl Operation {
             .then(|| s.id.as_string())
     }
 
+    /// The fallback that applying `ev` to the resource in `slot` makes ([`fallback::detect`]
+    /// on the resource as it stands), read from the stored attempts without building a view.
+    fn fallback_in(&self, slot: u32, ev: &AttemptEvent) -> Option<Fallback> {
+        let attempts = self.slots[slot as usize].attempts.as_slice();
+        if attempts.iter().any(|a| a.matches(ev, &self.labels)) {
+            return None;
+        }
+        fallback::after_new_attempt(attempts.iter().filter_map(|a| a.channel), ev)
+    }
+
     pub fn resource(&self, id: &str) -> Option<Resource> {
         self.slot_index(id).map(|i| self.slot_view(i))
     }
@@ -372,9 +385,13 @@ impl Operation {
         let kind_before = self.kind();
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
-        let (slot, was_new) = match self.slot_index(resource_id) {
-            Some(i) => (i, false),
-            None => (self.insert_slot(Slot::new(resource_id, time_ms)), true),
+        let (slot, was_new, fallback) = match self.slot_index(resource_id) {
+            Some(i) => (i, false, self.fallback_in(i, ev)),
+            None => (
+                self.insert_slot(Slot::new(resource_id, time_ms)),
+                true,
+                None,
+            ),
         };
         let before = self.slot_status(slot);
         let resource = &mut self.slots[slot as usize];
@@ -394,6 +411,7 @@ impl Operation {
         AttemptApplied {
             changed: self.touch(changed, now_ms),
             slot,
+            fallback,
         }
     }
 
@@ -453,6 +471,7 @@ impl Operation {
         AttemptApplied {
             changed: self.touch(changed, now_ms),
             slot,
+            fallback: None,
         }
     }
 

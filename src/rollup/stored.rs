@@ -354,9 +354,9 @@ impl Slot {
 
 /// The hash of resource ids in every operation's slot table: keyed once per process, so ids
 /// chosen by a caller cannot be made to collide.
-pub(super) fn id_hasher() -> &'static std::hash::RandomState {
-    static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
-    KEYS.get_or_init(std::hash::RandomState::new)
+pub(super) fn id_hasher() -> &'static super::hashing::FastHash {
+    static KEYS: OnceLock<super::hashing::FastHash> = OnceLock::new();
+    KEYS.get_or_init(super::hashing::FastHash::default)
 }
 
 pub(super) fn hash_id(id: &Id) -> u64 {
