@@ -135,6 +135,10 @@ fn main() {
         let from_snapshot_s = t.elapsed().as_secs_f64();
         let from_snapshot_cpu_s = process_cpu_seconds() - cpu;
         assert_eq!(agg2.resource_count(), agg.resource_count());
+        assert!(
+            r2.snapshot.is_some(),
+            "recovery loaded the snapshot: {r2:?}"
+        );
         serde_json::json!({
             "resources": agg.resource_count(),
             "events": events,

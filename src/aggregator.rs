@@ -11,8 +11,7 @@ use crate::rollup::{
     Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
 };
 use dashmap::DashMap;
-use serde::ser::{SerializeSeq, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -192,53 +191,6 @@ pub struct HeldEntry {
 pub struct SnapshotState {
     pub operations: Vec<Operation>,
     pub held: Vec<HeldEntry>,
-}
-
-/// Serialises the live state without copying it whole: one map shard is read-locked at a time.
-pub struct SnapshotRef<'a>(pub &'a Aggregator);
-
-struct OperationsRef<'a>(&'a DashMap<String, Operation, FastHash>);
-
-/// Written as JSON (snapshots are JSON) one operation at a time: each is encoded under its
-/// shard's read lock into its own buffer, and written out after the lock is released, so a
-/// snapshot writing to a slow disk never holds a shard, and callbacks applying to it, waiting.
-impl Serialize for OperationsRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let ids: Vec<String> = self.0.iter().map(|op| op.key().clone()).collect();
-        let mut seq = s.serialize_seq(None)?;
-        for id in ids {
-            let json = match self.0.get(&id) {
-                Some(op) => serde_json::to_string(op.value()).map_err(serde::ser::Error::custom)?,
-                None => continue, // evicted since the ids were taken
-            };
-            let raw = serde_json::value::RawValue::from_string(json)
-                .map_err(serde::ser::Error::custom)?;
-            seq.serialize_element(&raw)?;
-        }
-        seq.end()
-    }
-}
-
-impl Serialize for SnapshotRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let held: Vec<HeldEntry> = {
-            let book = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
-            book.order
-                .iter()
-                .filter_map(|(key, since)| {
-                    book.entries.get(key).map(|events| HeldEntry {
-                        key: key.clone(),
-                        since_ms: *since,
-                        events: events.clone(),
-                    })
-                })
-                .collect()
-        };
-        let mut st = s.serialize_struct("SnapshotState", 2)?;
-        st.serialize_field("operations", &OperationsRef(&self.0.ops))?;
-        st.serialize_field("held", &held)?;
-        st.end()
-    }
 }
 
 impl Aggregator {
@@ -787,36 +739,95 @@ impl Aggregator {
         evicted
     }
 
-    /// Replace the state with a snapshot's, rebuilding the links.
+    /// Each live operation encoded as JSON, handed to `each` one at a time: an operation is
+    /// encoded under its shard's read lock into a buffer of its own, and handed over after the
+    /// lock is released, so a snapshot writing to a slow disk never holds a shard (and the
+    /// callbacks applying to it) waiting. Returns how many were handed over.
+    pub fn snapshot_operations(
+        &self,
+        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let ids: Vec<String> = self.ops.iter().map(|op| op.key().clone()).collect();
+        let mut count = 0;
+        let mut json = Vec::new();
+        for id in ids {
+            json.clear();
+            match self.ops.get(&id) {
+                Some(op) => {
+                    serde_json::to_writer(&mut json, op.value()).map_err(std::io::Error::other)?
+                }
+                None => continue, // evicted since the ids were taken
+            }
+            each(&json)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The held attempts, as a snapshot stores them.
+    pub fn snapshot_held(&self) -> Vec<HeldEntry> {
+        let book = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        book.order
+            .iter()
+            .filter_map(|(key, since)| {
+                book.entries.get(key).map(|events| HeldEntry {
+                    key: key.clone(),
+                    since_ms: *since,
+                    events: events.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Replace the whole state with a snapshot's (format 1, read whole).
     pub fn restore(&self, state: SnapshotState) {
+        self.restore_begin();
+        for op in state.operations {
+            self.restore_operation(op);
+        }
+        self.restore_held(state.held);
+    }
+
+    /// Forget everything, before a snapshot's operations are restored (or after a snapshot
+    /// failed to load part way).
+    pub fn restore_begin(&self) {
         self.ops.clear();
         self.res_links.clear();
         self.sid_links.clear();
-        let mut resources = 0;
         self.operations_by_link_number.clear();
-        for mut op in state.operations {
-            if !self.limits.keep_recipient_addresses {
-                op.forget_recipients();
-            }
-            let n = self.assign_link_number(&op.id);
-            op.set_link_number(n);
-            for (slot, res, sids) in op.links() {
-                self.res_links
-                    .entry(self.link_key(&res))
-                    .or_insert((n, slot));
-                for sid in sids {
-                    self.sid_links
-                        .entry(self.link_key(&sid))
-                        .or_insert((n, slot));
-                }
-            }
-            resources += op.resource_count() as u64;
-            self.ops.insert(op.id.clone(), op);
+        self.resources.store(0, Ordering::Relaxed);
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = HeldBook::default();
+        self.held_count.store(0, Ordering::SeqCst);
+    }
+
+    /// Restore one operation of a snapshot, with its links. Safe to call from several threads
+    /// at once.
+    pub fn restore_operation(&self, mut op: Operation) {
+        if !self.limits.keep_recipient_addresses {
+            op.forget_recipients();
         }
-        self.resources.store(resources, Ordering::Relaxed);
+        let n = self.assign_link_number(&op.id);
+        op.set_link_number(n);
+        for (slot, res, sids) in op.links() {
+            self.res_links
+                .entry(self.link_key(&res))
+                .or_insert((n, slot));
+            for sid in sids {
+                self.sid_links
+                    .entry(self.link_key(&sid))
+                    .or_insert((n, slot));
+            }
+        }
+        self.resources
+            .fetch_add(op.resource_count() as u64, Ordering::Relaxed);
+        self.ops.insert(op.id.clone(), op);
+    }
+
+    /// Restore a snapshot's held attempts.
+    pub fn restore_held(&self, held: Vec<HeldEntry>) {
         let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
         *book = HeldBook::default();
-        for h in state.held {
+        for h in held {
             // Filed again under the key each event waits for now (older snapshots filed an
             // attempt that names its resource under its SID).
             for (mut e, t) in h.events {

@@ -6,7 +6,8 @@
 //! journal/00000000000000000007.log   segments: frames [len u32 LE][crc32 u32 LE][payload],
 //!                                    a payload being one Record: a version byte, then the
 //!                                    record (see RECORD_BINARY_V1)
-//! snapshot-00000000000000000007.bin  the whole state as of the start of segment 7
+//! snapshot-00000000000000000007.bin  the whole state as of the start of segment 7 (see
+//!                                    the `snapshot` module for its format)
 //! ```
 //!
 //! One writer thread owns the open segment. Requests send their record and wait; the writer
@@ -21,11 +22,11 @@
 //! its cut; a torn or corrupt frame ends a segment's replay there, is reported, and the tail is
 //! truncated.
 
-use crate::aggregator::{Aggregator, SnapshotRef, SnapshotState};
+use crate::aggregator::Aggregator;
 use crate::event::Event;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -177,7 +178,6 @@ pub struct Journal {
 }
 
 const FRAME_HEADER: usize = 8;
-const SNAPSHOT_MAGIC: &[u8; 8] = b"TALLYSN1";
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join("journal").join(format!("{n:020}.log"))
@@ -314,7 +314,9 @@ pub fn recover_before(
             .map(|n| file_len(&segment_path(dir, *n)))
             .sum()
     };
-    let from_segment = load_newest_snapshot(dir, agg, progress, &mut report, segment_bytes)?;
+    let threads = replay_threads(threads);
+    let from_segment =
+        load_newest_snapshot(dir, agg, threads, progress, &mut report, segment_bytes)?;
     let segments: Vec<u64> = all_segments
         .into_iter()
         .filter(|n| *n >= from_segment)
@@ -324,7 +326,7 @@ pub fn recover_before(
         progress,
         dir,
         segments: &segments,
-        threads: replay_threads(threads),
+        threads,
         truncated_tails: AtomicU64::new(0),
         started,
         last_log: Mutex::new(None),
@@ -367,6 +369,7 @@ fn replay_threads(threads: usize) -> usize {
 fn load_newest_snapshot(
     dir: &Path,
     agg: &Aggregator,
+    threads: usize,
     progress: &ReplayProgress,
     report: &mut RecoveryReport,
     segment_bytes: impl Fn(u64) -> u64,
@@ -382,9 +385,9 @@ fn load_newest_snapshot(
         let path = snapshot_path(dir, n);
         let size = file_len(&path);
         tracing::info!(snapshot = n, bytes = size, "recovery: loading snapshot");
-        match read_snapshot(&path) {
-            Ok(state) => {
-                agg.restore(state);
+        let before = progress.bytes.load(Ordering::Relaxed);
+        match crate::snapshot::load(&path, agg, threads, &progress.bytes) {
+            Ok(()) => {
                 report.snapshot = Some(n);
                 progress
                     .total_bytes
@@ -393,6 +396,8 @@ fn load_newest_snapshot(
                 return Ok(n);
             }
             Err(e) => {
+                agg.restore_begin();
+                progress.bytes.store(before, Ordering::Relaxed);
                 tracing::error!(snapshot = n, error = %e, "recovery: snapshot unreadable, trying an older one")
             }
         }
@@ -509,19 +514,6 @@ impl Replay<'_> {
             *last_log = Some(Instant::now());
         }
     }
-}
-
-fn read_snapshot(path: &Path) -> io::Result<SnapshotState> {
-    let bytes = fs::read(path)?;
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
-    if bytes.len() < 8 + FRAME_HEADER || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(bad("not a tally snapshot"));
-    }
-    let (frames, _) = read_frames(&bytes[8..]);
-    let payload = frames
-        .first()
-        .ok_or_else(|| bad("snapshot checksum mismatch"))?;
-    serde_json::from_slice(payload).map_err(|e| bad(&e.to_string()))
 }
 
 struct Writer {
@@ -793,9 +785,11 @@ impl Journal {
         self.stats.bytes_since_snapshot.store(0, Ordering::Relaxed);
         let dir = self.dir.clone();
         let operations = agg.operation_count();
-        tokio::task::spawn_blocking(move || write_snapshot(&dir, cut, &agg))
-            .await
-            .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || {
+            crate::snapshot::write(&snapshot_path(&dir, cut), &agg)
+        })
+        .await
+        .map_err(io::Error::other)??;
         let snaps = list_numbered(&self.dir, "snapshot-", ".bin")?;
         if snaps.len() > 2 {
             let keep_from = snaps[snaps.len() - 2];
@@ -842,66 +836,6 @@ impl Journal {
         if self.send(Command::Stop(reply)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(5));
         }
-    }
-}
-
-fn write_snapshot(dir: &Path, cut: u64, agg: &Aggregator) -> io::Result<()> {
-    let tmp = dir.join(format!("snapshot-{cut:020}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(SNAPSHOT_MAGIC)?;
-        // The frame's length and checksum are known only at the end: a placeholder now, and
-        // the state streamed after it, operation by operation, never whole in memory.
-        f.write_all(&[0; FRAME_HEADER])?;
-        let mut out = Checksummed::new(io::BufWriter::with_capacity(1 << 20, &mut f));
-        serde_json::to_writer(&mut out, &SnapshotRef(agg)).map_err(io::Error::other)?;
-        let (len, crc) = out.finish()?;
-        let len = u32::try_from(len).map_err(|_| {
-            io::Error::other("snapshot over 4 GiB: its frame cannot say its length")
-        })?;
-        f.seek(io::SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
-        f.write_all(&len.to_le_bytes())?;
-        f.write_all(&crc.to_le_bytes())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, snapshot_path(dir, cut))?;
-    sync_dir(dir);
-    Ok(())
-}
-
-/// A writer that counts and checksums what goes through it (a frame written as it streams).
-struct Checksummed<W: Write> {
-    inner: W,
-    crc: crc32fast::Hasher,
-    len: u64,
-}
-
-impl<W: Write> Checksummed<W> {
-    fn new(inner: W) -> Self {
-        Checksummed {
-            inner,
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-        }
-    }
-
-    /// Flush, and say how many bytes went through and their CRC-32.
-    fn finish(mut self) -> io::Result<(u64, u32)> {
-        self.inner.flush()?;
-        Ok((self.len, self.crc.finalize()))
-    }
-}
-
-impl<W: Write> Write for Checksummed<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 

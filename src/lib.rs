@@ -40,4 +40,5 @@ pub mod rollup;
 pub mod routes;
 pub mod signature;
 pub mod simulate;
+pub mod snapshot;
 pub mod startup;
