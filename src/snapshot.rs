@@ -252,7 +252,7 @@ fn read_v2(
 mod tests {
     use super::*;
     use crate::aggregator::Limits;
-    use crate::event::{AttemptEvent, AttemptStatus, Event, EventBody, Kind};
+    use crate::event::Kind;
     use crate::ingest::decode_events;
     use crate::simulate::{Config, Mix, Scenario};
 
@@ -276,22 +276,13 @@ mod tests {
                 }
             }
         }
-        let unlinked = AttemptEvent {
-            kind: Some(Kind::Messages),
-            operation_id: None,
-            resource_id: None,
-            downstream_id: Some("SM00000000000000000000000000000001".into()),
-            attempt: None,
-            channel: None,
-            status: AttemptStatus::Sent,
-            error_code: None,
-            to: None,
-            tags: vec![],
-        };
-        let held = Event {
-            time_ms: NOW,
-            body: EventBody::Attempt(unlinked),
-        };
+        // A classic callback that names neither its operation nor its resource: held.
+        let form = [
+            ("MessageSid", "SM00000000000000000000000000000001"),
+            ("MessageStatus", "sent"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let held = crate::ingest::decode_form(&form, &[], NOW).unwrap();
         agg.apply(&held, NOW);
         assert_eq!(agg.census().held, 1);
         agg
