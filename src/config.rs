@@ -89,7 +89,7 @@ pub struct StorageSettings {
     pub snapshot_bytes: u64,
     /// Most callback events held while start-up recovery runs (503 beyond).
     pub max_recovery_backlog_events: u64,
-    /// Threads that replay journal segments at start-up; 0: one per available core.
+    /// Threads of start-up recovery (decoding ahead, loading snapshots); 0: one per core.
     pub recovery_threads: usize,
 }
 

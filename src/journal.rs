@@ -25,10 +25,11 @@
 use crate::aggregator::Aggregator;
 use crate::event::Event;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -290,9 +291,9 @@ fn file_len(path: &Path) -> u64 {
 
 /// Rebuild `agg` from `dir`: the newest snapshot that reads, then the segments from its cut up
 /// to (not including) segment `before`, which a journal opened for new callbacks writes to.
-/// `progress` is kept current and logged every two seconds. The segments are replayed on
-/// `threads` threads side by side (0: one per available core): applying events commutes, so
-/// the order in which segments, or the records in them, are applied never changes the result.
+/// `progress` is kept current and logged every two seconds. `threads` (0: one per available
+/// core) decode records ahead of the one that applies them in the order written, and load a
+/// snapshot's operations side by side (their versions are stored, so the order there is free).
 pub fn recover_before(
     dir: &Path,
     agg: &Aggregator,
@@ -406,7 +407,8 @@ fn load_newest_snapshot(
 }
 
 /// The replay of journal segments into the aggregator, with its progress. Segments are read
-/// one after the other; the records of each are shared out among the replay threads.
+/// one after the other; the records of each are decoded ahead on all replay threads but one,
+/// and applied in the order written on that one.
 struct Replay<'a> {
     agg: &'a Aggregator,
     progress: &'a ReplayProgress,
@@ -428,22 +430,22 @@ impl Replay<'_> {
         Ok(())
     }
 
-    /// Apply every record of segment `n` (the `i`-th replayed); truncate a torn tail.
+    /// Apply every record of segment `n` (the `i`-th replayed), in the order written; truncate a
+    /// torn tail. With more than one thread, the records are decoded ahead on the others, a
+    /// few dozen at a time, while this one applies them in order.
     fn segment(&self, path: &Path, n: u64, i: usize) -> io::Result<()> {
         let mut bytes = Vec::new();
         File::open(path)?.read_to_end(&mut bytes)?;
         let (frames, valid) = read_frames(&bytes);
-        let share = frames.len().div_ceil(self.threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = frames
-                .chunks(share)
-                .map(|part| scope.spawn(move || self.records(part, path, n, i)))
-                .collect();
-            workers.into_iter().try_for_each(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a journal replay thread panicked")))
-            })
-        })?;
+        let decoders = self.threads.saturating_sub(1);
+        if decoders == 0 {
+            for payload in &frames {
+                let rec = self.decode(payload, path, n)?;
+                self.apply(rec.as_ref(), payload.len(), i);
+            }
+        } else {
+            self.decode_ahead(&frames, decoders, path, n, i)?;
+        }
         if valid < bytes.len() {
             tracing::warn!(
                 segment = n,
@@ -463,33 +465,96 @@ impl Replay<'_> {
         Ok(())
     }
 
-    /// Decode and apply `frames`, records of segment `n`.
-    fn records(&self, frames: &[&[u8]], path: &Path, n: u64, i: usize) -> io::Result<()> {
-        for payload in frames {
-            match decode_record(payload) {
-                Ok(rec) => {
-                    for ev in &rec.events {
-                        self.agg.apply(ev, rec.received_ms);
+    /// Decode `frames` on `decoders` threads, in chunks taken in order, and apply them here in
+    /// the order written (the change counts behind each operation's `version` then come out as
+    /// a replay on one thread makes them).
+    fn decode_ahead(
+        &self,
+        frames: &[&[u8]],
+        decoders: usize,
+        path: &Path,
+        n: u64,
+        i: usize,
+    ) -> io::Result<()> {
+        type Decoded = io::Result<Vec<(Option<Record>, usize)>>;
+        let chunks: Vec<&[&[u8]]> = frames.chunks(64).collect();
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Decoded)>(decoders * 2);
+        // Applied records go back to the decoders to be freed: memory freed by the thread that
+        // allocated it is much cheaper with the system allocator.
+        let (spent_tx, spent_rx) = mpsc::channel::<Vec<(Option<Record>, usize)>>();
+        let spent_rx = Mutex::new(spent_rx);
+        std::thread::scope(|scope| {
+            // Dropped when this closure returns, before the threads are joined: a decoder
+            // blocked on a full channel then sees it closed and stops.
+            let rx = rx;
+            let spent_tx = spent_tx;
+            for _ in 0..decoders {
+                let tx = tx.clone();
+                let (chunks, next, spent_rx) = (&chunks, &next, &spent_rx);
+                scope.spawn(move || loop {
+                    if let Ok(spent) = spent_rx.lock() {
+                        while let Ok(records) = spent.try_recv() {
+                            drop(records);
+                        }
                     }
-                    self.progress.records.fetch_add(1, Ordering::Relaxed);
-                    self.progress
-                        .events
-                        .fetch_add(rec.events.len() as u64, Ordering::Relaxed);
-                }
-                // Written by a newer tally: skipping it would lose acknowledged callbacks.
-                Err(e @ RecordError::UnknownFormat(_)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("journal segment {}: {e}", path.display()),
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(segment = n, error = %e, "recovery: skipping a record that does not decode")
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(chunk) = chunks.get(k) else { return };
+                    let decoded = chunk
+                        .iter()
+                        .map(|p| Ok((self.decode(p, path, n)?, p.len())))
+                        .collect();
+                    if tx.send((k, decoded)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(tx);
+            let mut waiting = BTreeMap::new();
+            let mut want = 0;
+            for (k, decoded) in &rx {
+                waiting.insert(k, decoded);
+                while let Some(decoded) = waiting.remove(&want) {
+                    let decoded = decoded?;
+                    for (rec, len) in &decoded {
+                        self.apply(rec.as_ref(), *len, i);
+                    }
+                    let _ = spent_tx.send(decoded);
+                    want += 1;
                 }
             }
-            self.note_progress((payload.len() + FRAME_HEADER) as u64, i);
+            Ok(())
+        })
+    }
+
+    /// One record, or `None` for one that does not decode (logged and skipped); an error for
+    /// one written by a newer tally (skipping it would lose acknowledged callbacks).
+    fn decode(&self, payload: &[u8], path: &Path, n: u64) -> io::Result<Option<Record>> {
+        match decode_record(payload) {
+            Ok(rec) => Ok(Some(rec)),
+            Err(e @ RecordError::UnknownFormat(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("journal segment {}: {e}", path.display()),
+            )),
+            Err(e) => {
+                tracing::error!(segment = n, error = %e, "recovery: skipping a record that does not decode");
+                Ok(None)
+            }
         }
-        Ok(())
+    }
+
+    /// Apply a decoded record (if it decoded) of `len` bytes, and count it.
+    fn apply(&self, rec: Option<&Record>, len: usize, i: usize) {
+        if let Some(rec) = rec {
+            for ev in &rec.events {
+                self.agg.apply(ev, rec.received_ms);
+            }
+            self.progress.records.fetch_add(1, Ordering::Relaxed);
+            self.progress
+                .events
+                .fetch_add(rec.events.len() as u64, Ordering::Relaxed);
+        }
+        self.note_progress((len + FRAME_HEADER) as u64, i);
     }
 
     /// Count the bytes of one replayed record, and log the progress (see `last_log`).
@@ -1012,6 +1077,78 @@ mod tests {
         let agg = Aggregator::new(crate::aggregator::Limits::default());
         let report = recover(&dir, &agg).expect("recovers");
         assert_eq!((report.records, agg.operation_count()), (3, 3));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_replay_on_any_number_of_threads_counts_every_version_as_the_writer_did() {
+        use crate::event::Kind;
+        use crate::simulate::{Config, Mix, Scenario};
+        let dir = std::env::temp_dir().join(format!("tally-journal-order-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let cfg = Config {
+            operations: 6,
+            recipients: 300,
+            mix: Mix::Events,
+            kinds: vec![Kind::Messages],
+            seed: 3,
+            ..Config::default()
+        };
+        let live = Aggregator::new(crate::aggregator::Limits::default());
+        actix_web::rt::System::new().block_on(async {
+            let j = Journal::open(JournalConfig {
+                dir: dir.clone(),
+                fsync: FsyncMode::Never,
+                segment_bytes: 256 << 10,
+                max_group: 16,
+            })
+            .expect("opens");
+            // Batches of one operation after another, and their events in reverse: later states
+            // first, so the change counts depend on the order the records are applied in.
+            for i in 0..cfg.operations {
+                for body in Scenario::event_batches_of(&cfg, i, 10).into_iter().rev() {
+                    let mut events: Vec<Event> = crate::ingest::decode_events(&body, 5)
+                        .unwrap()
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    events.reverse();
+                    let rec = Record {
+                        received_ms: 5,
+                        events,
+                    };
+                    j.append(&rec).await.expect("appends");
+                    for ev in &rec.events {
+                        live.apply(ev, rec.received_ms);
+                    }
+                }
+            }
+            j.close();
+        });
+        let versions = |agg: &Aggregator| {
+            let mut v: Vec<(String, u64)> = agg
+                .operation_ids()
+                .into_iter()
+                .map(|(id, _, _)| {
+                    let version = agg.operation(&id).unwrap().version;
+                    (id, version)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(
+            list_numbered(&dir.join("journal"), "", ".log")
+                .unwrap()
+                .len()
+                > 1
+        );
+        for threads in [1, 2, 4] {
+            let agg = Aggregator::new(crate::aggregator::Limits::default());
+            recover_before(&dir, &agg, u64::MAX, &ReplayProgress::default(), threads)
+                .expect("recovers");
+            assert_eq!(versions(&agg), versions(&live), "{threads} threads");
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }
