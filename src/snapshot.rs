@@ -49,14 +49,7 @@ pub fn write(path: &Path, agg: &Aggregator) -> io::Result<()> {
     {
         let file = File::create(&tmp)?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
-        out.write_all(MAGIC_V2)?;
-        let operations = agg.snapshot_operations(|json| write_frame(&mut out, OPERATION, json))?;
-        let end = serde_json::to_vec(&End {
-            operations,
-            held: agg.snapshot_held(),
-        })
-        .map_err(io::Error::other)?;
-        write_frame(&mut out, END, &end)?;
+        write_to(&mut out, agg)?;
         out.flush()?;
         drop(out);
         file.sync_all()?;
@@ -67,6 +60,18 @@ pub fn write(path: &Path, agg: &Aggregator) -> io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Write the state of `agg` to `out`, in the current format.
+pub fn write_to(out: &mut impl Write, agg: &Aggregator) -> io::Result<()> {
+    out.write_all(MAGIC_V2)?;
+    let operations = agg.snapshot_operations(|json| write_frame(out, OPERATION, json))?;
+    let end = serde_json::to_vec(&End {
+        operations,
+        held: agg.snapshot_held(),
+    })
+    .map_err(io::Error::other)?;
+    write_frame(out, END, &end)
 }
 
 fn write_frame(out: &mut impl Write, tag: u8, body: &[u8]) -> io::Result<()> {
@@ -91,15 +96,26 @@ pub fn load(
     threads: usize,
     read_bytes: &AtomicU64,
 ) -> io::Result<()> {
-    let mut file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    load_from(file, agg, threads, read_bytes)
+}
+
+/// Restore `agg` from a snapshot read from `input` (either format), as [`load`] does.
+pub fn load_from(
+    mut input: impl Read,
+    agg: &Aggregator,
+    threads: usize,
+    read_bytes: &AtomicU64,
+) -> io::Result<()> {
     let mut magic = [0u8; 8];
-    file.read_exact(&mut magic)
+    input
+        .read_exact(&mut magic)
         .map_err(|_| invalid("not a tally snapshot"))?;
     read_bytes.fetch_add(8, Ordering::Relaxed);
     agg.restore_begin();
     match &magic {
-        MAGIC_V1 => load_v1(file, agg, read_bytes),
-        MAGIC_V2 => load_v2(file, agg, threads.max(1), read_bytes),
+        MAGIC_V1 => load_v1(input, agg, read_bytes),
+        MAGIC_V2 => load_v2(input, agg, threads.max(1), read_bytes),
         _ => Err(invalid("not a tally snapshot")),
     }
 }

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
-use tally::aggregator::{Aggregator, Outcome, SnapshotRef, SnapshotState};
+use tally::aggregator::{Aggregator, Outcome};
 use tally::event::{Event, EventBody};
 use tally::ingest::{decode_events_bounded, decode_form, parse_form};
 use tally_fuzz::{check_event, requests, roomy, state, Request, RX};
@@ -83,9 +83,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(state(&agg), settled, "applying again changed the state");
 
     // A snapshot restores the same state.
-    let snapshot = serde_json::to_vec(&SnapshotRef(&agg)).expect("snapshot serialises");
+    let mut snapshot = Vec::new();
+    tally::snapshot::write_to(&mut snapshot, &agg).expect("snapshot writes");
     let restored = Aggregator::new(roomy(true));
-    restored.restore(serde_json::from_slice::<SnapshotState>(&snapshot).expect("reads back"));
+    let read = std::sync::atomic::AtomicU64::new(0);
+    tally::snapshot::load_from(&snapshot[..], &restored, 2, &read).expect("reads back");
     assert_eq!(state(&restored), settled, "snapshot round trip");
 
     // Order does not matter.
