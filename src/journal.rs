@@ -178,7 +178,26 @@ pub struct Journal {
     first_segment: u64,
 }
 
-const FRAME_HEADER: usize = 8;
+/// Bytes before a frame's payload: its length and its CRC-32, both u32 little-endian. Journal
+/// segments and snapshot files frame their payloads alike.
+pub(crate) const FRAME_HEADER: usize = 8;
+
+/// The header of a frame of `len` payload bytes whose CRC-32 is `crc`.
+pub(crate) fn frame_header(len: u32, crc: u32) -> [u8; FRAME_HEADER] {
+    let mut h = [0; FRAME_HEADER];
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The payload length and CRC-32 a frame header says.
+pub(crate) fn parse_frame_header(h: [u8; FRAME_HEADER]) -> (usize, u32) {
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = h;
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]) as usize,
+        u32::from_le_bytes([c0, c1, c2, c3]),
+    )
+}
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join("journal").join(format!("{n:020}.log"))
@@ -191,8 +210,10 @@ fn snapshot_path(dir: &Path, n: u64) -> PathBuf {
 /// Frame a payload: length, CRC-32 of the payload, payload.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_HEADER + payload.len());
-    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    f.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    f.extend_from_slice(&frame_header(
+        payload.len() as u32,
+        crc32fast::hash(payload),
+    ));
     f.extend_from_slice(payload);
     f
 }
@@ -203,8 +224,10 @@ pub fn read_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap_or([0; 4]));
+        let header = bytes[at..at + FRAME_HEADER]
+            .try_into()
+            .unwrap_or([0; FRAME_HEADER]);
+        let (len, crc) = parse_frame_header(header);
         let start = at + FRAME_HEADER;
         if len == 0 || bytes.len() - start < len {
             break;

@@ -18,6 +18,7 @@
 //! `{"operations": [...], "held": [...]}`) is still read, never written.
 
 use crate::aggregator::{Aggregator, HeldEntry, SnapshotState};
+use crate::journal::{frame_header, parse_frame_header, FRAME_HEADER};
 use crate::rollup::Operation;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -31,7 +32,6 @@ const MAGIC_V1: &[u8; 8] = b"TALLYSN1";
 const MAGIC_V2: &[u8; 8] = b"TALLYSN2";
 const OPERATION: u8 = b'O';
 const END: u8 = b'E';
-const FRAME_HEADER: usize = 8;
 /// Frames handed to a loading thread at once: enough to make the hand-off cheap, few enough to
 /// keep the loading's memory small.
 const BATCH_BYTES: usize = 4 << 20;
@@ -81,8 +81,7 @@ fn write_frame(out: &mut impl Write, tag: u8, body: &[u8]) -> io::Result<()> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[tag]);
     crc.update(body);
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(&crc.finalize().to_le_bytes())?;
+    out.write_all(&frame_header(len, crc.finalize()))?;
     out.write_all(&[tag])?;
     out.write_all(body)
 }
@@ -138,16 +137,16 @@ fn load_v1(mut file: impl Read, agg: &Aggregator, read_bytes: &AtomicU64) -> io:
     Ok(())
 }
 
-/// The next frame's tag and body, or `None` at the end of the file.
-fn next_frame(file: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+/// The next frame's payload (its tag, then its body; never empty), or `None` at the end of the
+/// file.
+fn next_frame(file: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     let mut header = [0u8; FRAME_HEADER];
     match file.read_exact(&mut header) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let (len, crc) = parse_frame_header(header);
     if len == 0 {
         return Err(invalid("snapshot frame of length 0"));
     }
@@ -156,8 +155,7 @@ fn next_frame(file: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     if payload.len() != len || crc32fast::hash(&payload) != crc {
         return Err(invalid("snapshot checksum mismatch (torn or damaged file)"));
     }
-    let tag = payload.remove(0);
-    Ok(Some((tag, payload)))
+    Ok(Some(payload))
 }
 
 /// Read frames on this thread and restore their operations on `threads` others.
@@ -182,7 +180,7 @@ fn load_v2(
                 if failed.is_some() {
                     break;
                 }
-                match serde_json::from_slice::<Operation>(json) {
+                match serde_json::from_slice::<Operation>(&json[1..]) {
                     Ok(op) => {
                         agg.restore_operation(op);
                         restored.fetch_add(1, Ordering::Relaxed);
@@ -226,12 +224,12 @@ fn read_v2(
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut last_log = Instant::now();
-    while let Some((tag, body)) = next_frame(file)? {
-        read_bytes.fetch_add((FRAME_HEADER + 1 + body.len()) as u64, Ordering::Relaxed);
-        match tag {
+    while let Some(payload) = next_frame(file)? {
+        read_bytes.fetch_add((FRAME_HEADER + payload.len()) as u64, Ordering::Relaxed);
+        match payload[0] {
             OPERATION => {
-                batch_bytes += body.len();
-                batch.push(body);
+                batch_bytes += payload.len();
+                batch.push(payload);
                 if batch_bytes >= BATCH_BYTES {
                     batch_bytes = 0;
                     if tx.send(std::mem::take(&mut batch)).is_err() {
@@ -243,7 +241,7 @@ fn read_v2(
                 if tx.send(batch).is_err() {
                     return Err(io::Error::other("snapshot loading threads stopped"));
                 }
-                let end: End = serde_json::from_slice(&body)
+                let end: End = serde_json::from_slice(&payload[1..])
                     .map_err(|e| invalid(&format!("snapshot end frame: {e}")))?;
                 return Ok(Some(end));
             }
