@@ -489,8 +489,7 @@ impl Replay<'_> {
     }
 
     /// Decode `frames` on `decoders` threads, in chunks taken in order, and apply them here in
-    /// the order written (the change counts behind each operation's `version` then come out as
-    /// a replay on one thread makes them).
+    /// the order written.
     fn decode_ahead(
         &self,
         frames: &[&[u8]],
@@ -1104,7 +1103,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_on_any_number_of_threads_counts_every_version_as_the_writer_did() {
+    fn a_replay_on_any_number_of_threads_gives_every_version_the_writer_had() {
         use crate::event::Kind;
         use crate::simulate::{Config, Mix, Scenario};
         let dir = std::env::temp_dir().join(format!("tally-journal-order-{}", std::process::id()));
@@ -1127,7 +1126,7 @@ mod tests {
             })
             .expect("opens");
             // Batches of one operation after another, and their events in reverse: later states
-            // first, so the change counts depend on the order the records are applied in.
+            // first, so a version counted per change would depend on the order of application.
             for i in 0..cfg.operations {
                 for body in Scenario::event_batches_of(&cfg, i, 10).into_iter().rev() {
                     let mut events: Vec<Event> = crate::ingest::decode_events(&body, 5)

@@ -172,7 +172,8 @@ fn events(ops: &[GenOp]) -> Vec<Event> {
     out
 }
 
-/// Everything observable about the operations, minus timestamps and version counters.
+/// Everything observable about the operations, version included (it is a function of the
+/// state), minus the times of change (`updatedAt`).
 fn observe(agg: &Aggregator, n: usize) -> Vec<String> {
     let mut seen = Vec::new();
     for oi in 0..n {
@@ -189,10 +190,11 @@ fn observe(agg: &Aggregator, n: usize) -> Vec<String> {
         assert_eq!(v.stats.bucket_sum(), listed, "buckets sum to the resources");
         assert!(v.stats.total >= listed);
         seen.push(format!(
-            "{id} {:?} {:?} created={} stats={}",
+            "{id} {:?} {:?} created={} version={} stats={}",
             v.kind,
             v.status,
             v.created_ms,
+            v.version,
             serde_json::to_string(&v.stats).unwrap()
         ));
         for r in agg
@@ -260,6 +262,45 @@ proptest! {
         }
         let other = observe(&apply_all(&shuffled), ops.len());
         prop_assert_eq!(reference, other);
+    }
+
+    #[test]
+    fn every_change_of_status_or_stats_raises_the_version_and_none_lowers_it(
+        ops in prop::collection::vec(operation(), 1..4),
+        seed in any::<u64>(),
+    ) {
+        let mut events = events(&ops);
+        let mut state = seed | 1;
+        for i in (1..events.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            events.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let agg = Aggregator::new(Limits::default());
+        let published = |agg: &Aggregator| -> Vec<(String, u64)> {
+            (0..ops.len())
+                .filter_map(|i| agg.operation(&format!("comms_operation_{i:02}")))
+                .map(|v| {
+                    let state = format!("{:?} {:?} {}", v.kind, v.status, serde_json::to_string(&v.stats).unwrap());
+                    (state, v.version)
+                })
+                .collect()
+        };
+        let mut before = published(&agg);
+        for (i, e) in events.iter().enumerate() {
+            agg.apply(e, 1_800_000_000_000 + i as u64);
+            let after = published(&agg);
+            for (j, (state, version)) in after.iter().enumerate() {
+                // An operation seen for the first time is new at index j only if it was absent.
+                let Some((old_state, old_version)) = before.get(j).filter(|_| before.len() == after.len()) else { continue };
+                prop_assert!(version >= old_version, "version went down at event {i}: {old_version} -> {version}");
+                if state != old_state {
+                    prop_assert!(version > old_version, "state changed at event {i} but the version stayed {version}:\n{old_state}\n{state}");
+                }
+            }
+            before = after;
+        }
     }
 
     #[test]

@@ -164,7 +164,9 @@ mod tests {
                 r#""stats":{"total":1,"recipients":1,"attempts":1,"unaddressable":0,"queued":0,"#,
                 r#""sent":0,"scheduled":0,"delivered":1,"read":0,"undelivered":0,"failed":0,"#,
                 r#""canceled":0},"createdAt":"2024-04-05T06:20:00.000Z","#,
-                r#""updatedAt":"2024-04-05T06:20:01.500Z","version":1}"#
+                // The lattice height: 1 for the resource, 1 + 8 for its
+                // delivered attempt, 3 for the kind noted (messages).
+                r#""updatedAt":"2024-04-05T06:20:01.500Z","version":13}"#
             )
         );
         assert_eq!(
@@ -234,13 +236,14 @@ mod tests {
             status: op.resource("comms_message_a").unwrap().status(),
             resource: op.resource("comms_message_a").unwrap().clone(),
         };
-        let rec = resource_record(&snap, op.version);
+        let rec = resource_record(&snap, op.version());
         assert_eq!(rec.key, "comms_operation_1");
         let v: serde_json::Value = serde_json::from_slice(&rec.value).unwrap();
         assert_eq!(v["id"], "comms_message_a");
         assert_eq!(v["status"], "DELIVERED");
         assert_eq!(v["channel"], "SMS");
-        assert_eq!(v["operationVersion"], 2);
+        // 1 (resource) + 1 + 6 + 1 (failed, with its error code) + 1 + 8 (delivered) + 3 (kind).
+        assert_eq!(v["operationVersion"], 21);
         assert_eq!(v["attempts"][0]["channel"], "RCS");
         assert_eq!(v["attempts"][0]["status"], "FAILED");
         assert_eq!(v["attempts"][0]["errorCode"], 30008);

@@ -124,7 +124,9 @@ pub struct Operation {
     phase: Option<Phase>,
     pub created_ms: u64,
     pub updated_ms: u64,
-    pub version: u64,
+    /// The resources' share of the lattice height ([`Operation::version`]): the sum of
+    /// [`Slot::height`] over every slot, kept up to date by each join.
+    resources_height: u64,
     slots: Vec<Slot>,
     /// Slot numbers, found by the hash of their resource id.
     index: HashTable<u32>,
@@ -174,7 +176,7 @@ impl Operation {
             phase: None,
             created_ms: time_ms,
             updated_ms: now_ms,
-            version: 0,
+            resources_height: 0,
             slots: Vec::new(),
             index: HashTable::new(),
             labels: Labels::default(),
@@ -332,10 +334,31 @@ impl Operation {
 
     fn touch(&mut self, changed: bool, now_ms: u64) -> bool {
         if changed {
-            self.version += 1;
             self.updated_ms = self.updated_ms.max(now_ms);
         }
         changed
+    }
+
+    /// The operation's `version`: its height in the lattice, a function of its state alone
+    /// (docs/contract.md, "Versions"). Every join that changes the status or a stat moves one of
+    /// its terms up and none down, so two processes that folded the same events publish the
+    /// same version, in whatever order they folded them, and a newer state never has a lower
+    /// one.
+    pub fn version(&self) -> u64 {
+        let phase = self.phase.map_or(0, |p| p as u64 + 1);
+        // The kind only ever moves to an earlier kind (`note_kind` keeps the minimum).
+        let kind = self.kind.map_or(0, |k| 3 - k as u64);
+        let r = &self.read;
+        let read = r.status.map_or(0, |s| s as u64 + 1)
+            + r.total
+            + r.recipients
+            + r.attempts
+            + r.unaddressable;
+        self.resources_height + phase + kind + read
+    }
+
+    fn slot_height(&self, slot: u32) -> u64 {
+        self.slots[slot as usize].height(self.reads.get(&slot))
     }
 
     /// Apply an operation event (`…operation.scheduled|processing|completed`).
@@ -394,6 +417,7 @@ impl Operation {
             ),
         };
         let before = self.slot_status(slot);
+        let height_before = if was_new { 0 } else { self.slot_height(slot) };
         let resource = &mut self.slots[slot as usize];
         let attempts_before = resource.attempts.as_slice().len();
         if time_ms < resource.created_ms {
@@ -408,6 +432,7 @@ impl Operation {
         let after = self.slot_status(slot);
         changed |= res_changed;
         self.rebucket(kind_before, was_new, before, after);
+        self.resources_height += self.slot_height(slot) - height_before;
         AttemptApplied {
             changed: self.touch(changed, now_ms),
             slot,
@@ -452,6 +477,7 @@ impl Operation {
             ),
         };
         let before = self.slot_status(slot);
+        let height_before = if was_new { 0 } else { self.slot_height(slot) };
         let mut reads = self.reads_of(slot);
         let resource = &mut self.slots[slot as usize];
         if time_ms < resource.created_ms {
@@ -468,6 +494,7 @@ impl Operation {
         let after = self.slot_status(slot);
         changed |= res_changed;
         self.rebucket(kind_before, was_new, before, after);
+        self.resources_height += self.slot_height(slot) - height_before;
         AttemptApplied {
             changed: self.touch(changed, now_ms),
             slot,
@@ -556,7 +583,7 @@ impl Operation {
             stats: self.stats(),
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
-            version: self.version,
+            version: self.version(),
         }
     }
 }
@@ -578,13 +605,12 @@ impl Serialize for ResourcesRef<'_> {
 impl Serialize for Operation {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Operation", 10)?;
+        let mut st = s.serialize_struct("Operation", 9)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("kind", &self.kind)?;
         st.serialize_field("phase", &self.phase)?;
         st.serialize_field("created_ms", &self.created_ms)?;
         st.serialize_field("updated_ms", &self.updated_ms)?;
-        st.serialize_field("version", &self.version)?;
         st.serialize_field("resources", &ResourcesRef(self))?;
         st.serialize_field("buckets", &self.buckets)?;
         st.serialize_field("attempts", &self.attempts)?;
@@ -605,7 +631,6 @@ struct OperationRepr {
     phase: Option<Phase>,
     created_ms: u64,
     updated_ms: u64,
-    version: u64,
     resources: BTreeMap<String, Resource>,
     buckets: [u64; 9],
     attempts: u64,
@@ -619,7 +644,6 @@ impl<'de> Deserialize<'de> for Operation {
         let mut op = Operation::new(&r.id, r.created_ms, r.updated_ms);
         op.kind = r.kind;
         op.phase = r.phase;
-        op.version = r.version;
         op.buckets = r.buckets;
         op.attempts = r.attempts;
         op.read = r.read;
@@ -630,6 +654,7 @@ impl<'de> Deserialize<'de> for Operation {
             if !res.reads.is_empty() {
                 op.reads.insert(i, res.reads);
             }
+            op.resources_height += op.slot_height(i);
         }
         Ok(op)
     }
@@ -846,9 +871,9 @@ mod tests {
         let mut op = Operation::new("comms_operation_1", 10, 10);
         let ev = attempt("comms_message_a", "SM1", Channel::Sms, AttemptStatus::Sent);
         assert!(op.apply_attempt("comms_message_a", &ev, 10, 10));
-        let v = op.version;
+        let v = op.version();
         assert!(!op.apply_attempt("comms_message_a", &ev, 10, 20));
-        assert_eq!(op.version, v);
+        assert_eq!(op.version(), v);
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub fn attempt_rank(s: AttemptStatus) -> u8 {
     }
 }
 
+/// An attempt status's height in the attempt lattice: its rank, with `opened` one above `read`
+/// since the join settles a tie between them on `opened`.
+pub fn status_height(s: AttemptStatus) -> u64 {
+    u64::from(attempt_rank(s)) + u64::from(s == AttemptStatus::Opened)
+}
+
 /// Join of two attempt statuses: the higher rank wins; between `read` and `opened` (same rank)
 /// the choice is fixed so that the join stays commutative.
 pub fn join_attempt(a: AttemptStatus, b: AttemptStatus) -> AttemptStatus {
@@ -159,6 +165,16 @@ impl Reads {
 
     pub fn is_empty(&self) -> bool {
         self.terminal.is_none() && self.in_flight.is_none()
+    }
+
+    /// The height of these reads in their two lattices: each join that changes either raises it.
+    pub fn height(&self) -> u64 {
+        let terminal = self.terminal.map_or(0, |t| 1 + status_height(t));
+        let in_flight = self.in_flight.map_or(0, |s| {
+            let (resource, rank) = in_flight_key(s);
+            1 + resource as u64 * 10 + u64::from(rank)
+        });
+        terminal + in_flight
     }
 
     /// The status of a resource with these attempt statuses and these reads. Once a terminal

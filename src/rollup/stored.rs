@@ -5,7 +5,7 @@
 
 use super::compact::Id;
 use super::operation::{Attempt, AttemptKey, Resource};
-use super::status::{join_attempt, Reads, ResourceStatus};
+use super::status::{join_attempt, status_height, Reads, ResourceStatus};
 use crate::event::{AttemptEvent, AttemptStatus, Channel, ResourceRead};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
@@ -228,6 +228,19 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    /// This resource's share of its operation's lattice height: one for being known, and for
+    /// each attempt one more than its status's height; with the reads' heights and one for each
+    /// error code. Every join that changes a status, an attempt count or a read raises it.
+    pub(super) fn height(&self, reads: Option<&Reads>) -> u64 {
+        let attempts: u64 = self
+            .attempts
+            .as_slice()
+            .iter()
+            .map(|a| 1 + status_height(a.status) + u64::from(a.error_code.is_some()))
+            .sum();
+        1 + attempts + reads.map_or(0, Reads::height)
+    }
+
     pub(super) fn new(id: &str, time_ms: u64) -> Slot {
         Slot {
             id: Id::new(id),
