@@ -236,12 +236,76 @@ impl Aggregator {
         ids.len()
     }
 
+    /// Mark every operation whose id `pick` says as changed; returns how many (cluster mode:
+    /// a partition that went live, or whose fence passed).
+    pub fn mark_changed_where(&self, pick: impl Fn(&str) -> bool, now_ms: u64) -> usize {
+        let Some(d) = self.dirty.get() else { return 0 };
+        let ids: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|op| pick(&op.id))
+            .map(|op| op.id.clone())
+            .collect();
+        for id in &ids {
+            d.mark(id, None, now_ms);
+        }
+        ids.len()
+    }
+
+    /// Forget every operation whose id `gone` says, with its links and its mark for publishing,
+    /// and every held attempt whose key (its SID, or its resource id) `gone` says: cluster mode,
+    /// when a partition moves to another process. Returns how many operations went.
+    pub fn forget_where(&self, gone: impl Fn(&str) -> bool) -> usize {
+        let ids: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|op| gone(&op.id))
+            .map(|op| op.id.clone())
+            .collect();
+        for id in &ids {
+            self.evict(id, u64::MAX);
+            if let Some(d) = self.dirty.get() {
+                d.forget(id);
+            }
+        }
+        let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<HeldKey> = book
+            .entries
+            .keys()
+            .filter(|k| match k {
+                HeldKey::Sid(s) | HeldKey::Resource(s) => gone(s),
+            })
+            .cloned()
+            .collect();
+        for k in &keys {
+            book.remove(k);
+        }
+        self.held_count.store(book.events, Ordering::SeqCst);
+        ids.len()
+    }
+
+    /// Whether an attempt SID (`sid`) or a resource id (otherwise) is linked to an operation
+    /// here (by its fingerprint: a collision can only make it answer yes wrongly).
+    pub fn knows_link(&self, id: &str, sid: bool) -> bool {
+        let k = self.link_key(id);
+        if sid {
+            self.sid_links.contains_key(&k)
+        } else {
+            self.res_links.contains_key(&k)
+        }
+    }
+
     /// Called after the change is made and its map guard dropped, so a publisher that takes the
     /// mark always reads a state at least this new.
     fn mark_dirty(&self, op_id: &str, res_id: Option<&str>, now_ms: u64) {
         if let Some(d) = self.dirty.get() {
             d.mark(op_id, res_id, now_ms);
         }
+    }
+
+    /// The bounds it was built with.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Whether recipient addresses are kept (`[privacy] keep_recipient_addresses`).

@@ -27,6 +27,60 @@ pub struct Settings {
     pub log: LogSettings,
     pub kafka: KafkaSettings,
     pub reconcile: ReconcileSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// How this process takes part in a cluster (docs/cluster.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    /// One process with its local journal: no cluster.
+    Single,
+    /// Stateless: verify, decode, produce the events to the events topic.
+    Ingest,
+    /// Fold the events topic's partitions this process owns; serve and publish them.
+    Aggregate,
+    /// Ingest and aggregate in one process.
+    All,
+}
+
+impl ClusterRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Single => "single",
+            ClusterRole::Ingest => "ingest",
+            ClusterRole::Aggregate => "aggregate",
+            ClusterRole::All => "all",
+        }
+    }
+
+    /// Whether callbacks go to the events topic rather than the local journal.
+    pub fn ingests(self) -> bool {
+        matches!(self, ClusterRole::Ingest | ClusterRole::All)
+    }
+
+    /// Whether this process folds partitions of the events topic.
+    pub fn aggregates(self) -> bool {
+        matches!(self, ClusterRole::Aggregate | ClusterRole::All)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub role: ClusterRole,
+    pub events_topic: String,
+    pub group_id: String,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub advertise_url: Option<String>,
+    #[serde(with = "humantime_serde_shim")]
+    pub produce_timeout: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub commit_interval: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub fence_margin: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub forward_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -603,7 +657,45 @@ impl Settings {
                 "http.max_body_bytes and api.max_page_size must be positive".into(),
             ));
         }
-        self.validate_kafka()
+        self.validate_kafka()?;
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if c.role == ClusterRole::Single {
+            return Ok(());
+        }
+        if !self.kafka.enabled() {
+            return bad(format!(
+                "cluster.role = {:?} needs kafka.brokers: the events topic is the cluster's only link",
+                c.role.as_str()
+            ));
+        }
+        if c.events_topic.trim().is_empty() || c.group_id.trim().is_empty() {
+            return bad("cluster.events_topic and cluster.group_id must not be empty".into());
+        }
+        if c.events_topic == self.kafka.topic
+            || Some(&c.events_topic) == self.kafka.resources_topic.as_ref()
+        {
+            return bad(
+                "cluster.events_topic must differ from kafka.topic and kafka.resources_topic"
+                    .into(),
+            );
+        }
+        if c.produce_timeout.is_zero() || c.commit_interval.is_zero() || c.forward_timeout.is_zero()
+        {
+            return bad("cluster.produce_timeout, cluster.commit_interval and cluster.forward_timeout must be positive".into());
+        }
+        if c.role.aggregates() {
+            match &c.advertise_url {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                Some(u) => return bad(format!("cluster.advertise_url must start with http:// or https://, got {u:?}")),
+                None => return bad("cluster.advertise_url is needed by aggregate processes: the URL the others forward queries to".into()),
+            }
+        }
+        Ok(())
     }
 
     fn validate_kafka(&self) -> Result<(), ConfigError> {

@@ -31,6 +31,11 @@ pub struct Summary {
     /// then): `received = applied + noop + rejected + deferred`.
     #[serde(skip_serializing_if = "is_zero")]
     pub deferred: u64,
+    /// Cluster mode, ingest: events produced to the events topic and acknowledged by Kafka, to
+    /// be folded by the aggregate processes (shown only then):
+    /// `received = forwarded + rejected`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub forwarded: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -135,6 +140,50 @@ pub async fn admit(
     }
     if agg.over_capacity() {
         agg.evict_to_capacity();
+    }
+    Ok(summary)
+}
+
+/// Cluster mode, ingest: produce the decoded events to the events topic and wait for Kafka's
+/// acknowledgement (docs/cluster.md, "Ingest"). Nothing is applied here: the aggregate process
+/// owning each event's partition folds it. Skipped events are counted at once; nothing is
+/// counted for a request that gets 503, since Twilio sends it again.
+pub async fn forward(
+    route: &'static str,
+    decoded: Vec<Result<Event, SkipReason>>,
+    forwarder: &crate::cluster::ingest::Forwarder,
+    keep_recipients: bool,
+    metrics: &Metrics,
+) -> Result<Summary, AdmitError> {
+    let mut skipped = Vec::new();
+    let mut events = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(mut e) => {
+                if !keep_recipients {
+                    e.forget_recipient();
+                }
+                events.push(e)
+            }
+            Err(reason) => skipped.push(reason),
+        }
+    }
+    let n = events.len() as u64;
+    if n > 0 {
+        forwarder
+            .forward(now_ms(), events)
+            .await
+            .map_err(AdmitError::Unavailable)?;
+        metrics.count_forwarded(route, n);
+    }
+    let mut summary = Summary {
+        received: n,
+        forwarded: n,
+        ..Summary::default()
+    };
+    for reason in skipped {
+        metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
+        summary.add(Outcome::Rejected(reason));
     }
     Ok(summary)
 }

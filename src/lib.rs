@@ -23,6 +23,7 @@
 
 pub mod aggregator;
 pub mod cidr;
+pub mod cluster;
 pub mod comms_api;
 pub mod config;
 pub mod datadir;

@@ -9,8 +9,9 @@
 //!
 //! Event accounting has no gap: every event received is counted once in
 //! `tally_events_received_total` and once in exactly one of `tally_events_applied_total`,
-//! `tally_events_noop_total` or `tally_events_rejected_total`, so at every scrape
-//! `received = applied + noop + rejected`.
+//! `tally_events_noop_total` or `tally_events_rejected_total` (or, on a cluster's ingest
+//! process, `tally_events_forwarded_total`), so at every scrape
+//! `received = applied + noop + rejected + forwarded`.
 
 use crate::aggregator::{Aggregator, Outcome};
 use crate::event::{Event, EventBody, Kind, SkipReason};
@@ -18,8 +19,8 @@ use crate::journal::Journal;
 use crate::recovery::Recovery;
 use crate::rollup::{fallback, OperationStatus};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Registry, TextEncoder,
 };
 
 mod declare;
@@ -127,6 +128,34 @@ declare::metric_set! {
         recovery_backlog_events: IntGauge = "tally_recovery_backlog_events";
         /// Time start-up recovery took (so far, while it runs), in seconds.
         recovery_duration: Gauge = "tally_recovery_duration_seconds";
+        /// Cluster mode, ingest: events produced to the events topic and acknowledged by Kafka,
+        /// by route (counted once each in `tally_events_received_total` too).
+        events_forwarded: IntCounterVec = "tally_events_forwarded_total" ["route"];
+        /// Cluster mode, aggregate: partitions of the events topic this process owns, by state
+        /// (`restoring`, `live`).
+        cluster_partitions: IntGaugeVec = "tally_cluster_partitions" ["state"];
+        /// Cluster mode, aggregate: per owned partition, offsets between the position folded and
+        /// the partition's end (the consumer lag); the label is the partition number, bounded by
+        /// the events topic's fixed partition count.
+        cluster_lag: IntGaugeVec = "tally_cluster_partition_lag" ["partition"];
+        /// Cluster mode, aggregate: per owned partition, the share of its restore done (0–1; 1
+        /// once live).
+        cluster_restore_progress: GaugeVec = "tally_cluster_restore_progress_ratio" ["partition"];
+        /// Cluster mode: partitions assigned to this process and revoked from it.
+        cluster_rebalances: IntCounterVec = "tally_cluster_rebalances_total" ["change"];
+        /// Cluster mode, aggregate: attempts that name no operation waiting on this process's
+        /// partitions for their link (`attempts`), and links kept for attempts still to come
+        /// (`links`).
+        cluster_joins: IntGaugeVec = "tally_cluster_joins_waiting" ["what"];
+        /// Cluster mode, aggregate: attempts waiting for their link dropped by the bounds
+        /// (`ingest.max_held_attempts`, `ingest.held_ttl`).
+        cluster_joins_dropped: IntCounter = "tally_cluster_joins_dropped_total";
+        /// Cluster mode, aggregate: records this process produced to the events topic (link
+        /// notices and joined attempts), by outcome (`sent`, `failed`).
+        cluster_join_records: IntCounterVec = "tally_cluster_join_records_total" ["outcome"];
+        /// Cluster mode: queries forwarded to the process owning their operation, by outcome
+        /// (`ok`, `error`, `no_owner`).
+        cluster_forwarded: IntCounterVec = "tally_cluster_forwarded_queries_total" ["outcome"];
     }
 }
 
@@ -234,9 +263,27 @@ impl Metrics {
         for reason in SkipReason::ALL {
             m.events_rejected.with_label_values(&[reason.as_str()]);
         }
-        for route in ["events", "status", "reconcile"] {
+        for route in ["events", "status", "reconcile", "events_topic"] {
             m.events_received.with_label_values(&[route]);
             m.events_noop.with_label_values(&[route]);
+        }
+        for route in ["events", "status", "events_topic"] {
+            m.events_forwarded.with_label_values(&[route]);
+        }
+        for state in ["restoring", "live"] {
+            m.cluster_partitions.with_label_values(&[state]);
+        }
+        for change in ["assigned", "revoked"] {
+            m.cluster_rebalances.with_label_values(&[change]);
+        }
+        for what in ["attempts", "links"] {
+            m.cluster_joins.with_label_values(&[what]);
+        }
+        for outcome in ["sent", "failed"] {
+            m.cluster_join_records.with_label_values(&[outcome]);
+        }
+        for outcome in ["ok", "error", "no_owner"] {
+            m.cluster_forwarded.with_label_values(&[outcome]);
         }
         for route in ["events", "status"] {
             for reason in ["source_not_allowed", "overload"] {
@@ -269,6 +316,12 @@ impl Metrics {
                 .with_label_values(&[reason.as_str()])
                 .inc(),
         }
+    }
+
+    /// Count `n` events of `route` produced to the events topic (cluster mode, ingest).
+    pub fn count_forwarded(&self, route: &str, n: u64) {
+        self.events_received.with_label_values(&[route]).inc_by(n);
+        self.events_forwarded.with_label_values(&[route]).inc_by(n);
     }
 
     fn count_applied(&self, kind: &str, ev: Result<&Event, SkipReason>) {
@@ -538,6 +591,8 @@ mod tests {
             .records_failed
             .with_label_values(&["operations", "evicted"]);
         metrics.kafka.topic_ready.with_label_values(&["operations"]);
+        metrics.cluster_lag.with_label_values(&["0"]);
+        metrics.cluster_restore_progress.with_label_values(&["0"]);
         metrics
             .reconcile
             .requests

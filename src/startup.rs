@@ -2,7 +2,9 @@
 //! part; `run_until_stopped(shutdown)` serves until the shutdown future resolves, then drains.
 
 use crate::aggregator::Aggregator;
-use crate::config::{KafkaSettings, Settings};
+use crate::cluster::aggregate::Folder;
+use crate::cluster::{ingest, owners::Owners, Cluster, Ownership};
+use crate::config::{ClusterRole, KafkaSettings, Settings};
 use crate::datadir::DataDir;
 use crate::dirty::Dirty;
 use crate::journal::{self, Journal};
@@ -25,6 +27,13 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// What cluster mode adds to a process (docs/cluster.md).
+struct ClusterParts {
+    shared: web::Data<Cluster>,
+    folder: Option<Folder>,
+    settings: Settings,
+}
+
 /// A built, bound, not yet running tally.
 pub struct Application {
     server: Server,
@@ -37,6 +46,8 @@ pub struct Application {
     snapshot_interval: Duration,
     snapshot_bytes: u64,
     publisher: Option<Publisher>,
+    /// Cluster mode: the shared ownership, the folder (aggregate) and the topic set-up.
+    cluster: Option<ClusterParts>,
     kafka_shutdown: Duration,
     recovery: web::Data<Recovery>,
     /// Reads Twilio's API once recovery is done (when `[reconcile]` is on).
@@ -48,8 +59,14 @@ pub struct Application {
 impl Application {
     /// Bind `http.listen` and wire every component.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
-        // Before anything else: a second process on the same directory stops here.
-        let data_dir = lock_data_dir(settings)?;
+        let clustered = settings.cluster.role != ClusterRole::Single;
+        // Before anything else: a second process on the same directory stops here. In cluster
+        // mode the events topic keeps what the journal would: no data directory.
+        let data_dir = if clustered {
+            None
+        } else {
+            lock_data_dir(settings)?
+        };
         let listener = TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
@@ -58,14 +75,24 @@ impl Application {
         let (gate, listeners, admin_listener) = hardening(settings)?;
         let admin_port = listeners.admin.map(|a| a.port());
         let aggregator = web::Data::new(Aggregator::new(settings.limits()));
-        let journal = open_journal(settings, data_dir.as_ref())?;
+        let journal = if clustered {
+            None
+        } else {
+            open_journal(settings, data_dir.as_ref())?
+        };
         let recovery = web::Data::new(match &journal {
             None => Recovery::done(),
             Some(_) => Recovery::replaying(settings.storage.max_recovery_backlog_events),
         });
         let retention_ms = settings.retention.ttl.as_millis() as u64;
         let metrics = web::Data::new(Metrics::new());
-        let (publisher, kafka_status) = kafka_publisher(&settings.kafka, &aggregator, &metrics)?;
+        let (mut publisher, kafka_status) = if settings.cluster.role == ClusterRole::Ingest {
+            // An ingest process holds no state: nothing to publish.
+            (None, web::Data::new(KafkaStatus::disabled()))
+        } else {
+            kafka_publisher(&settings.kafka, &aggregator, &metrics)?
+        };
+        let cluster = cluster_parts(settings, &aggregator, &metrics, publisher.as_mut())?;
         let reconciler = settings
             .reconcile
             .config(settings.retention.ttl)
@@ -101,6 +128,7 @@ impl Application {
             health,
             kafka_status,
             recovery: recovery.clone(),
+            cluster: cluster.as_ref().map(|c| c.shared.clone()),
         };
         let server = http_server(settings, shared, listener, admin_listener)?;
         tracing::info!(addr = %settings.http.listen, port, "tally listening");
@@ -115,6 +143,7 @@ impl Application {
             snapshot_interval: settings.storage.snapshot_interval,
             snapshot_bytes: settings.storage.snapshot_bytes,
             publisher,
+            cluster,
             kafka_shutdown: settings.kafka.shutdown_timeout,
             reconciler,
             recovery,
@@ -165,6 +194,20 @@ impl Application {
                 Some(publisher.start())
             })
         });
+        let stop_folder = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut folder_thread = None;
+        if let Some(c) = self.cluster {
+            let s = &c.settings;
+            actix_web::rt::spawn(ingest::ensure_events_topic(
+                s.kafka.clone(),
+                s.cluster.clone(),
+                s.retention.ttl,
+                c.shared.ownership.clone(),
+            ));
+            if let Some(folder) = c.folder {
+                folder_thread = Some(folder.spawn(stop_folder.clone())?);
+            }
+        }
         // Reconciling starts once the replay is over too (it waits for it).
         let reconciler = self.reconciler.map(|r| actix_web::rt::spawn(r.run()));
         let recovery = self.recovery.clone();
@@ -207,6 +250,18 @@ impl Application {
                 }
             } else {
                 starter.abort();
+            }
+        }
+        stop_folder.store(true, Ordering::Relaxed);
+        if let Some(t) = folder_thread {
+            // Leaves the group, so that the partitions move at once rather than after the
+            // session timeout; bounded, since leaving needs a broker.
+            let joined = tokio::task::spawn_blocking(move || t.join());
+            if tokio::time::timeout(Duration::from_secs(5), joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!("cluster: the folder did not leave the group within 5 s; the group will notice when its session times out");
             }
         }
         if let Some(j) = &self.journal {
@@ -309,6 +364,7 @@ struct Shared {
     health: web::Data<Health>,
     kafka_status: web::Data<KafkaStatus>,
     recovery: web::Data<Recovery>,
+    cluster: Option<web::Data<Cluster>>,
 }
 
 /// Bind the HTTP server on its listeners, with the slow-client limits of `[http]`.
@@ -323,6 +379,10 @@ fn http_server(
         let app = App::new();
         let app = match s.journal {
             Some(j) => app.app_data(j),
+            None => app,
+        };
+        let app = match s.cluster {
+            Some(c) => app.app_data(c),
             None => app,
         };
         app.app_data(s.intake)
@@ -463,6 +523,62 @@ fn kafka_publisher(
         "kafka: publishing operations (once start-up recovery is done)"
     );
     Ok((Some(publisher), status))
+}
+
+/// Cluster mode's parts (none for `role = "single"`): the ownership the publisher and the query
+/// API consult, the events producer (ingest), the folder (aggregate), the group reader.
+fn cluster_parts(
+    settings: &Settings,
+    aggregator: &web::Data<Aggregator>,
+    metrics: &web::Data<Metrics>,
+    publisher: Option<&mut Publisher>,
+) -> anyhow::Result<Option<ClusterParts>> {
+    let c = &settings.cluster;
+    if c.role == ClusterRole::Single {
+        return Ok(None);
+    }
+    // A folder that has not polled for longer than this may have lost its partitions
+    // unknowingly: publishing pauses until it polls again.
+    let ownership = std::sync::Arc::new(Ownership::new(c.role, 2_000));
+    let forwarder = if c.role.ingests() {
+        Some(ingest::Forwarder::new(
+            &settings.kafka,
+            c,
+            ownership.clone(),
+        )?)
+    } else {
+        None
+    };
+    let folder = if c.role.aggregates() {
+        if let Some(p) = publisher {
+            p.gate_by(ownership.clone());
+        }
+        Some(Folder::new(
+            &settings.kafka,
+            c,
+            ownership.clone(),
+            aggregator.clone().into_inner(),
+            metrics.clone().into_inner(),
+        )?)
+    } else {
+        None
+    };
+    tracing::info!(
+        role = c.role.as_str(),
+        events_topic = %c.events_topic,
+        group_id = %c.group_id,
+        advertise_url = c.advertise_url.as_deref().unwrap_or(""),
+        "cluster mode"
+    );
+    Ok(Some(ClusterParts {
+        shared: web::Data::new(Cluster {
+            ownership,
+            forwarder,
+            owners: Owners::new(&settings.kafka, c)?,
+        }),
+        folder,
+        settings: settings.clone(),
+    }))
 }
 
 /// The callback gate, the listener split and the admin listener (docs/security.md).

@@ -5,7 +5,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -87,6 +87,13 @@ impl Declare for Gauge {
     const KIND: &'static str = "gauge";
     fn build(spec: &MetricSpec) -> prometheus::Result<Self> {
         Gauge::with_opts(opts(spec))
+    }
+}
+
+impl Declare for GaugeVec {
+    const KIND: &'static str = "gauge";
+    fn build(spec: &MetricSpec) -> prometheus::Result<Self> {
+        GaugeVec::new(opts(spec), spec.labels)
     }
 }
 

@@ -172,6 +172,8 @@ pub struct Publisher {
     agg: Arc<Aggregator>,
     metrics: Arc<Metrics>,
     status: Arc<KafkaStatus>,
+    /// Cluster mode: only operations whose partition is live here are published.
+    gate: Option<Arc<crate::cluster::Ownership>>,
     recheck: Arc<Notify>,
     in_flight: HashMap<String, InFlight>,
     deliveries: Deliveries,
@@ -284,6 +286,7 @@ impl Publisher {
             agg,
             metrics,
             status,
+            gate: None,
             recheck: Arc::new(Notify::new()),
             in_flight: HashMap::new(),
             deliveries: FuturesUnordered::new(),
@@ -308,6 +311,12 @@ impl Publisher {
         };
         FutureProducer::from_config_and_context(config, ctx)
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))
+    }
+
+    /// Cluster mode: publish only the operations whose partition `ownership` says is live here
+    /// (the others stay marked until it is, or are forgotten when their partition moves).
+    pub fn gate_by(&mut self, ownership: Arc<crate::cluster::Ownership>) {
+        self.gate = Some(ownership);
     }
 
     /// The status shown by `/healthz/details`.
@@ -367,8 +376,15 @@ impl Publisher {
             return;
         };
         let in_flight = &self.in_flight;
+        let (gate, now) = (self.gate.as_deref(), now_ms());
+        if gate.is_some_and(|g| !g.folder_is_current(now)) {
+            return;
+        }
         let mut taken = dirty
-            .take(|id| in_flight.contains_key(id), MAX_PER_ROUND)
+            .take(
+                |id| in_flight.contains_key(id) || gate.is_some_and(|g| !g.may_publish(id, now)),
+                MAX_PER_ROUND,
+            )
             .into_iter();
         while let Some((id, change)) = taken.next() {
             let Some(view) = self.agg.operation(&id) else {

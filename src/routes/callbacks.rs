@@ -6,8 +6,9 @@
 
 use super::error::CallbackError;
 use crate::aggregator::Aggregator;
+use crate::cluster::Cluster;
 use crate::ingest;
-use crate::intake::admit;
+use crate::intake;
 pub use crate::intake::{now_ms, Summary};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -249,6 +250,36 @@ fn finish(
     resp
 }
 
+/// Where a callback's decoded events go: in cluster mode (ingest) to the events topic, else to
+/// the journal and the state (aggregate-only processes take no callbacks).
+async fn take_in(
+    route: &'static str,
+    decoded: Vec<Result<crate::event::Event, crate::event::SkipReason>>,
+    req: &HttpRequest,
+    agg: &Aggregator,
+    metrics: &Metrics,
+) -> Result<Summary, CallbackError> {
+    if let Some(c) = req.app_data::<web::Data<Cluster>>() {
+        let Some(f) = c.forwarder.as_ref() else {
+            return Err(CallbackError::from(intake::AdmitError::Unavailable(
+                "this process is an aggregate process (cluster.role); send callbacks to the ingest processes".into(),
+            )));
+        };
+        return intake::forward(route, decoded, f, agg.keeps_recipient_addresses(), metrics)
+            .await
+            .map_err(CallbackError::from);
+    }
+    let journal = req.app_data::<web::Data<Journal>>().map(|j| j.get_ref());
+    let Some(recovery) = req.app_data::<web::Data<Recovery>>() else {
+        return Err(CallbackError::from(intake::AdmitError::Unavailable(
+            "start-up is not finished".into(),
+        )));
+    };
+    intake::admit(route, decoded, journal, recovery, agg, metrics)
+        .await
+        .map_err(CallbackError::from)
+}
+
 /// `POST /twilio/events`: a batch (or a single) CloudEvent from an Event Streams webhook sink.
 pub async fn events(
     req: HttpRequest,
@@ -256,8 +287,6 @@ pub async fn events(
     intake: web::Data<Intake>,
     agg: web::Data<Aggregator>,
     metrics: web::Data<Metrics>,
-    journal: Option<web::Data<Journal>>,
-    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
@@ -273,16 +302,7 @@ pub async fn events(
             .verify_json(&url, &body, signature_header(&req)?)
             .map_err(CallbackError::Signature)?;
         let decoded = ingest::decode_events_bounded(&body, now_ms(), intake.max_events_per_batch)?;
-        admit(
-            "events",
-            decoded,
-            journal.as_ref().map(|j| j.get_ref()),
-            &recovery,
-            &agg,
-            &metrics,
-        )
-        .await
-        .map_err(CallbackError::from)
+        take_in("events", decoded, &req, &agg, &metrics).await
     }
     .await;
     finish("events", started, &intake, &metrics, result)
@@ -295,8 +315,6 @@ pub async fn status(
     intake: web::Data<Intake>,
     agg: web::Data<Aggregator>,
     metrics: web::Data<Metrics>,
-    journal: Option<web::Data<Journal>>,
-    recovery: web::Data<Recovery>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = async {
@@ -314,16 +332,7 @@ pub async fn status(
             .map_err(CallbackError::Signature)?;
         let query = ingest::parse_form(req.query_string().as_bytes())?;
         let decoded = ingest::decode_form(&params, &query, now_ms());
-        admit(
-            "status",
-            vec![decoded],
-            journal.as_ref().map(|j| j.get_ref()),
-            &recovery,
-            &agg,
-            &metrics,
-        )
-        .await
-        .map_err(CallbackError::from)
+        take_in("status", vec![decoded], &req, &agg, &metrics).await
     }
     .await;
     finish("status", started, &intake, &metrics, result)

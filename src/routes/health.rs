@@ -1,6 +1,7 @@
 //! Health, readiness and metrics endpoints, and the query API's wait for start-up recovery.
 
 use crate::aggregator::Aggregator;
+use crate::cluster::Cluster;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::publisher::KafkaStatus;
@@ -47,21 +48,48 @@ pub async fn healthz() -> HttpResponse {
 /// recovery does not make it fail: callbacks are taken (journalled, answered, applied after the
 /// replay) from the first second, so a load balancer keeps sending them. The body says whether
 /// the query API answers yet (`queries`) and how far recovery is.
+///
+/// In cluster mode it is per role (docs/cluster.md, "Operating"): an ingest process is ready
+/// once it knows the events topic; an aggregate process once its folder is polling the group
+/// and none of its partitions is restoring; `all` needs both.
 pub async fn readyz(
     health: web::Data<Health>,
     agg: web::Data<Aggregator>,
     journal: Option<web::Data<Journal>>,
     recovery: web::Data<Recovery>,
+    cluster: Option<web::Data<Cluster>>,
 ) -> HttpResponse {
     let mut problems = health.snapshot();
     if let Some(err) = journal.as_ref().and_then(|j| j.last_error()) {
         problems.push(("journal", err));
     }
-    let callbacks = problems.is_empty();
+    let (mut callbacks, mut queries) = (problems.is_empty(), recovery.is_done());
+    let mut ready = callbacks;
+    if let Some(c) = &cluster {
+        let role = c.ownership.role();
+        let topic_known = c.ownership.partition_count() > 0;
+        if !topic_known {
+            problems.push(("cluster", "the events topic is not known yet".into()));
+        }
+        callbacks = role.ingests() && topic_known && problems.is_empty();
+        let (_, restoring) = c.ownership.counts();
+        let polling = c.ownership.folder_is_current(crate::intake::now_ms());
+        if role.aggregates() && !polling {
+            problems.push((
+                "cluster",
+                "the folder has not polled the consumer group lately".into(),
+            ));
+        }
+        if restoring > 0 {
+            problems.push(("cluster", format!("{restoring} partitions restoring")));
+        }
+        queries = !role.aggregates() || (polling && restoring == 0 && topic_known);
+        ready = (!role.ingests() || callbacks) && (!role.aggregates() || queries);
+    }
     let body = serde_json::json!({
-        "ready": callbacks,
+        "ready": ready,
         "callbacks": callbacks,
-        "queries": recovery.is_done(),
+        "queries": queries,
         "recovery": recovery.details(),
         "problems": problems
             .iter()
@@ -69,7 +97,7 @@ pub async fn readyz(
             .collect::<Vec<_>>(),
         "operations": agg.operation_count(),
     });
-    if callbacks {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -126,10 +154,15 @@ pub async fn details(
     agg: web::Data<Aggregator>,
     recovery: web::Data<Recovery>,
     metrics: web::Data<Metrics>,
+    cluster: Option<web::Data<Cluster>>,
 ) -> HttpResponse {
     let problems = health.snapshot();
     let r = &metrics.reconcile;
     HttpResponse::Ok().json(serde_json::json!({
+        "cluster": cluster.map_or_else(
+            || serde_json::json!({"role": "single"}),
+            |c| c.ownership.details()
+        ),
         "ready": problems.is_empty(),
         "recovery": recovery.details(),
         "problems": problems

@@ -5,6 +5,7 @@ pub mod callbacks;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod placement;
 pub mod query;
 
 use actix_web::dev::HttpServiceFactory;
@@ -15,7 +16,9 @@ use actix_web::{web, FromRequest, Handler, Responder, Route};
 ///
 /// Callbacks pass `guard::callbacks` (listener, source network, in-flight bound) and answer
 /// other methods with 405; `/metrics`, `/openapi.json` and `/v1` pass `guard::admin_only`
-/// (listener), and `/v1` then the credentials and `health::after_recovery` (503 until start-up recovery is done).
+/// (listener), and `/v1` then the credentials, `health::after_recovery` (503 until start-up
+/// recovery is done) and, in cluster mode, `placement::route_query` (served here, forwarded to
+/// the owner of the operation's partition, or 503 while it restores).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(callback("/twilio/events", callbacks::events))
         .service(callback("/twilio/status", callbacks::status))
@@ -27,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(admin("/openapi.json", web::get().to(crate::openapi::serve)))
         .service(
             web::scope("/v1")
+                .wrap(from_fn(placement::route_query))
                 .wrap(from_fn(health::after_recovery))
                 .wrap(from_fn(auth::require_api_access))
                 .wrap(from_fn(guard::admin_only))
