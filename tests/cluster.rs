@@ -1,0 +1,514 @@
+//! Cluster mode on the real binary against a real Kafka-compatible broker (tansu, on loopback):
+//! two ingest and three aggregate processes take a seeded, shuffled stream with duplicates and
+//! classic callbacks that name no operation, through `kill -9` of an aggregate, `kill -9` of the
+//! process that took over while it restores, `SIGSTOP` of another past the session timeout, and
+//! `kill -9` of an ingest. Every acknowledged callback must be reflected: the query API on every
+//! process and the newest record per key on the operations topic equal a fold of every event in
+//! one process, and the last record of each key carries its highest version.
+//!
+//! Needs tansu: `TALLY_TEST_TANSU` names the binary (scripts/kafka-e2e installs it); ignored in
+//! the plain test run, run by scripts/kafka-e2e.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::kafka_records::{newest_by_key, read_topic};
+use support::process::Tally;
+use support::{free_port, http, scratch};
+
+const PARTITIONS: u32 = 8;
+/// The URL Twilio signs: the same for both ingest processes, whatever their port.
+const PUBLIC_URL: &str = "http://callbacks.test";
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let bin = std::env::var("TALLY_TEST_TANSU").expect(
+            "TALLY_TEST_TANSU names the tansu binary (scripts/kafka-e2e installs it and sets it)",
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("log");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One cluster process: its role, its scratch directory and the running binary.
+struct Member {
+    name: String,
+    tally: Tally,
+}
+
+fn start(dir: &Path, broker: &Broker, name: &str, role: &str) -> Member {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let tally = Tally::launch(&dir)
+        .on_port(port)
+        .env(&[
+            ("TALLY_CLUSTER__ROLE", role),
+            ("TALLY_CLUSTER__ADVERTISE_URL", &url),
+            ("TALLY_HTTP__PUBLIC_URL", PUBLIC_URL),
+            ("TALLY_KAFKA__BROKERS", &broker.bootstrap()),
+            ("TALLY_KAFKA__PARTITIONS", &PARTITIONS.to_string()),
+            ("TALLY_KAFKA__FLUSH_INTERVAL", "50ms"),
+            ("TALLY_KAFKA__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000"),
+            ("TALLY_KAFKA__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "1000"),
+            ("TALLY_KAFKA__LIBRDKAFKA__MESSAGE_TIMEOUT_MS", "10000"),
+            ("TALLY_CLUSTER__FENCE_MARGIN", "2s"),
+            ("TALLY_HTTP__WORKERS", "2"),
+        ])
+        .spawn();
+    Member {
+        name: name.to_owned(),
+        tally,
+    }
+}
+
+fn details(t: &Tally) -> Option<Value> {
+    let r = t.try_request("GET", "/healthz/details", &[], b"").ok()?;
+    (r.status == 200).then(|| r.json())
+}
+
+/// Partition → state ("restoring" or "live") of what `t` owns.
+fn owned(t: &Tally) -> BTreeMap<u32, String> {
+    details(t)
+        .and_then(|d| d["cluster"]["owned"].as_object().cloned())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v["state"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until the live members own every partition exactly once, all live.
+fn wait_split(members: &[&Member], within: Duration, why: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut seen: Vec<u32> = Vec::new();
+        let mut all_live = true;
+        for m in members {
+            for (p, state) in owned(&m.tally) {
+                seen.push(p);
+                all_live &= state == "live";
+            }
+        }
+        seen.sort_unstable();
+        if all_live && seen == (0..PARTITIONS).collect::<Vec<_>>() {
+            return started.elapsed();
+        }
+        if started.elapsed() > within {
+            let view: Vec<String> = members
+                .iter()
+                .map(|m| format!("{}: {:?}", m.name, owned(&m.tally)))
+                .collect();
+            panic!(
+                "broker misbehaved or tally did not settle ({why}): the group did not give every partition to exactly one live member within {within:?}: {view:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A signed request as the simulator dumped it.
+struct Request {
+    path: String,
+    signature: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+fn scenario(dir: &Path) -> Vec<Request> {
+    let dump = dir.join("requests.tsv");
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "simulate",
+            "--target",
+            "http://127.0.0.1:9",
+            "--public-url",
+            PUBLIC_URL,
+            "--token",
+            support::TOKEN,
+            "--operations",
+            "24",
+            "--recipients",
+            "150",
+            "--mix",
+            "both",
+            "--duplicates",
+            "0.1",
+            "--shuffle",
+            "--seed",
+            "7",
+            "--quiet",
+            "--dump",
+        ])
+        .arg(&dump)
+        .output()
+        .expect("simulate runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&dump)
+        .expect("dump")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, '\t').collect();
+            Request {
+                path: f[0].to_owned(),
+                signature: f[1].to_owned(),
+                content_type: f[2].to_owned(),
+                body: f[3].as_bytes().to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// The fold of every event of `requests` in one process: the state every process must show.
+fn fold(requests: &[Request]) -> tally::aggregator::Aggregator {
+    let agg = tally::aggregator::Aggregator::new(tally::aggregator::Limits::default());
+    // A form callback's event time is its receive time: any time after the scenario's
+    // CloudEvent times gives the same earliest time (`createdAt`) as the cluster's clocks.
+    let now = tally::intake::now_ms();
+    for (i, r) in requests.iter().enumerate() {
+        let events = if r.path.starts_with("/twilio/events") {
+            tally::ingest::decode_events(&r.body, now).expect("decodes")
+        } else {
+            let query = r.path.split_once('?').map_or("", |(_, q)| q);
+            let params = tally::ingest::parse_form(&r.body).expect("form");
+            let query = tally::ingest::parse_form(query.as_bytes()).expect("query");
+            vec![tally::ingest::decode_form(&params, &query, now)]
+        };
+        for e in events.into_iter().flatten() {
+            agg.apply(&e, now + i as u64);
+        }
+    }
+    agg
+}
+
+fn post(port: u16, r: &Request) -> Option<u16> {
+    http::try_request(
+        port,
+        "POST",
+        &r.path,
+        &[
+            ("Content-Type", &r.content_type),
+            ("X-Twilio-Signature", &r.signature),
+        ],
+        &r.body,
+    )
+    .ok()
+    .map(|resp| resp.status)
+}
+
+fn signal(t: &Tally, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &t.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success());
+}
+
+/// What the query API shows of an operation, without its time of change.
+fn shown(v: &Value) -> Value {
+    serde_json::json!({"status": v["status"], "stats": v["stats"], "createdAt": v["createdAt"]})
+}
+
+#[test]
+#[ignore = "needs tansu (TALLY_TEST_TANSU); run by scripts/kafka-e2e"]
+fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
+    let dir = scratch("cluster");
+    let broker = Broker::start(&dir);
+    let requests = scenario(&dir);
+    let expected = fold(&requests);
+    let ids: Vec<String> = expected
+        .operation_ids()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+
+    // The broker first: two consumers in one group split the partitions, and one takes them
+    // all back when the other leaves cleanly.
+    let mut ingest = vec![
+        start(&dir, &broker, "ingest-1", "ingest"),
+        start(&dir, &broker, "ingest-2", "ingest"),
+    ];
+    let mut aggs = vec![
+        start(&dir, &broker, "aggregate-1", "aggregate"),
+        start(&dir, &broker, "aggregate-2", "aggregate"),
+    ];
+    wait_split(
+        &[&aggs[0], &aggs[1]],
+        Duration::from_secs(60),
+        "two members split",
+    );
+    let mut leaving = start(&dir, &broker, "aggregate-leaving", "aggregate");
+    wait_split(
+        &[&aggs[0], &aggs[1], &leaving],
+        Duration::from_secs(60),
+        "a third member joins",
+    );
+    leaving.tally.terminate(Duration::from_secs(15));
+    wait_split(
+        &[&aggs[0], &aggs[1]],
+        Duration::from_secs(60),
+        "the partitions of a member that left cleanly are taken back",
+    );
+    aggs.push(start(&dir, &broker, "aggregate-3", "aggregate"));
+    wait_split(
+        &[&aggs[0], &aggs[1], &aggs[2]],
+        Duration::from_secs(60),
+        "three members split",
+    );
+    for m in &ingest {
+        m.tally.wait_for("/readyz", Duration::from_secs(30));
+    }
+
+    // The stream, with the faults at fixed points of it. A callback that is not acknowledged
+    // (connection refused, 503) is sent again to the other ingest process, as Twilio's Event
+    // Streams would; one acknowledged is never sent again.
+    let n = requests.len();
+    let mut refused_by_surviving_ingest = 0;
+    let mut timeline = Vec::new();
+    let mut restoring_killed = None;
+    let mut failover = None;
+    let mut stopped: Option<(usize, Instant)> = None;
+    let mut ingest_dead = false;
+    let started = Instant::now();
+    for (i, r) in requests.iter().enumerate() {
+        if i == n / 6 {
+            aggs[0].tally.kill();
+            timeline.push(format!("{:?} kill -9 {}", started.elapsed(), aggs[0].name));
+            let killed_at = Instant::now();
+            // tansu moves a dead member's partitions only when the group changes: a replacement
+            // joins, as an orchestrator would start one.
+            aggs[0] = start(&dir, &broker, "aggregate-1b", "aggregate");
+            failover = Some(killed_at);
+        }
+        if restoring_killed.is_none() && failover.is_some() && i > n / 6 {
+            // The process that took over while it restores.
+            if let Some(k) =
+                (0..aggs.len()).find(|&k| owned(&aggs[k].tally).values().any(|s| s == "restoring"))
+            {
+                aggs[k].tally.kill();
+                timeline.push(format!(
+                    "{:?} kill -9 {} while it restores",
+                    started.elapsed(),
+                    aggs[k].name
+                ));
+                let name = format!("{}-b", aggs[k].name);
+                aggs[k] = start(&dir, &broker, &name, "aggregate");
+                restoring_killed = Some(k);
+            }
+        }
+        if i == n / 2 {
+            let k = (restoring_killed.unwrap_or(0) + 1) % aggs.len();
+            signal(&aggs[k].tally, "-STOP");
+            timeline.push(format!("{:?} SIGSTOP {}", started.elapsed(), aggs[k].name));
+            stopped = Some((k, Instant::now()));
+        }
+        if let Some((k, at)) = stopped {
+            // Past the session timeout (6 s).
+            if at.elapsed() > Duration::from_secs(8) {
+                signal(&aggs[k].tally, "-CONT");
+                timeline.push(format!("{:?} SIGCONT {}", started.elapsed(), aggs[k].name));
+                stopped = None;
+            }
+        }
+        if i == 2 * n / 3 {
+            ingest[0].tally.kill();
+            ingest_dead = true;
+            timeline.push(format!(
+                "{:?} kill -9 {}",
+                started.elapsed(),
+                ingest[0].name
+            ));
+        }
+        let mut k = i % 2;
+        loop {
+            if ingest_dead && k == 0 {
+                k = 1;
+            }
+            match post(ingest[k].tally.port, r) {
+                Some(200) => break,
+                other => {
+                    if !(ingest_dead && k == 0) && k == 1 {
+                        refused_by_surviving_ingest += 1;
+                        eprintln!("ingest-2 answered {other:?} to request {i}");
+                    }
+                    k = 1 - k;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if let Some((k, _)) = stopped {
+        signal(&aggs[k].tally, "-CONT");
+    }
+    eprintln!(
+        "FIGURE cluster: {n} callbacks sent in {:?}; faults: {timeline:#?}",
+        started.elapsed()
+    );
+    assert!(
+        restoring_killed.is_some(),
+        "no process was seen restoring after the first kill, so none was killed while restoring: {timeline:?}"
+    );
+    assert_eq!(
+        refused_by_surviving_ingest, 0,
+        "the surviving ingest process must take every callback while aggregate processes die"
+    );
+
+    // Every process, ingest included (it forwards), answers every operation as the fold does.
+    let members: Vec<&Member> = aggs.iter().chain(ingest.iter().skip(1)).collect();
+    let settle = Instant::now();
+    let mut last = String::new();
+    let agree = loop {
+        let mut differing = Vec::new();
+        for m in &members {
+            for id in &ids {
+                let want = shown(&query_json(&expected, id));
+                let (status, got) = m.tally.get_json(&format!("/v1/Messages/Operations/{id}"));
+                if status != 200 || shown(&got) != want {
+                    differing.push(format!(
+                        "{} {id}: {status} {} want {want}",
+                        m.name,
+                        shown(&got)
+                    ));
+                }
+            }
+        }
+        if differing.is_empty() {
+            break settle.elapsed();
+        }
+        last = format!("{} differ, first: {}", differing.len(), differing[0]);
+        assert!(
+            settle.elapsed() < Duration::from_secs(90),
+            "the processes never agreed with the fold: {last}; faults: {timeline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "FIGURE cluster: every process agreed with the fold {agree:?} after the stream ({last})"
+    );
+    let failed_over = failover.map(|t| t.elapsed());
+    eprintln!(
+        "FIGURE cluster: first kill to every partition answering again: at most {failed_over:?}"
+    );
+
+    // The operations topic: the newest record of each key is the fold's state, and carries the
+    // highest version published for that key.
+    let want: HashMap<String, Value> = ids
+        .iter()
+        .map(|id| {
+            let view = expected.operation(id).expect("folded");
+            let rec = tally::publisher::record(&view);
+            let v: Value = serde_json::from_slice(&rec.value).expect("json");
+            (id.clone(), without_update(&v))
+        })
+        .collect();
+    let bootstrap = broker.bootstrap();
+    let recs = read_topic(
+        &bootstrap,
+        "tally.operations",
+        Duration::from_secs(120),
+        |recs| {
+            let newest = newest_by_key(recs);
+            want.iter().all(|(id, v)| {
+                newest
+                    .get(id)
+                    .is_some_and(|r| &without_update(&r.value) == v)
+            })
+        },
+    );
+    let newest = newest_by_key(&recs);
+    for (id, v) in &want {
+        let got = newest.get(id).map(|r| without_update(&r.value));
+        assert_eq!(got.as_ref(), Some(v), "newest record of {id}");
+        let highest = recs
+            .iter()
+            .filter(|r| &r.key == id)
+            .filter_map(|r| r.value["version"].as_u64())
+            .max();
+        assert_eq!(
+            newest[id].value["version"].as_u64(),
+            highest,
+            "the last record of {id} carries its highest version"
+        );
+    }
+    // The joins were exercised: attempts that named no operation waited for their link.
+    let held: f64 = aggs
+        .iter()
+        .map(|m| {
+            m.tally
+                .metrics()
+                .sum("tally_events_applied_total", &[("kind", "unlinked")])
+        })
+        .sum();
+    eprintln!("FIGURE cluster: {held} attempt events waited for their link on the current members");
+    let distinct: BTreeSet<u32> = aggs
+        .iter()
+        .flat_map(|m| owned(&m.tally).into_keys())
+        .collect();
+    assert_eq!(
+        distinct.len() as u32,
+        PARTITIONS,
+        "every partition has an owner"
+    );
+}
+
+/// The fold's query API shape of operation `id` (what `/v1/Messages/Operations/{id}` shows).
+fn query_json(agg: &tally::aggregator::Aggregator, id: &str) -> Value {
+    let view = agg.operation(id).expect("folded");
+    let rec = tally::publisher::record(&view);
+    serde_json::from_slice(&rec.value).expect("json")
+}
+
+fn without_update(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("updatedAt");
+    }
+    v
+}
