@@ -93,16 +93,22 @@ impl Application {
             kafka_publisher(&settings.kafka, &aggregator, &metrics)?
         };
         let cluster = cluster_parts(settings, &aggregator, &metrics, publisher.as_mut())?;
-        let reconciler = settings
+        let reconcile = settings
             .reconcile
             .config(settings.retention.ttl)
-            .map(|config| Reconciler {
-                config,
-                aggregator: aggregator.clone().into_inner(),
-                journal: journal.clone().map(web::Data::into_inner),
-                recovery: recovery.clone().into_inner(),
-                metrics: metrics.clone().into_inner(),
+            .filter(|_| {
+                if clustered {
+                    tracing::warn!("[reconcile] is not available in cluster mode yet (its reads would bypass the events topic): reconciliation is off");
+                }
+                !clustered
             });
+        let reconciler = reconcile.map(|config| Reconciler {
+            config,
+            aggregator: aggregator.clone().into_inner(),
+            journal: journal.clone().map(web::Data::into_inner),
+            recovery: recovery.clone().into_inner(),
+            metrics: metrics.clone().into_inner(),
+        });
         if let (Some(owned), Some(j)) = (&data_dir, &journal) {
             spawn_recovery(Replay {
                 dir: owned.path().to_owned(),

@@ -432,6 +432,37 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
     eprintln!(
         "FIGURE cluster: every process agreed with the fold {agree:?} after the stream ({last})"
     );
+    // Lists across operations gather every owner's share, page by page, on any process.
+    for m in &members {
+        let mut listed = Vec::new();
+        let mut path = "/v1/Messages/Operations?pageSize=7".to_owned();
+        loop {
+            let (status, page) = m.tally.get_json(&path);
+            assert_eq!(status, 200, "{} lists: {page}", m.name);
+            for op in page["operations"].as_array().expect("operations") {
+                listed.push(op["id"].as_str().expect("id").to_owned());
+            }
+            match page["pagination"]["next"].as_str() {
+                Some(next) => path = next.trim_start_matches(&m.tally.base()).to_owned(),
+                None => break,
+            }
+        }
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(
+            listed, want,
+            "{} lists every operation once, in id order",
+            m.name
+        );
+        // A resource by its own id, from whichever owner has it.
+        let res = expected
+            .resources(&ids[0], &Default::default(), None, 1)
+            .expect("resources");
+        let (status, body) = m
+            .tally
+            .get_json(&format!("/v1/Messages/{}", res[0].resource.id));
+        assert_eq!(status, 200, "{} finds a resource by id: {body}", m.name);
+    }
     let failed_over = failover.map(|t| t.elapsed());
     eprintln!(
         "FIGURE cluster: first kill to every partition answering again: at most {failed_over:?}"

@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 /// Seconds a client is asked to wait while a partition restores or finds an owner.
 const RETRY_AFTER_SECS: u64 = 2;
 
-fn unavailable(why: &str) -> HttpResponse {
+pub fn unavailable(why: &str) -> HttpResponse {
     let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, why);
     resp.headers_mut().insert(
         header::RETRY_AFTER,
@@ -158,4 +158,80 @@ pub async fn fetch(cluster: &Cluster, base: &str, req: &HttpRequest) -> Result<F
         .get(header::RETRY_AFTER)
         .and_then(|v| header::HeaderValue::from_bytes(v.as_bytes()).ok());
     Ok((status, ct, ra, body))
+}
+
+/// A list across operations in cluster mode: the pages of the same request from every other
+/// owner (answered from what each holds), and whether any of them had more. Err: the 503 to
+/// answer, when a partition has no owner, one restores, or an owner does not answer.
+pub async fn gather_operations(
+    cluster: &Cluster,
+    req: &HttpRequest,
+) -> Result<(Vec<crate::comms_api::OperationBody>, bool), HttpResponse> {
+    let own = &cluster.ownership;
+    let (_, restoring) = own.counts();
+    if restoring > 0 {
+        return Err(unavailable(&format!(
+            "{restoring} partitions are being restored on this process: the list would be incomplete"
+        )));
+    }
+    if is_forwarded(req) {
+        return Ok((Vec::new(), false));
+    }
+    let map = cluster.owners.map().await.map_err(|e| unavailable(&e))?;
+    let n = own.partition_count();
+    if n == 0 || (0..n).any(|p| !map.contains_key(&p)) {
+        return Err(unavailable(
+            "some partitions have no owner right now: the list would be incomplete",
+        ));
+    }
+    let mut urls: Vec<&String> = map.values().collect();
+    urls.sort();
+    urls.dedup();
+    let mut items = Vec::new();
+    let mut more = false;
+    for url in urls {
+        if Some(url) == cluster.owners.own_url.as_ref() {
+            continue;
+        }
+        let (status, _, _, body) = fetch(cluster, url, req)
+            .await
+            .map_err(|e| unavailable(&format!("an owner did not answer: {e}")))?;
+        if status != StatusCode::OK {
+            return Err(unavailable(&format!("an owner answered {status}")));
+        }
+        let page: crate::comms_api::OperationPage = serde_json::from_slice(&body)
+            .map_err(|e| unavailable(&format!("an owner's page does not read: {e}")))?;
+        more |= page.pagination.next.flatten().is_some()
+            || page.pagination.next_page_token.flatten().is_some();
+        items.extend(page.operations);
+    }
+    Ok((items, more))
+}
+
+/// A resource asked for by its own id, which does not say its operation: ask every other owner.
+/// Some: the first owner's 200, or a 503 when one could not answer; None: nobody has it.
+pub async fn find_elsewhere(cluster: &Cluster, req: &HttpRequest) -> Option<HttpResponse> {
+    if is_forwarded(req) {
+        return None;
+    }
+    let map = match cluster.owners.map().await {
+        Ok(m) => m,
+        Err(e) => return Some(unavailable(&e)),
+    };
+    let mut urls: Vec<&String> = map.values().collect();
+    urls.sort();
+    urls.dedup();
+    let mut unanswered = None;
+    for url in urls {
+        if Some(url) == cluster.owners.own_url.as_ref() {
+            continue;
+        }
+        match forward(cluster, url, req).await {
+            Ok(resp) if resp.status() == StatusCode::OK => return Some(resp),
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {}
+            Ok(resp) => unanswered = Some(format!("an owner answered {}", resp.status())),
+            Err(e) => unanswered = Some(format!("an owner did not answer: {e}")),
+        }
+    }
+    unanswered.map(|why| unavailable(&why))
 }

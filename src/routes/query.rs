@@ -3,7 +3,9 @@
 
 use super::callbacks::Intake;
 use super::error::ApiError;
+use super::placement;
 use crate::aggregator::{Aggregator, ResourceFilter, ResourceSnapshot};
+use crate::cluster::Cluster;
 use crate::comms_api::{
     ApiStats, AttemptBody, EmailAddress, EmailItem, EmailPage, ErrorPage, Extras, MessageItem,
     MessagePage, MessageTo, OperationBody, OperationPage, Pagination, PushItem, PushPage, PushTo,
@@ -326,10 +328,28 @@ pub async fn list_operations(
         })?),
     };
     let ops = agg.list_operations(kind, status, page.after.as_deref(), page.size + 1);
-    let (shown, last) = page_of(&ops, page.size, |v| v.id.as_str());
+    let mut bodies: Vec<OperationBody> = ops.iter().map(operation_body).collect();
+    // In cluster mode every owner's share, gathered (docs/cluster.md, "Queries").
+    let mut more_elsewhere = false;
+    if let Some(c) = req.app_data::<web::Data<Cluster>>() {
+        match placement::gather_operations(c, &req).await {
+            Ok((remote, more)) => {
+                bodies.extend(remote);
+                more_elsewhere = more;
+            }
+            Err(resp) => return Ok(resp),
+        }
+        bodies.sort_by(|a, b| a.id.cmp(&b.id));
+        bodies.dedup_by(|a, b| a.id == b.id);
+    }
+    let (shown, mut last) = page_of(&bodies, page.size, |b| b.id.as_str());
+    if last.is_none() && more_elsewhere {
+        // An owner had more than a page: the next page starts after this one.
+        last = shown.last().map(|b| b.id.as_str());
+    }
     let base = intake.urls.base_url(&req);
     Ok(HttpResponse::Ok().json(OperationPage {
-        operations: shown.iter().map(operation_body).collect(),
+        operations: shown.to_vec(),
         pagination: pagination(kind, &base, &req, &q, page.size, last),
     }))
 }
@@ -392,17 +412,24 @@ pub async fn list_resources(
     ))
 }
 
-/// `GET /v1/{family}/{id}`: one resource with its attempts.
+/// `GET /v1/{family}/{id}`: one resource with its attempts (in cluster mode, from whichever
+/// owner has it).
 pub async fn get_resource(
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     agg: web::Data<Aggregator>,
 ) -> Result<HttpResponse, ApiError> {
     let (fam, id) = path.into_inner();
     let kind = family(&fam)?;
-    let snap = agg
-        .resource(&id)
-        .filter(|s| s.kind == kind)
-        .ok_or(ApiError::NotFound("resource not found"))?;
+    let found = agg.resource(&id).filter(|s| s.kind == kind);
+    if found.is_none() {
+        if let Some(c) = req.app_data::<web::Data<Cluster>>() {
+            if let Some(resp) = placement::find_elsewhere(c, &req).await {
+                return Ok(resp);
+            }
+        }
+    }
+    let snap = found.ok_or(ApiError::NotFound("resource not found"))?;
     Ok(HttpResponse::Ok().json(resource_body(&snap, true)))
 }
 
