@@ -244,6 +244,11 @@ impl Folder {
         if k.librdkafka.get("partition.assignment.strategy").is_none() {
             config.set("partition.assignment.strategy", "cooperative-sticky");
         }
+        // A caught-up folder waits at most this long for new events in one fetch: the end-to-end
+        // latency from a callback to the operations topic (librdkafka's default is 500 ms).
+        if k.librdkafka.get("fetch.wait.max.ms").is_none() {
+            config.set("fetch.wait.max.ms", "20");
+        }
         let ms = |key: &str, default: u64| {
             Duration::from_millis(
                 k.librdkafka
