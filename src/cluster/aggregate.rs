@@ -33,6 +33,8 @@ pub struct FoldContext {
     metrics: Arc<Metrics>,
     /// Partitions assigned whose end offset is still to be read (outside the callback).
     pending: Mutex<Vec<u32>>,
+    /// Set when the group took the assignment away (lost, not revoked in a rebalance).
+    lost: AtomicBool,
     /// Attempts that name no operation, and the links they wait for.
     joins: Mutex<Joins>,
     /// Produces link notices and joined attempts to the events topic.
@@ -122,6 +124,11 @@ impl ConsumerContext for FoldContext {
                 self.assigned(&parts);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if consumer.assignment_lost() {
+                    // The group went on without this member (its session ran out while the
+                    // broker or this process stalled): join afresh once this callback returns.
+                    self.lost.store(true, Ordering::Relaxed);
+                }
                 self.revoked(&parts);
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -274,6 +281,7 @@ impl Folder {
             agg,
             metrics,
             pending: Mutex::new(Vec::new()),
+            lost: AtomicBool::new(false),
             joins: Mutex::new(Joins::new(limits.max_held, limits.held_ttl_ms)),
             producer,
         };
@@ -321,6 +329,11 @@ impl Folder {
             let now = Instant::now();
             if now.duration_since(last_poll) > self.session_timeout {
                 self.rejoin(now.duration_since(last_poll))?;
+            } else if self.ctx().lost.swap(false, Ordering::Relaxed) {
+                tracing::warn!("cluster: the group took this member's partitions away (session lost); joining again");
+                self.fences.clear();
+                self.consumer.unsubscribe();
+                self.consumer.subscribe(&[&self.settings.events_topic])?;
             }
             last_poll = now;
             self.ctx().ownership.note_poll(now_ms());

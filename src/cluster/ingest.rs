@@ -13,11 +13,15 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Produces callbacks' events to the events topic.
 pub struct Forwarder {
-    producer: FutureProducer,
+    /// Replaced after a record timed out or the producer failed fatally: an idempotent producer
+    /// goes on after a timeout only under an epoch it bumped itself, which not every broker
+    /// accepts; a new one gets a fresh producer id.
+    producer: std::sync::RwLock<(FutureProducer, Instant)>,
+    config: ClientConfig,
     topic: String,
     ownership: Arc<Ownership>,
     timeout: Duration,
@@ -56,7 +60,8 @@ impl Forwarder {
             .create()
             .map_err(|e| anyhow::anyhow!("cannot create the events producer: {e}"))?;
         Ok(Forwarder {
-            producer,
+            producer: std::sync::RwLock::new((producer, Instant::now())),
+            config,
             topic: c.events_topic.clone(),
             ownership,
             timeout: c.produce_timeout,
@@ -91,7 +96,8 @@ impl Forwarder {
                 .key(&key)
                 .payload(&payload)
                 .partition(partition_of(&key, n) as i32);
-            match self.producer.send_result(rec) {
+            let producer = self.producer();
+            match producer.send_result(rec) {
                 Ok(d) => deliveries.push(d),
                 Err((e, _)) => return Err(format!("cannot queue the events: {e}")),
             }
@@ -103,7 +109,14 @@ impl Forwarder {
                 for r in results {
                     match r {
                         Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => return Err(format!("Kafka refused the events: {e}")),
+                        Ok(Err((e, _))) => {
+                            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
+                                || self.producer().client().fatal_error().is_some()
+                            {
+                                self.replace_producer();
+                            }
+                            return Err(format!("Kafka refused the events: {e}"));
+                        }
                         Err(_) => return Err("the events producer went away".into()),
                     }
                 }
@@ -112,9 +125,32 @@ impl Forwarder {
         }
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// A new producer, at most one every 5 seconds.
+    fn replace_producer(&self) {
+        let mut p = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if p.1.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(new) => {
+                tracing::warn!("cluster: the events producer timed out or failed; replaced");
+                *p = (new, Instant::now());
+            }
+            Err(e) => tracing::error!(error = %e, "cluster: cannot replace the events producer"),
+        }
+    }
+
     /// Wait for what is queued, within `budget` (shutdown).
     pub fn flush(&self, budget: Duration) {
-        let _ = self.producer.flush(budget);
+        let _ = self.producer().flush(budget);
     }
 }
 
