@@ -146,6 +146,74 @@ def check_kubernetes(venv_bin, tally):
         check_config(tally, f, "deploy/kubernetes/configmap.yaml tally.toml")
 
 
+def check_kubernetes_cluster(venv_bin, tally):
+    section("deploy/kubernetes-cluster (cluster mode) against the Kubernetes schemas")
+    kdir = DEPLOY / "kubernetes-cluster"
+    files = sorted(p for p in kdir.glob("*.yaml") if p.name != "kustomization.yaml")
+    for version in K8S_VERSIONS:
+        p = run([str(venv_bin / "kubernetes-validate"), "--strict", "-k", version] + [str(f) for f in files])
+        out = (p.stdout + p.stderr).strip()
+        bad = [line for line in out.splitlines() if not line.startswith("INFO")]
+        if p.returncode != 0 or bad:
+            fail(f"kubernetes-validate -k {version} (cluster):\n{out}")
+        else:
+            ok(f"{len(files)} files valid for Kubernetes {version}")
+    listed = set(load_yaml(kdir / "kustomization.yaml").get("resources", []))
+    present = {p.name for p in files}
+    if listed == present:
+        ok(f"kubernetes-cluster/kustomization.yaml lists {', '.join(sorted(listed))}")
+    else:
+        fail(f"kubernetes-cluster/kustomization.yaml lists {sorted(listed)}, present {sorted(present)}")
+    objs = [o for f in files for o in yaml.safe_load_all(f.read_text()) if o]
+    roles = {}
+    for o in objs:
+        if o["kind"] in ("Deployment", "StatefulSet"):
+            env = {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]}
+            roles[o["metadata"]["name"]] = env.get("TALLY_CLUSTER__ROLE")
+            if env.get("TALLY_CLUSTER__ROLE") == "aggregate" and not env.get("TALLY_CLUSTER__ADVERTISE_URL"):
+                fail(f"{o['metadata']['name']}: aggregate pods need TALLY_CLUSTER__ADVERTISE_URL")
+    if sorted(roles.values()) == ["aggregate", "ingest"]:
+        ok(f"workloads by role: {roles}")
+    else:
+        fail(f"expected one ingest and one aggregate workload, got {roles}")
+    config = next(o for o in objs if o["kind"] == "ConfigMap")
+    with tempfile.TemporaryDirectory() as d:
+        f = pathlib.Path(d) / "tally.toml"
+        f.write_text(config["data"]["tally.toml"])
+        for role, extra in [("ingest", []), ("aggregate", ["TALLY_CLUSTER__ADVERTISE_URL=http://tally-aggregate-0.tally-aggregate:8080"])]:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+            env.update({"TALLY_CLUSTER__ROLE": role, "TALLY_KAFKA__BROKERS": "kafka:9092"})
+            env.update(dict(e.split("=", 1) for e in extra))
+            p = run([str(tally), "check-config", "--config", str(f)], env=env)
+            if p.returncode == 0:
+                ok(f"the cluster ConfigMap loads as role {role} (tally check-config)")
+            else:
+                fail(f"the cluster ConfigMap as role {role}: {p.stdout}{p.stderr}")
+
+
+def check_compose_cluster():
+    section("deploy/compose.cluster.yaml (docker compose config)")
+    binary = compose_binary()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "COMPOSE_"))}
+    env["TWILIO_AUTH_TOKEN"] = "validate-deploy-placeholder"
+    p = run([str(binary), "--project-directory", str(DEPLOY), "-f", str(DEPLOY / "compose.cluster.yaml"),
+             "config", "--format", "json"], env=env)
+    if p.returncode != 0:
+        fail(f"docker compose config refused compose.cluster.yaml:\n{p.stderr.strip()}")
+        return
+    services = json.loads(p.stdout)["services"]
+    roles = {n: s.get("environment", {}).get("TALLY_CLUSTER__ROLE") for n, s in services.items()}
+    tallies = [n for n, r in roles.items() if r]
+    if len(tallies) == 3 and "ingest" in roles.values() and "aggregate" in roles.values():
+        ok(f"three tally processes: {', '.join(f'{n} ({roles[n]})' for n in sorted(tallies))}")
+    else:
+        fail(f"compose.cluster.yaml should run three tally processes (ingest and aggregate): {roles}")
+    for n in tallies:
+        env_n = services[n]["environment"]
+        if roles[n] == "aggregate" and not env_n.get("TALLY_CLUSTER__ADVERTISE_URL", "").startswith("http://"):
+            fail(f"{n}: an aggregate process needs TALLY_CLUSTER__ADVERTISE_URL")
+
+
 def check_objects(objs):
     dep, svc = objs["Deployment"], objs["Service"]
     pdb, sm = objs["PodDisruptionBudget"], objs["ServiceMonitor"]
@@ -454,7 +522,9 @@ def main():
     venv_bin = pathlib.Path(sys.executable).parent
     tally = pathlib.Path(args.tally)
     check_kubernetes(venv_bin, tally)
+    check_kubernetes_cluster(venv_bin, tally)
     check_compose()
+    check_compose_cluster()
     check_dockerfile(venv_bin, tally)
     check_systemd(tally)
     check_runbooks()
