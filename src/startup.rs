@@ -34,6 +34,53 @@ struct ClusterParts {
     settings: Settings,
 }
 
+impl ClusterParts {
+    /// Find the events topic in the background and start the folder (aggregate roles).
+    fn start(
+        self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+        let s = &self.settings;
+        actix_web::rt::spawn(ingest::ensure_events_topic(
+            s.kafka.clone(),
+            s.cluster.clone(),
+            s.retention.ttl,
+            self.shared.ownership.clone(),
+        ));
+        self.folder.map(|f| f.spawn(stop)).transpose()
+    }
+
+    /// Wait for the folder to leave the group, so that its partitions move at once rather than
+    /// after the session timeout; bounded, since leaving needs a broker.
+    async fn stop(folder: Option<std::thread::JoinHandle<()>>) {
+        let Some(t) = folder else { return };
+        let joined = tokio::task::spawn_blocking(move || t.join());
+        if tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("cluster: the folder did not leave the group within 5 s; the group will notice when its session times out");
+        }
+    }
+}
+
+/// Start publishing once the replay is over: what Kafka gets is whole state.
+fn start_publisher(
+    publisher: Publisher,
+    recovery: web::Data<Recovery>,
+    agg: web::Data<Aggregator>,
+) -> tokio::task::JoinHandle<Option<crate::publisher::PublisherHandle>> {
+    actix_web::rt::spawn(async move {
+        recovery.wait().await.ok()?;
+        let recovered = agg.mark_all_changed(now_ms());
+        tracing::info!(
+            recovered,
+            "kafka: recovery done; publishing starts with every operation held"
+        );
+        Some(publisher.start())
+    })
+}
+
 /// A built, bound, not yet running tally.
 pub struct Application {
     server: Server,
@@ -59,14 +106,9 @@ pub struct Application {
 impl Application {
     /// Bind `http.listen` and wire every component.
     pub fn build(settings: &Settings) -> anyhow::Result<Application> {
-        let clustered = settings.cluster.role != ClusterRole::Single;
         // Before anything else: a second process on the same directory stops here. In cluster
-        // mode the events topic keeps what the journal would: no data directory.
-        let data_dir = if clustered {
-            None
-        } else {
-            lock_data_dir(settings)?
-        };
+        // mode the events topic keeps what the journal would: no data directory, no journal.
+        let data_dir = lock_data_dir(settings)?;
         let listener = TcpListener::bind(settings.http.listen)
             .with_context(|| format!("cannot listen on {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
@@ -75,11 +117,7 @@ impl Application {
         let (gate, listeners, admin_listener) = hardening(settings)?;
         let admin_port = listeners.admin.map(|a| a.port());
         let aggregator = web::Data::new(Aggregator::new(settings.limits()));
-        let journal = if clustered {
-            None
-        } else {
-            open_journal(settings, data_dir.as_ref())?
-        };
+        let journal = open_journal(settings, data_dir.as_ref())?;
         let recovery = web::Data::new(match &journal {
             None => Recovery::done(),
             Some(_) => Recovery::replaying(settings.storage.max_recovery_backlog_events),
@@ -93,16 +131,7 @@ impl Application {
             kafka_publisher(&settings.kafka, &aggregator, &metrics)?
         };
         let cluster = cluster_parts(settings, &aggregator, &metrics, publisher.as_mut())?;
-        let reconcile = settings
-            .reconcile
-            .config(settings.retention.ttl)
-            .filter(|_| {
-                if clustered {
-                    tracing::warn!("[reconcile] is not available in cluster mode yet (its reads would bypass the events topic): reconciliation is off");
-                }
-                !clustered
-            });
-        let reconciler = reconcile.map(|config| Reconciler {
+        let reconciler = reconcile_config(settings).map(|config| Reconciler {
             config,
             aggregator: aggregator.clone().into_inner(),
             journal: journal.clone().map(web::Data::into_inner),
@@ -187,33 +216,14 @@ impl Application {
                 snapshot_bytes: self.snapshot_bytes,
             },
         ));
-        // Publishing starts once the replay is over: what Kafka gets is whole state.
-        let kafka = self.publisher.map(|publisher| {
-            let (recovery, agg) = (self.recovery.clone(), self.aggregator.clone());
-            actix_web::rt::spawn(async move {
-                recovery.wait().await.ok()?;
-                let recovered = agg.mark_all_changed(now_ms());
-                tracing::info!(
-                    recovered,
-                    "kafka: recovery done; publishing starts with every operation held"
-                );
-                Some(publisher.start())
-            })
-        });
+        let kafka = self
+            .publisher
+            .map(|p| start_publisher(p, self.recovery.clone(), self.aggregator.clone()));
         let stop_folder = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut folder_thread = None;
-        if let Some(c) = self.cluster {
-            let s = &c.settings;
-            actix_web::rt::spawn(ingest::ensure_events_topic(
-                s.kafka.clone(),
-                s.cluster.clone(),
-                s.retention.ttl,
-                c.shared.ownership.clone(),
-            ));
-            if let Some(folder) = c.folder {
-                folder_thread = Some(folder.spawn(stop_folder.clone())?);
-            }
-        }
+        let folder_thread = match self.cluster {
+            Some(c) => c.start(stop_folder.clone())?,
+            None => None,
+        };
         // Reconciling starts once the replay is over too (it waits for it).
         let reconciler = self.reconciler.map(|r| actix_web::rt::spawn(r.run()));
         let recovery = self.recovery.clone();
@@ -259,17 +269,7 @@ impl Application {
             }
         }
         stop_folder.store(true, Ordering::Relaxed);
-        if let Some(t) = folder_thread {
-            // Leaves the group, so that the partitions move at once rather than after the
-            // session timeout; bounded, since leaving needs a broker.
-            let joined = tokio::task::spawn_blocking(move || t.join());
-            if tokio::time::timeout(Duration::from_secs(5), joined)
-                .await
-                .is_err()
-            {
-                tracing::warn!("cluster: the folder did not leave the group within 5 s; the group will notice when its session times out");
-            }
-        }
+        ClusterParts::stop(folder_thread).await;
         if let Some(j) = &self.journal {
             j.close();
         }
@@ -282,7 +282,11 @@ impl Application {
 
 /// Take the data directory's lock (when state is kept on disk), logging where the data lives.
 fn lock_data_dir(settings: &Settings) -> anyhow::Result<Option<DataDir>> {
-    let Some(dir) = settings.storage.data_dir() else {
+    let Some(dir) = settings
+        .storage
+        .data_dir()
+        .filter(|_| settings.cluster.role == ClusterRole::Single)
+    else {
         return Ok(None);
     };
     let owned = DataDir::acquire(&dir)?;
@@ -339,9 +343,11 @@ fn open_journal(
     data_dir: Option<&DataDir>,
 ) -> anyhow::Result<Option<web::Data<Journal>>> {
     let Some(owned) = data_dir else {
-        tracing::warn!(
-            "storage.memory_only = true: state lives in memory only and a restart forgets it"
-        );
+        if settings.cluster.role == ClusterRole::Single {
+            tracing::warn!(
+                "storage.memory_only = true: state lives in memory only and a restart forgets it"
+            );
+        }
         return Ok(None);
     };
     let dir = owned.path();
@@ -529,6 +535,17 @@ fn kafka_publisher(
         "kafka: publishing operations (once start-up recovery is done)"
     );
     Ok((Some(publisher), status))
+}
+
+/// The reconciler's settings, when `[reconcile]` is on; off in cluster mode (said at start-up),
+/// where its reads would bypass the events topic.
+fn reconcile_config(settings: &Settings) -> Option<crate::reconcile::ReconcileConfig> {
+    let config = settings.reconcile.config(settings.retention.ttl)?;
+    if settings.cluster.role != ClusterRole::Single {
+        tracing::warn!("[reconcile] is not available in cluster mode yet (its reads would bypass the events topic): reconciliation is off");
+        return None;
+    }
+    Some(config)
 }
 
 /// Cluster mode's parts (none for `role = "single"`): the ownership the publisher and the query

@@ -5,12 +5,12 @@
 //! (docs/cluster.md, "Aggregate").
 
 use super::ingest::client_config;
-use super::joins::{joined, link_of, Joins};
+use super::joins::{joined, link_of, Joins, Link};
 use super::{partition_of, routing_key, Ownership, Partition};
 use crate::aggregator::Aggregator;
 use crate::aggregator::Outcome;
 use crate::config::{ClusterSettings, KafkaSettings};
-use crate::event::{Event, EventBody};
+use crate::event::{AttemptEvent, Event, EventBody};
 use crate::intake::now_ms;
 use crate::journal::{decode_record, encode_record, Record};
 use crate::metrics::Metrics;
@@ -452,64 +452,100 @@ fn fold(ctx: &FoldContext, p: u32, offset: i64, payload: Option<&[u8]>) -> Optio
 /// Apply a record's events, and say what is to be produced: events by the partition they go to
 /// (link notices, joined attempts).
 fn fold_events(ctx: &FoldContext, p: u32, record: &Record) -> BTreeMap<u32, Vec<Event>> {
-    let n = ctx.ownership.partition_count();
-    let t = record.received_ms;
-    let mut out: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
-    let mut joins = ctx.joins.lock().unwrap_or_else(|e| e.into_inner());
-    // A joined attempt goes to its operation's partition: applied here when that is `p` (its
-    // log holds the attempt already), produced there otherwise. Applied here, it is counted
-    // when `count` says so (an attempt that was held was counted when it came).
-    let deliver = |out: &mut BTreeMap<u32, Vec<Event>>, j: Event, count: bool| {
-        let to = partition_of(routing_key(&j), n);
-        if to == p {
-            let outcome = ctx.agg.apply(&j, t);
-            if count {
-                ctx.metrics.count_event("events_topic", Ok(&j), outcome);
-            }
-        } else {
-            if count {
-                ctx.metrics.count_forwarded("events_topic", 1);
-            }
-            out.entry(to).or_default().push(j);
-        }
+    let mut f = Folding {
+        ctx,
+        p,
+        n: ctx.ownership.partition_count(),
+        t: record.received_ms,
+        out: BTreeMap::new(),
+        joins: ctx.joins.lock().unwrap_or_else(|e| e.into_inner()),
     };
     for e in &record.events {
         let key = routing_key(e);
-        let EventBody::Attempt(a) = &e.body else {
-            let outcome = ctx.agg.apply(e, t);
-            ctx.metrics.count_event("events_topic", Ok(e), outcome);
-            continue;
-        };
-        if partition_of(key, n) != p {
-            // A link notice: this event belongs to another partition; it only says which
-            // operation this partition's SID or resource belongs to.
-            let Some(link) = link_of(a) else { continue };
-            for k in [a.downstream_id.as_deref(), a.resource_id.as_deref()]
-                .into_iter()
-                .flatten()
-            {
-                if partition_of(k, n) == p {
-                    for (held, _) in joins.link(k, link.clone(), t) {
-                        if let EventBody::Attempt(h) = &held.body {
-                            deliver(&mut out, joined(&held, h, &link), false);
-                        }
-                    }
-                }
-            }
-            continue;
+        match &e.body {
+            EventBody::Attempt(a) if partition_of(key, f.n) != p => f.notice(a),
+            EventBody::Attempt(a) if a.operation_id.is_none() => f.unlinked(e, a, key),
+            EventBody::Attempt(a) => f.linking(e, a),
+            _ => f.apply(e),
         }
-        if a.operation_id.is_none() {
-            match joins.attempt(key, e, t) {
-                Some(link) => deliver(&mut out, joined(e, a, &link), true),
-                None => ctx
+    }
+    f.finish()
+}
+
+/// One record being folded on partition `p` (of `n`), received at `t`.
+struct Folding<'a> {
+    ctx: &'a FoldContext,
+    p: u32,
+    n: u32,
+    t: u64,
+    out: BTreeMap<u32, Vec<Event>>,
+    joins: std::sync::MutexGuard<'a, Joins>,
+}
+
+impl Folding<'_> {
+    fn apply(&self, e: &Event) {
+        let outcome = self.ctx.agg.apply(e, self.t);
+        self.ctx.metrics.count_event("events_topic", Ok(e), outcome);
+    }
+
+    /// A joined attempt goes to its operation's partition: applied here when that is this one
+    /// (its log holds the attempt already), produced there otherwise. `count`: whether it is
+    /// counted now (an attempt that waited was counted when it came).
+    fn deliver(&mut self, j: Event, count: bool) {
+        let to = partition_of(routing_key(&j), self.n);
+        if to == self.p {
+            let outcome = self.ctx.agg.apply(&j, self.t);
+            if count {
+                self.ctx
                     .metrics
-                    .count_event("events_topic", Ok(e), Outcome::Held),
+                    .count_event("events_topic", Ok(&j), outcome);
             }
-            continue;
+        } else {
+            if count {
+                self.ctx.metrics.count_forwarded("events_topic", 1);
+            }
+            self.out.entry(to).or_default().push(j);
         }
-        // A linking event seen here for the first time: the attempts waiting for its SID or
-        // resource on this partition are joined now, and the other partitions of those keys get
-        // a notice.
+    }
+
+    /// The link of `key` (a SID or resource of this partition) is known: join what waited.
+    fn release(&mut self, key: &str, link: &Link) {
+        for (held, _) in self.joins.link(key, link.clone(), self.t) {
+            if let EventBody::Attempt(h) = &held.body {
+                self.deliver(joined(&held, h, link), false);
+            }
+        }
+    }
+
+    /// A link notice: an event of another partition, saying which operation this partition's
+    /// SID or resource belongs to.
+    fn notice(&mut self, a: &AttemptEvent) {
+        let Some(link) = link_of(a) else { return };
+        for k in [a.downstream_id.as_deref(), a.resource_id.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if partition_of(k, self.n) == self.p {
+                self.release(k, &link);
+            }
+        }
+    }
+
+    /// An attempt that names no operation: joined at once when its link is known, else it waits.
+    fn unlinked(&mut self, e: &Event, a: &AttemptEvent, key: &str) {
+        match self.joins.attempt(key, e, self.t) {
+            Some(link) => self.deliver(joined(e, a, &link), true),
+            None => self
+                .ctx
+                .metrics
+                .count_event("events_topic", Ok(e), Outcome::Held),
+        }
+    }
+
+    /// An attempt naming its operation. Seen here for the first time, its SID and resource are
+    /// joined with what waits for them on this partition, and the other partitions of those
+    /// keys get a notice (this same event).
+    fn linking(&mut self, e: &Event, a: &AttemptEvent) {
         let mut notices = Vec::new();
         let mut here = Vec::new();
         if let Some(link) = link_of(a) {
@@ -517,42 +553,37 @@ fn fold_events(ctx: &FoldContext, p: u32, record: &Record) -> BTreeMap<u32, Vec<
                 (a.downstream_id.as_deref(), true),
                 (a.resource_id.as_deref(), false),
             ] {
-                let Some(k) = k else { continue };
-                if ctx.agg.knows_link(k, sid) {
+                let Some(k) = k.filter(|k| !self.ctx.agg.knows_link(k, sid)) else {
                     continue;
-                }
-                match partition_of(k, n) {
-                    kp if kp == p => here.push((k, link.clone())),
+                };
+                match partition_of(k, self.n) {
+                    kp if kp == self.p => here.push((k, link.clone())),
                     kp if !notices.contains(&kp) => notices.push(kp),
                     _ => {}
                 }
             }
         }
-        let outcome = ctx.agg.apply(e, t);
-        ctx.metrics.count_event("events_topic", Ok(e), outcome);
+        self.apply(e);
         for (k, link) in here {
-            for (held, _) in joins.link(k, link.clone(), t) {
-                if let EventBody::Attempt(h) = &held.body {
-                    deliver(&mut out, joined(&held, h, &link), false);
-                }
-            }
+            self.release(k, &link);
         }
         for kp in notices {
-            out.entry(kp).or_default().push(e.clone());
+            self.out.entry(kp).or_default().push(e.clone());
         }
     }
-    ctx.metrics
-        .cluster_joins
-        .with_label_values(&["attempts"])
-        .set(joins.held_events() as i64);
-    ctx.metrics
-        .cluster_joins
-        .with_label_values(&["links"])
-        .set(joins.link_count() as i64);
-    let dropped = joins.dropped;
-    joins.dropped = 0;
-    ctx.metrics.cluster_joins_dropped.inc_by(dropped);
-    out
+
+    fn finish(mut self) -> BTreeMap<u32, Vec<Event>> {
+        let m = &self.ctx.metrics;
+        m.cluster_joins
+            .with_label_values(&["attempts"])
+            .set(self.joins.held_events() as i64);
+        m.cluster_joins
+            .with_label_values(&["links"])
+            .set(self.joins.link_count() as i64);
+        m.cluster_joins_dropped
+            .inc_by(std::mem::take(&mut self.joins.dropped));
+        self.out
+    }
 }
 
 /// Produce what folding a record gave: one record per partition.
