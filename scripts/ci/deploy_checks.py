@@ -380,7 +380,6 @@ def check_cluster_objects(objs, sm):
 
     pod_name, env = expand_env(aggregate)
     url = env.get("TALLY_CLUSTER__ADVERTISE_URL") or ""
-    (c,) = [c for c in aggregate["spec"]["template"]["spec"]["containers"] if c["name"] == "tally"]
     want = f"http://{pod_name}.{aggregate['spec'].get('serviceName')}:{listen_port}"
     # Through a headless Service a name resolves to the pod's own address: the URL's port is the
     # container's, not a Service port.
@@ -390,8 +389,7 @@ def check_cluster_objects(objs, sm):
         f"the headless Service, on the container port {listen_port}",
     )
 
-    all_services = services
-    scraped = [s for s in all_services if selects(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
+    scraped = [s for s in services if selects(sm["spec"]["selector"], s["metadata"].get("labels", {}))]
     jobs = {s["metadata"]["name"]: scrape_job(sm, s) for s in scraped}
     expect(
         scraped and set(jobs.values()) == {"tally"},
