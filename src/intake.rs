@@ -43,6 +43,14 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Summary {
+    /// Count events skipped at decoding, at once (they are never journalled or forwarded).
+    fn reject(&mut self, route: &str, skipped: Vec<SkipReason>, metrics: &Metrics) {
+        for reason in skipped {
+            metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
+            self.add(Outcome::Rejected(reason));
+        }
+    }
+
     fn add(&mut self, outcome: Outcome) {
         self.received += 1;
         match outcome {
@@ -51,6 +59,28 @@ impl Summary {
             Outcome::Rejected(_) => self.rejected += 1,
         }
     }
+}
+
+/// Decoded events and the reasons of those skipped, the events without recipient addresses
+/// unless they are kept.
+fn split(
+    decoded: Vec<Result<Event, SkipReason>>,
+    keep_recipients: bool,
+) -> (Vec<Event>, Vec<SkipReason>) {
+    let mut skipped = Vec::new();
+    let mut events = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(mut e) => {
+                if !keep_recipients {
+                    e.forget_recipient();
+                }
+                events.push(e)
+            }
+            Err(reason) => skipped.push(reason),
+        }
+    }
+    (events, skipped)
 }
 
 /// Wall-clock time in Unix milliseconds.
@@ -74,20 +104,7 @@ pub async fn admit(
     metrics: &Metrics,
 ) -> Result<Summary, AdmitError> {
     let now = now_ms();
-    let mut skipped = Vec::new();
-    let mut events = Vec::with_capacity(decoded.len());
-    let keep_recipients = agg.keeps_recipient_addresses();
-    for d in decoded {
-        match d {
-            Ok(mut e) => {
-                if !keep_recipients {
-                    e.forget_recipient();
-                }
-                events.push(e)
-            }
-            Err(reason) => skipped.push(reason),
-        }
-    }
+    let (events, skipped) = split(decoded, agg.keeps_recipient_addresses());
     let record = Record {
         received_ms: now,
         events,
@@ -134,10 +151,7 @@ pub async fn admit(
         summary.add(outcome);
     }
     drop(_applying);
-    for reason in skipped {
-        metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
-        summary.add(Outcome::Rejected(reason));
-    }
+    summary.reject(route, skipped, metrics);
     if agg.over_capacity() {
         agg.evict_to_capacity();
     }
@@ -155,19 +169,7 @@ pub async fn forward(
     keep_recipients: bool,
     metrics: &Metrics,
 ) -> Result<Summary, AdmitError> {
-    let mut skipped = Vec::new();
-    let mut events = Vec::with_capacity(decoded.len());
-    for d in decoded {
-        match d {
-            Ok(mut e) => {
-                if !keep_recipients {
-                    e.forget_recipient();
-                }
-                events.push(e)
-            }
-            Err(reason) => skipped.push(reason),
-        }
-    }
+    let (events, skipped) = split(decoded, keep_recipients);
     let n = events.len() as u64;
     if n > 0 {
         forwarder
@@ -181,9 +183,6 @@ pub async fn forward(
         forwarded: n,
         ..Summary::default()
     };
-    for reason in skipped {
-        metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
-        summary.add(Outcome::Rejected(reason));
-    }
+    summary.reject(route, skipped, metrics);
     Ok(summary)
 }

@@ -190,29 +190,11 @@ async fn find_or_create(
             .create()
             .map_err(|e| format!("admin client: {e}"))?,
     );
-    let a = admin.clone();
-    let topic = c.events_topic.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        a.inner()
-            .fetch_metadata(Some(&topic), Duration::from_secs(5))
-            .map(|md| {
-                md.topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map(|t| (t.error(), t.partitions().len()))
-            })
-    })
-    .await
-    .map_err(|e| format!("metadata task: {e}"))?
-    .map_err(|e| format!("cannot reach the brokers: {e}"))?;
-    match found {
-        Some((None, n)) if n > 0 => return Ok(n as u32),
-        Some((Some(err), _))
-            if RDKafkaErrorCode::from(err) != RDKafkaErrorCode::UnknownTopicOrPartition =>
-        {
-            return Err(format!("metadata: {:?}", RDKafkaErrorCode::from(err)));
-        }
-        _ => {}
+    if let Some(n) = crate::publisher::partition_count(&admin, &c.events_topic)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(n as u32);
     }
     if !k.create_topics {
         return Err("the events topic does not exist and kafka.create_topics is false".into());

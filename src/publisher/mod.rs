@@ -22,6 +22,7 @@ mod topics;
 
 pub use record::{record, resource_record, Record};
 pub use status::KafkaStatus;
+pub(crate) use topics::partition_count;
 
 use context::{note_broker, Context};
 

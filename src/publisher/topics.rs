@@ -6,6 +6,7 @@ use super::Role;
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::RDKafkaErrorCode;
 use std::sync::Arc;
@@ -119,7 +120,7 @@ fn status_ready(status: &KafkaStatus, role: &str) -> bool {
 }
 
 /// Why a topic check failed.
-enum TopicProblem {
+pub(crate) enum TopicProblem {
     /// No broker answered the metadata request.
     Unreachable(String),
     /// A broker answered: the topic is missing and cannot be created, or another error.
@@ -134,12 +135,12 @@ impl std::fmt::Display for TopicProblem {
     }
 }
 
-/// Make sure `name` exists: found as is, or created (compacted) when allowed.
-async fn ensure_topic(
-    admin: &Arc<AdminClient<Context>>,
+/// The partition count of topic `name` as the brokers' metadata gives it: `None` when the topic
+/// does not exist. Shared by the publisher's topics and the cluster's events topic.
+pub(crate) async fn partition_count<C: ClientContext + 'static>(
+    admin: &Arc<AdminClient<C>>,
     name: &str,
-    k: &KafkaSettings,
-) -> Result<&'static str, TopicProblem> {
+) -> Result<Option<usize>, TopicProblem> {
     let a = admin.clone();
     let topic = name.to_owned();
     let found = tokio::task::spawn_blocking(move || {
@@ -156,16 +157,27 @@ async fn ensure_topic(
     .map_err(|e| TopicProblem::Other(format!("metadata task failed: {e}")))?
     .map_err(|e| TopicProblem::Unreachable(format!("cannot reach the brokers: {e}")))?;
     match found {
-        Some((None, n)) if n > 0 => return Ok("found"),
+        Some((None, n)) if n > 0 => Ok(Some(n)),
         Some((Some(err), _))
             if RDKafkaErrorCode::from(err) != RDKafkaErrorCode::UnknownTopicOrPartition =>
         {
-            return Err(TopicProblem::Other(format!(
+            Err(TopicProblem::Other(format!(
                 "metadata: {:?}",
                 RDKafkaErrorCode::from(err)
-            )));
+            )))
         }
-        _ => {}
+        _ => Ok(None),
+    }
+}
+
+/// Make sure `name` exists: found as is, or created (compacted) when allowed.
+async fn ensure_topic(
+    admin: &Arc<AdminClient<Context>>,
+    name: &str,
+    k: &KafkaSettings,
+) -> Result<&'static str, TopicProblem> {
+    if partition_count(admin, name).await?.is_some() {
+        return Ok("found");
     }
     if !k.create_topics {
         return Err(TopicProblem::Other(
