@@ -2,6 +2,8 @@
 //! start from the journal alone, take a snapshot, and time a start from the snapshot.
 //!
 //! `recovery RESOURCES DIR` (DIR is emptied first) prints one JSON object.
+//! `recovery --replay DIR` times a recovery of an existing data directory (one a run above
+//! left, or a copy of a real one) and prints one JSON object.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,8 +65,29 @@ fn process_cpu_seconds() -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
+/// Time one recovery of `dir` as it is.
+fn replay_only(dir: &Path) {
+    let agg = Aggregator::new(limits());
+    let t = Instant::now();
+    let cpu = process_cpu_seconds();
+    let r = journal::recover(dir, &agg).expect("recovers");
+    let out = serde_json::json!({
+        "resources": agg.resource_count(),
+        "events": r.events,
+        "records": r.records,
+        "snapshot": r.snapshot,
+        "recover_seconds": t.elapsed().as_secs_f64(),
+        "recover_cpu_seconds": process_cpu_seconds() - cpu,
+    });
+    println!("{out}");
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
+    if std::env::args().nth(1).as_deref() == Some("--replay") {
+        let dir = std::env::args().nth(2).expect("recovery --replay DIR");
+        return replay_only(Path::new(&dir));
+    }
     let resources: usize = args
         .next()
         .and_then(|a| a.parse().ok())

@@ -12,6 +12,7 @@ use crate::rollup::{
 };
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -448,9 +449,9 @@ impl Aggregator {
     /// its SID cannot name its operation, since that link may be to another resource. So an
     /// attempt resolves exactly when the link it is held under ([`held_key`]) exists, and is
     /// released when that link is made, whatever the order the events came in.
-    fn resolve(&self, a: &AttemptEvent) -> (Option<String>, Option<String>) {
+    fn resolve<'a>(&self, a: &'a AttemptEvent) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
         if let (Some(op), Some(res)) = (&a.operation_id, &a.resource_id) {
-            return (Some(op.clone()), Some(res.clone()));
+            return (Some(Cow::Borrowed(op)), Some(Cow::Borrowed(res)));
         }
         let by_sid = a
             .downstream_id
@@ -459,13 +460,19 @@ impl Aggregator {
             .and_then(|s| self.sid_link(s));
         let res = a
             .resource_id
-            .clone()
-            .or_else(|| by_sid.as_ref().map(|l| l.1.clone()));
+            .as_deref()
+            .map(Cow::Borrowed)
+            .or_else(|| by_sid.as_ref().map(|l| Cow::Owned(l.1.clone())));
         let op = a
             .operation_id
-            .clone()
-            .or_else(|| res.as_deref().and_then(|r| self.res_link(r)))
-            .or_else(|| by_sid.map(|l| l.0));
+            .as_deref()
+            .map(Cow::Borrowed)
+            .or_else(|| {
+                res.as_deref()
+                    .and_then(|r| self.res_link(r))
+                    .map(Cow::Owned)
+            })
+            .or_else(|| by_sid.map(|l| Cow::Owned(l.0)));
         (op, res)
     }
 
@@ -590,8 +597,8 @@ impl Aggregator {
             // operations, the release used the linking event's operation and a later copy the
             // resource's).
             let (op, res) = self.resolve(&ev);
-            let op = op.unwrap_or_else(|| op_id.to_owned());
-            let res = res.unwrap_or_else(|| res_id.to_owned());
+            let op = op.unwrap_or(Cow::Borrowed(op_id));
+            let res = res.unwrap_or(Cow::Borrowed(res_id));
             self.apply_linked(&op, &res, &ev, time_ms, now_ms);
         }
     }

@@ -25,11 +25,10 @@
 use crate::aggregator::Aggregator;
 use crate::event::Event;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -315,8 +314,8 @@ fn file_len(path: &Path) -> u64 {
 /// Rebuild `agg` from `dir`: the newest snapshot that reads, then the segments from its cut up
 /// to (not including) segment `before`, which a journal opened for new callbacks writes to.
 /// `progress` is kept current and logged every two seconds. `threads` (0: one per available
-/// core) decode records ahead of the one that applies them in the order written, and load a
-/// snapshot's operations side by side (their versions are stored, so the order there is free).
+/// core) decode and apply records side by side, and load a snapshot's operations side by side:
+/// the state does not depend on the order events are applied in.
 pub fn recover_before(
     dir: &Path,
     agg: &Aggregator,
@@ -429,9 +428,53 @@ fn load_newest_snapshot(
     Ok(0)
 }
 
-/// The replay of journal segments into the aggregator, with its progress. Segments are read
-/// one after the other; the records of each are decoded ahead on all replay threads but one,
-/// and applied in the order written on that one.
+/// About how many payload bytes the replay hands to a worker at a time.
+const REPLAY_BATCH_BYTES: usize = 1 << 20;
+
+/// Records of one segment read for the replay workers.
+struct ReplayBatch {
+    /// The segment's number, and its place among the segments replayed.
+    segment: u64,
+    ordinal: usize,
+    payloads: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl ReplayBatch {
+    fn new(ordinal: usize, segment: u64) -> ReplayBatch {
+        ReplayBatch {
+            segment,
+            ordinal,
+            payloads: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The next valid frame's payload in a segment, or `None` at its end or at a frame that is
+/// torn (cut short), empty or corrupt (its CRC-32 differs): the valid prefix ends there, as
+/// [`read_frames`] has it.
+fn next_segment_frame(input: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; FRAME_HEADER];
+    match input.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (len, crc) = parse_frame_header(header);
+    if len == 0 {
+        return Ok(None);
+    }
+    // A damaged length may say gigabytes: reserve no more than a record's usual size up front.
+    let mut payload = Vec::with_capacity(len.min(1 << 20));
+    input.take(len as u64).read_to_end(&mut payload)?;
+    if payload.len() != len || crc32fast::hash(&payload) != crc {
+        return Ok(None);
+    }
+    Ok(Some(payload))
+}
+
+/// The replay of journal segments into the aggregator, with its progress (see [`Replay::run`]).
 struct Replay<'a> {
     agg: &'a Aggregator,
     progress: &'a ReplayProgress,
@@ -445,108 +488,100 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// Replay every segment.
+    /// Replay every segment: this thread reads the segments one after the other, frame by
+    /// frame, and hands the records on in batches of about [`REPLAY_BATCH_BYTES`]; `threads`
+    /// others decode and apply them side by side. The order of application is free: the state,
+    /// its `version` included, is a function of the set of events applied, not of their order
+    /// (docs/contract.md, "Versions"). Memory held for the replay is a few batches, not whole
+    /// segments.
     fn run(&self) -> io::Result<()> {
-        for (i, &n) in self.segments.iter().enumerate() {
-            self.segment(&segment_path(self.dir, n), n, i)?;
-        }
-        Ok(())
-    }
-
-    /// Apply every record of segment `n` (the `i`-th replayed), in the order written; truncate a
-    /// torn tail. With more than one thread, the records are decoded ahead on the others, a
-    /// few dozen at a time, while this one applies them in order.
-    fn segment(&self, path: &Path, n: u64, i: usize) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        File::open(path)?.read_to_end(&mut bytes)?;
-        let (frames, valid) = read_frames(&bytes);
-        let decoders = self.threads.saturating_sub(1);
-        if decoders == 0 {
-            for payload in &frames {
-                let rec = self.decode(payload, path, n)?;
-                self.apply(rec.as_ref(), payload.len(), i);
-            }
-        } else {
-            self.decode_ahead(&frames, decoders, path, n, i)?;
-        }
-        if valid < bytes.len() {
-            tracing::warn!(
-                segment = n,
-                valid_bytes = valid,
-                dropped_bytes = bytes.len() - valid,
-                "recovery: torn or corrupt journal tail detected; truncating it"
-            );
-            OpenOptions::new()
-                .write(true)
-                .open(path)?
-                .set_len(valid as u64)?;
-            self.truncated_tails.fetch_add(1, Ordering::Relaxed);
-            self.progress
-                .bytes
-                .fetch_add((bytes.len() - valid) as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Decode `frames` on `decoders` threads, in chunks taken in order, and apply them here in
-    /// the order written.
-    fn decode_ahead(
-        &self,
-        frames: &[&[u8]],
-        decoders: usize,
-        path: &Path,
-        n: u64,
-        i: usize,
-    ) -> io::Result<()> {
-        type Decoded = io::Result<Vec<(Option<Record>, usize)>>;
-        let chunks: Vec<&[&[u8]]> = frames.chunks(64).collect();
-        let next = AtomicUsize::new(0);
-        let (tx, rx) = mpsc::sync_channel::<(usize, Decoded)>(decoders * 2);
-        // Applied records go back to the decoders to be freed: memory freed by the thread that
-        // allocated it is much cheaper with the system allocator.
-        let (spent_tx, spent_rx) = mpsc::channel::<Vec<(Option<Record>, usize)>>();
-        let spent_rx = Mutex::new(spent_rx);
+        let threads = self.threads.max(1);
+        let (tx, rx) = mpsc::sync_channel::<ReplayBatch>(threads * 2);
+        let rx = Mutex::new(rx);
+        let failed = AtomicBool::new(false);
         std::thread::scope(|scope| {
-            // Dropped when this closure returns, before the threads are joined: a decoder
-            // blocked on a full channel then sees it closed and stops.
-            let rx = rx;
-            let spent_tx = spent_tx;
-            for _ in 0..decoders {
-                let tx = tx.clone();
-                let (chunks, next, spent_rx) = (&chunks, &next, &spent_rx);
-                scope.spawn(move || loop {
-                    if let Ok(spent) = spent_rx.lock() {
-                        while let Ok(records) = spent.try_recv() {
-                            drop(records);
-                        }
-                    }
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(chunk) = chunks.get(k) else { return };
-                    let decoded = chunk
-                        .iter()
-                        .map(|p| Ok((self.decode(p, path, n)?, p.len())))
-                        .collect();
-                    if tx.send((k, decoded)).is_err() {
-                        return;
-                    }
-                });
-            }
+            let workers: Vec<_> = (0..threads)
+                .map(|_| scope.spawn(|| self.work(&rx, &failed)))
+                .collect();
+            let read = self.read_segments(&tx, &failed);
             drop(tx);
-            let mut waiting = BTreeMap::new();
-            let mut want = 0;
-            for (k, decoded) in &rx {
-                waiting.insert(k, decoded);
-                while let Some(decoded) = waiting.remove(&want) {
-                    let decoded = decoded?;
-                    for (rec, len) in &decoded {
-                        self.apply(rec.as_ref(), *len, i);
+            let worked = workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<io::Result<()>>();
+            read.and(worked)
+        })
+    }
+
+    /// Read every segment's valid frames into batches for the workers, and truncate a torn or
+    /// corrupt tail. Stops early when a worker has failed.
+    fn read_segments(
+        &self,
+        tx: &mpsc::SyncSender<ReplayBatch>,
+        failed: &AtomicBool,
+    ) -> io::Result<()> {
+        for (i, &n) in self.segments.iter().enumerate() {
+            let path = segment_path(self.dir, n);
+            let file = File::open(&path)?;
+            let size = file.metadata()?.len();
+            let mut input = io::BufReader::with_capacity(1 << 20, file);
+            let mut batch = ReplayBatch::new(i, n);
+            let mut valid = 0u64;
+            while let Some(payload) = next_segment_frame(&mut input)? {
+                valid += (FRAME_HEADER + payload.len()) as u64;
+                batch.bytes += payload.len();
+                batch.payloads.push(payload);
+                if batch.bytes >= REPLAY_BATCH_BYTES {
+                    let full = std::mem::replace(&mut batch, ReplayBatch::new(i, n));
+                    if failed.load(Ordering::Relaxed) || tx.send(full).is_err() {
+                        return Ok(());
                     }
-                    let _ = spent_tx.send(decoded);
-                    want += 1;
                 }
             }
-            Ok(())
-        })
+            if !batch.payloads.is_empty() && tx.send(batch).is_err() {
+                return Ok(());
+            }
+            if valid < size {
+                tracing::warn!(
+                    segment = n,
+                    valid_bytes = valid,
+                    dropped_bytes = size - valid,
+                    "recovery: torn or corrupt journal tail detected; truncating it"
+                );
+                OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
+                self.truncated_tails.fetch_add(1, Ordering::Relaxed);
+                self.progress
+                    .bytes
+                    .fetch_add(size - valid, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode and apply batches until the reader is done. After a failure this thread only
+    /// drains the channel (so the reader never waits on a full one) and reports the error.
+    fn work(&self, rx: &Mutex<mpsc::Receiver<ReplayBatch>>, failed: &AtomicBool) -> io::Result<()> {
+        let mut error = None;
+        loop {
+            // The lock is released before the batch is worked on, so the threads work together.
+            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(batch) = next else { break };
+            if error.is_some() || failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let path = segment_path(self.dir, batch.segment);
+            for payload in &batch.payloads {
+                match self.decode(payload, &path, batch.segment) {
+                    Ok(rec) => self.apply(rec.as_ref(), payload.len(), batch.ordinal),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        error.map_or(Ok(()), Err)
     }
 
     /// One record, or `None` for one that does not decode (logged and skipped); an error for
@@ -1170,6 +1205,79 @@ mod tests {
             recover_before(&dir, &agg, u64::MAX, &ReplayProgress::default(), threads)
                 .expect("recovers");
             assert_eq!(versions(&agg), versions(&live), "{threads} threads");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A segment of `count` records, each one operation-level event for operation
+    /// `{prefix}{i}`, framed as the journal writes them.
+    fn segment_of_operations(prefix: &str, count: usize) -> Vec<Vec<u8>> {
+        use crate::event::{EventBody, Kind, Phase};
+        (0..count)
+            .map(|i| {
+                let rec = Record {
+                    received_ms: 7,
+                    events: vec![Event {
+                        time_ms: 5,
+                        body: EventBody::Operation {
+                            operation_id: format!("{prefix}{i}"),
+                            kind: Some(Kind::Messages),
+                            phase: Phase::Processing,
+                        },
+                    }],
+                };
+                frame(&encode_record(&rec).expect("encodes"))
+            })
+            .collect()
+    }
+
+    fn scratch_journal(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tally-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("journal")).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn a_corrupt_frame_ends_its_segments_replay_there_and_later_segments_still_replay() {
+        let dir = scratch_journal("corrupt-mid");
+        // Enough records to fill several of the replay's batches, on any number of threads.
+        let first = segment_of_operations("a", 40_000);
+        let second = segment_of_operations("b", 1_000);
+        let keep = 25_000;
+        let mut bytes: Vec<u8> = first.concat();
+        let valid: usize = first[..keep].iter().map(Vec::len).sum();
+        // A flipped payload byte in record `keep`: its CRC no longer matches.
+        bytes[valid + FRAME_HEADER + 3] ^= 0x40;
+        for threads in [1, 2, 4] {
+            fs::write(segment_path(&dir, 1), &bytes).expect("writes");
+            fs::write(segment_path(&dir, 2), second.concat()).expect("writes");
+            let agg = Aggregator::new(crate::aggregator::Limits::default());
+            let report = recover_before(&dir, &agg, u64::MAX, &ReplayProgress::default(), threads)
+                .expect("recovers");
+            assert_eq!(report.records, (keep + 1_000) as u64, "{threads} threads");
+            assert_eq!(agg.operation_count(), keep + 1_000, "{threads} threads");
+            assert_eq!(report.truncated_tails, 1, "{threads} threads");
+            assert_eq!(file_len(&segment_path(&dir, 1)), valid as u64);
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_of_a_newer_tally_stops_the_replay_with_its_error_on_any_number_of_threads() {
+        let dir = scratch_journal("newer");
+        let mut frames = segment_of_operations("a", 30_000);
+        // A record in a format this tally does not know, in the middle of several batches.
+        frames.insert(15_000, frame(&[0x07, 1, 2, 3]));
+        fs::write(segment_path(&dir, 1), frames.concat()).expect("writes");
+        for threads in [1, 2, 4] {
+            let agg = Aggregator::new(crate::aggregator::Limits::default());
+            let err = recover_before(&dir, &agg, u64::MAX, &ReplayProgress::default(), threads)
+                .expect_err("a record of a newer tally is not skipped");
+            assert!(
+                err.to_string().contains("newer tally"),
+                "{threads} threads: {err}"
+            );
         }
         let _ = fs::remove_dir_all(&dir);
     }

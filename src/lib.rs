@@ -43,3 +43,6 @@ pub mod signature;
 pub mod simulate;
 pub mod snapshot;
 pub mod startup;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

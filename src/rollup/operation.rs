@@ -284,9 +284,9 @@ impl Operation {
 
     /// The fallback that applying `ev` to the resource in `slot` makes ([`fallback::detect`]
     /// on the resource as it stands), read from the stored attempts without building a view.
-    fn fallback_in(&self, slot: u32, ev: &AttemptEvent) -> Option<Fallback> {
+    fn fallback_in(&self, slot: u32, ev: &AttemptEvent, down: Option<&Id>) -> Option<Fallback> {
         let attempts = self.slots[slot as usize].attempts.as_slice();
-        if attempts.iter().any(|a| a.matches(ev, &self.labels)) {
+        if attempts.iter().any(|a| a.matches(ev, down, &self.labels)) {
             return None;
         }
         fallback::after_new_attempt(attempts.iter().filter_map(|a| a.channel), ev)
@@ -408,8 +408,9 @@ impl Operation {
         let kind_before = self.kind();
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
+        let down = ev.downstream_id.as_deref().map(Id::new);
         let (slot, was_new, fallback) = match self.slot_index(resource_id) {
-            Some(i) => (i, false, self.fallback_in(i, ev)),
+            Some(i) => (i, false, self.fallback_in(i, ev, down.as_ref())),
             None => (
                 self.insert_slot(Slot::new(resource_id, time_ms)),
                 true,
@@ -424,7 +425,7 @@ impl Operation {
             resource.created_ms = time_ms;
             changed = true;
         }
-        let res_changed = resource.join(ev, &mut self.labels);
+        let res_changed = resource.join(ev, down.as_ref(), &mut self.labels);
         if res_changed {
             resource.updated_ms = resource.updated_ms.max(now_ms);
         }

@@ -31,13 +31,21 @@ pub(super) fn join_opt<T: Ord + Clone>(a: &mut Option<T>, b: &Option<T>) -> bool
 /// [`join_opt`] for a stored id and an incoming string, without decoding in the common case
 /// where they are equal.
 pub(super) fn join_id(a: &mut Option<Id>, b: &Option<String>) -> bool {
-    let Some(v) = b else { return false };
+    join_packed_id(a, b.as_deref().map(Id::new).as_ref(), b)
+}
+
+/// [`join_id`] with the incoming string `b` already packed (`packed` is `Id::new` of it): the
+/// packing is done once per event, not once per comparison.
+pub(super) fn join_packed_id(a: &mut Option<Id>, packed: Option<&Id>, b: &Option<String>) -> bool {
+    let (Some(v), Some(p)) = (b, packed) else {
+        return false;
+    };
     match a {
         None => {
-            *a = Some(Id::new(v));
+            *a = Some(p.clone());
             true
         }
-        Some(x) if x.is(v) => false,
+        Some(x) if x == p => false,
         Some(x) if v.as_str() > x.as_string().as_str() => {
             *a = Some(Id::new(v));
             true
@@ -91,9 +99,14 @@ pub(super) struct StoredAttempt {
 }
 
 impl StoredAttempt {
-    pub(super) fn from_event(ev: &AttemptEvent, labels: &mut Labels) -> StoredAttempt {
+    /// The attempt `ev` reports on, first seen; `down` is its downstream id packed.
+    pub(super) fn from_event(
+        ev: &AttemptEvent,
+        down: Option<&Id>,
+        labels: &mut Labels,
+    ) -> StoredAttempt {
         StoredAttempt {
-            downstream: ev.downstream_id.as_deref().map(Id::new),
+            downstream: down.cloned(),
             label: ev.attempt.as_deref().map_or(0, |a| labels.intern(a)),
             channel: ev.channel,
             status: ev.status,
@@ -111,10 +124,11 @@ impl StoredAttempt {
         }
     }
 
-    /// Does `ev` report on this attempt (same [`AttemptKey`])?
-    pub(super) fn matches(&self, ev: &AttemptEvent, labels: &Labels) -> bool {
-        if let Some(d) = &ev.downstream_id {
-            self.downstream.as_ref().is_some_and(|x| x.is(d))
+    /// Does `ev` report on this attempt (same [`AttemptKey`])? `down` is `ev`'s downstream id
+    /// packed ([`Id::new`] gives one form per text, so packed ids compare as their texts do).
+    pub(super) fn matches(&self, ev: &AttemptEvent, down: Option<&Id>, labels: &Labels) -> bool {
+        if ev.downstream_id.is_some() {
+            self.downstream.as_ref() == down
         } else if let Some(a) = &ev.attempt {
             self.downstream.is_none() && labels.text(self.label) == Some(a.as_str())
         } else if let Some(c) = ev.channel {
@@ -147,8 +161,14 @@ impl StoredAttempt {
         }
     }
 
-    /// Join `ev` into this attempt; true when anything changed.
-    pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+    /// Join `ev` (whose downstream id packed is `down`) into this attempt; true when anything
+    /// changed.
+    pub(super) fn join(
+        &mut self,
+        ev: &AttemptEvent,
+        down: Option<&Id>,
+        labels: &mut Labels,
+    ) -> bool {
         let mut changed = false;
         let status = join_attempt(self.status, ev.status);
         if status != self.status {
@@ -160,7 +180,7 @@ impl StoredAttempt {
             self.error_code = code.and_then(NonZeroU32::new);
             changed = true;
         }
-        changed |= join_id(&mut self.downstream, &ev.downstream_id);
+        changed |= join_packed_id(&mut self.downstream, down, &ev.downstream_id);
         if let Some(a) = &ev.attempt {
             if labels.text(self.label).is_none_or(|old| a.as_str() > old) {
                 self.label = labels.intern(a);
@@ -346,18 +366,25 @@ impl Slot {
         changed
     }
 
-    pub(super) fn join(&mut self, ev: &AttemptEvent, labels: &mut Labels) -> bool {
+    /// Join `ev` (whose downstream id packed is `down`) into this resource.
+    pub(super) fn join(
+        &mut self,
+        ev: &AttemptEvent,
+        down: Option<&Id>,
+        labels: &mut Labels,
+    ) -> bool {
         let mut changed = join_id(&mut self.to, &ev.to);
         changed |= self.join_tags(&ev.tags, labels);
         match self
             .attempts
             .as_mut_slice()
             .iter_mut()
-            .find(|a| a.matches(ev, labels))
+            .find(|a| a.matches(ev, down, labels))
         {
-            Some(a) => changed |= a.join(ev, labels),
+            Some(a) => changed |= a.join(ev, down, labels),
             None => {
-                self.attempts.push(StoredAttempt::from_event(ev, labels));
+                self.attempts
+                    .push(StoredAttempt::from_event(ev, down, labels));
                 changed = true;
             }
         }
