@@ -507,8 +507,7 @@ impl Replay<'_> {
             drop(tx);
             let worked = workers
                 .into_iter()
-                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<io::Result<()>>();
+                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             read.and(worked)
         })
     }
