@@ -1,5 +1,6 @@
-//! Recovery time: journal the events of RESOURCES generated resources, then time a
-//! start from the journal alone, take a snapshot, and time a start from the snapshot.
+//! Recovery time: journal the events of RESOURCES generated resources, then time a start from
+//! the journal alone, take a snapshot, and time a start from the snapshot. Each start runs in a
+//! fresh process (this program again, with `--replay`), as a restarted tally would.
 //!
 //! `recovery RESOURCES DIR` (DIR is emptied first) prints one JSON object.
 //! `recovery --replay DIR` times a recovery of an existing data directory (one a run above
@@ -65,28 +66,67 @@ fn process_cpu_seconds() -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
-/// Time one recovery of `dir` as it is.
-fn replay_only(dir: &Path) {
-    let agg = Aggregator::new(limits());
+/// This process's resident set now, in bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Time one recovery of `dir` as it is, in this process, and print it as JSON; with
+/// `snapshot_after`, then snapshot the recovered state and time that too.
+fn replay_only(dir: &Path, snapshot_after: bool) {
+    let agg = Arc::new(Aggregator::new(limits()));
     let t = Instant::now();
     let cpu = process_cpu_seconds();
     let r = journal::recover(dir, &agg).expect("recovers");
-    let out = serde_json::json!({
+    let (seconds, cpu_seconds) = (t.elapsed().as_secs_f64(), process_cpu_seconds() - cpu);
+    let mut out = serde_json::json!({
         "resources": agg.resource_count(),
         "events": r.events,
         "records": r.records,
         "snapshot": r.snapshot,
-        "recover_seconds": t.elapsed().as_secs_f64(),
-        "recover_cpu_seconds": process_cpu_seconds() - cpu,
+        "recover_seconds": seconds,
+        "recover_cpu_seconds": cpu_seconds,
+        "rss_bytes_after": rss_bytes(),
     });
+    if snapshot_after {
+        let seconds = actix_web::rt::System::new().block_on(async move {
+            let j = open(dir);
+            let t = Instant::now();
+            j.snapshot(agg).await.expect("snapshot");
+            j.close();
+            t.elapsed().as_secs_f64()
+        });
+        out["snapshot_write_seconds"] = seconds.into();
+    }
     println!("{out}");
+}
+
+/// Run this program on `dir` in a fresh process (`--replay DIR`, plus `extra`), as a restarted
+/// tally would recover it, and return what it printed.
+fn replay_in_fresh_process(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .arg("--replay")
+        .arg(dir)
+        .args(extra)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("the replay process runs");
+    assert!(out.status.success(), "the replay process failed");
+    serde_json::from_slice(&out.stdout).expect("the replay process prints JSON")
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     if std::env::args().nth(1).as_deref() == Some("--replay") {
         let dir = std::env::args().nth(2).expect("recovery --replay DIR");
-        return replay_only(Path::new(&dir));
+        let snapshot_after = std::env::args().nth(3).as_deref() == Some("--snapshot-after");
+        return replay_only(Path::new(&dir), snapshot_after);
     }
     let resources: usize = args
         .next()
@@ -107,9 +147,9 @@ fn main() {
         ..Config::default()
     };
     let now = 1_767_225_600_000 + 86_400_000;
-    let out = actix_web::rt::System::new().block_on(async move {
-        // Fill the journal as traffic would: one record per Event Streams batch of 100.
-        let agg = Arc::new(Aggregator::new(limits()));
+    // Fill the journal as traffic would: one record per Event Streams batch of 100.
+    let (resources, events, fill_s) = actix_web::rt::System::new().block_on(async {
+        let agg = Aggregator::new(limits());
         let j = open(&dir);
         let t = Instant::now();
         let mut events = 0u64;
@@ -132,50 +172,35 @@ fn main() {
             }
         }
         j.close();
-        let fill_s = t.elapsed().as_secs_f64();
-        let journal_bytes = dir_bytes(&dir, &|p| p.ends_with(".log"));
-
-        // Start 1: the journal alone.
-        let agg1 = Aggregator::new(limits());
-        let t = Instant::now();
-        let cpu = process_cpu_seconds();
-        let r1 = journal::recover(&dir, &agg1).expect("recovers");
-        let from_journal_s = t.elapsed().as_secs_f64();
-        let from_journal_cpu_s = process_cpu_seconds() - cpu;
-        assert_eq!(agg1.resource_count(), agg.resource_count());
-
-        // Snapshot, then start 2: the snapshot (and an empty tail).
-        let j = open(&dir);
-        let t = Instant::now();
-        j.snapshot(agg.clone()).await.expect("snapshot");
-        let snapshot_s = t.elapsed().as_secs_f64();
-        j.close();
-        let snapshot_bytes = dir_bytes(&dir, &|p| p.ends_with(".bin"));
-        let agg2 = Aggregator::new(limits());
-        let t = Instant::now();
-        let cpu = process_cpu_seconds();
-        let r2 = journal::recover(&dir, &agg2).expect("recovers");
-        let from_snapshot_s = t.elapsed().as_secs_f64();
-        let from_snapshot_cpu_s = process_cpu_seconds() - cpu;
-        assert_eq!(agg2.resource_count(), agg.resource_count());
-        assert!(
-            r2.snapshot.is_some(),
-            "recovery loaded the snapshot: {r2:?}"
-        );
-        serde_json::json!({
-            "resources": agg.resource_count(),
-            "events": events,
-            "fill_seconds": fill_s,
-            "journal_bytes": journal_bytes,
-            "recover_from_journal_seconds": from_journal_s,
-            "recover_from_journal_cpu_seconds": from_journal_cpu_s,
-            "journal_records_replayed": r1.records,
-            "snapshot_write_seconds": snapshot_s,
-            "snapshot_bytes": snapshot_bytes,
-            "recover_from_snapshot_seconds": from_snapshot_s,
-            "recover_from_snapshot_cpu_seconds": from_snapshot_cpu_s,
-            "snapshot_records_replayed_after": r2.records,
-        })
+        (agg.resource_count(), events, t.elapsed().as_secs_f64())
+    });
+    let journal_bytes = dir_bytes(&dir, &|p| p.ends_with(".log"));
+    // Start 1: the journal alone, in a fresh process, which then takes a snapshot.
+    let r1 = replay_in_fresh_process(&dir, &["--snapshot-after"]);
+    let snapshot_bytes = dir_bytes(&dir, &|p| p.ends_with(".bin"));
+    // Start 2: the snapshot (and an empty tail), in another fresh process.
+    let r2 = replay_in_fresh_process(&dir, &[]);
+    for r in [&r1, &r2] {
+        assert_eq!(r["resources"], resources, "every resource recovered: {r}");
+    }
+    assert!(
+        r1["snapshot"].is_null(),
+        "start 1 read the journal alone: {r1}"
+    );
+    assert!(r2["snapshot"].is_u64(), "start 2 loaded the snapshot: {r2}");
+    let out = serde_json::json!({
+        "resources": resources,
+        "events": events,
+        "fill_seconds": fill_s,
+        "journal_bytes": journal_bytes,
+        "recover_from_journal_seconds": r1["recover_seconds"],
+        "recover_from_journal_cpu_seconds": r1["recover_cpu_seconds"],
+        "journal_records_replayed": r1["records"],
+        "snapshot_write_seconds": r1["snapshot_write_seconds"],
+        "snapshot_bytes": snapshot_bytes,
+        "recover_from_snapshot_seconds": r2["recover_seconds"],
+        "recover_from_snapshot_cpu_seconds": r2["recover_cpu_seconds"],
+        "snapshot_records_replayed_after": r2["records"],
     });
     println!("{out}");
 }

@@ -260,10 +260,13 @@ impl Operation {
     }
 
     fn slot_index(&self, id: &str) -> Option<u32> {
-        let key = Id::new(id);
-        let h = hash_id(&key);
+        self.index_of(&Id::new(id))
+    }
+
+    /// The slot number of the resource whose packed id is `key`.
+    fn index_of(&self, key: &Id) -> Option<u32> {
         self.index
-            .find(h, |&i| self.slots[i as usize].id == key)
+            .find(hash_id(key), |&i| self.slots[i as usize].id == *key)
             .copied()
     }
 
@@ -624,6 +627,41 @@ impl Serialize for Operation {
     }
 }
 
+/// A snapshot's map of resources, turned into slots one entry at a time as it is read: only one
+/// resource's owned view is alive at a time, so restoring leaves no spread of freed temporaries
+/// between the slots' own allocations (a restored state is as compact as one built live).
+struct RestoredSlots {
+    labels: Labels,
+    slots: Vec<(Slot, Reads)>,
+}
+
+impl<'de> Deserialize<'de> for RestoredSlots {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RestoredSlots, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RestoredSlots;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of resource ids to resources")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RestoredSlots, A::Error> {
+                let mut out = RestoredSlots {
+                    labels: Labels::default(),
+                    slots: Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16)),
+                };
+                while let Some((_, res)) = map.next_entry::<serde::de::IgnoredAny, Resource>()? {
+                    let slot = Slot::from_resource(&res, &mut out.labels);
+                    out.slots.push((slot, res.reads));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// The snapshot form of an operation.
 #[derive(Deserialize)]
 struct OperationRepr {
@@ -632,7 +670,7 @@ struct OperationRepr {
     phase: Option<Phase>,
     created_ms: u64,
     updated_ms: u64,
-    resources: BTreeMap<String, Resource>,
+    resources: RestoredSlots,
     buckets: [u64; 9],
     attempts: u64,
     #[serde(default)]
@@ -648,12 +686,18 @@ impl<'de> Deserialize<'de> for Operation {
         op.buckets = r.buckets;
         op.attempts = r.attempts;
         op.read = r.read;
-        op.slots.reserve_exact(r.resources.len());
-        for res in r.resources.values() {
-            let slot = Slot::from_resource(res, &mut op.labels);
+        op.labels = r.resources.labels;
+        op.slots.reserve_exact(r.resources.slots.len());
+        for (slot, reads) in r.resources.slots {
+            if op.index_of(&slot.id).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "resource {:?} appears twice in operation {}",
+                    slot.id, r.id
+                )));
+            }
             let i = op.insert_slot(slot);
-            if !res.reads.is_empty() {
-                op.reads.insert(i, res.reads);
+            if !reads.is_empty() {
+                op.reads.insert(i, reads);
             }
             op.resources_height += op.slot_height(i);
         }
@@ -1047,5 +1091,23 @@ mod tests {
         op.apply_attempt("comms_message_a", &ev, 20, 60);
         assert_eq!(op.created_ms, 20);
         assert_eq!(op.updated_ms, 60);
+    }
+
+    #[test]
+    fn a_snapshot_naming_a_resource_twice_is_refused() {
+        let mut op = Operation::new("o", 50, 50);
+        for id in ["comms_message_a", "comms_message_b"] {
+            let ev = attempt(id, "SM1", Channel::Sms, AttemptStatus::Sent);
+            op.apply_attempt(id, &ev, 20, 60);
+        }
+        let json = serde_json::to_string(&op).unwrap();
+        let back: Operation = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.view(), back.resource_count()), (op.view(), 2));
+        // The first entry of the resources map written a second time.
+        let start = json.find("\"resources\":{").unwrap() + "\"resources\":{".len();
+        let end = json[start..].find("},\"comms_message_b\"").unwrap() + start + 1;
+        let twice = format!("{}{},{}", &json[..start], &json[start..end], &json[start..]);
+        let err = serde_json::from_str::<Operation>(&twice).unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
     }
 }
