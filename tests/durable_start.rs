@@ -194,7 +194,7 @@ fn after_kill_9_a_restart_takes_the_stale_lock_and_keeps_the_state() {
 
 /// Operations generated into the first run's journal: enough that a debug build replays them
 /// for several seconds on this 2-core machine (a release build replays about ten times faster).
-const FILL_OPERATIONS: usize = if cfg!(debug_assertions) { 30 } else { 300 };
+const FILL_OPERATIONS: usize = if cfg!(debug_assertions) { 30 } else { 400 };
 
 /// Fill the journal of the tally on `port` with `tally simulate` (Event Streams batches).
 fn fill_with_simulate(port: u16) {
@@ -270,10 +270,13 @@ fn callbacks_sent_during_a_long_recovery_get_200_and_are_applied_after_it_while_
     first.stop();
 
     // Act: restart, and send callbacks from the moment the listener answers (room for 60
-    // events while recovery runs).
+    // events while recovery runs; one replay thread, so that the replay lasts).
     let mut second = Tally::launch(&cwd)
         .durable_defaults()
-        .env(&[("TALLY_STORAGE__MAX_RECOVERY_BACKLOG_EVENTS", "60")])
+        .env(&[
+            ("TALLY_STORAGE__MAX_RECOVERY_BACKLOG_EVENTS", "60"),
+            ("TALLY_STORAGE__RECOVERY_THREADS", "1"),
+        ])
         .spawn();
     second.wait_for("/readyz", Duration::from_secs(30));
     let probe_op = before[0]["id"].as_str().unwrap().to_owned();
