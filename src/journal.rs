@@ -451,27 +451,45 @@ impl ReplayBatch {
     }
 }
 
-/// The next valid frame's payload in a segment, or `None` at its end or at a frame that is
-/// torn (cut short), empty or corrupt (its CRC-32 differs): the valid prefix ends there, as
-/// [`read_frames`] has it.
-fn next_segment_frame(input: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+/// What the next frame of a file of frames (a journal segment, a snapshot) holds.
+pub(crate) enum NextFrame {
+    Payload(Vec<u8>),
+    /// The file ends where a frame would start.
+    End,
+    /// A header saying length 0: no writer of tally's writes one.
+    Empty,
+    /// Cut short, or its CRC-32 differs from its header's.
+    Damaged,
+}
+
+/// Read the next frame of `input`.
+pub(crate) fn next_frame(input: &mut impl Read) -> io::Result<NextFrame> {
     let mut header = [0u8; FRAME_HEADER];
     match input.read_exact(&mut header) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(NextFrame::End),
         Err(e) => return Err(e),
     }
     let (len, crc) = parse_frame_header(header);
     if len == 0 {
-        return Ok(None);
+        return Ok(NextFrame::Empty);
     }
     // A damaged length may say gigabytes: reserve no more than a record's usual size up front.
     let mut payload = Vec::with_capacity(len.min(1 << 20));
     input.take(len as u64).read_to_end(&mut payload)?;
     if payload.len() != len || crc32fast::hash(&payload) != crc {
-        return Ok(None);
+        return Ok(NextFrame::Damaged);
     }
-    Ok(Some(payload))
+    Ok(NextFrame::Payload(payload))
+}
+
+/// The next valid frame's payload in a segment, or `None` at its end or at a frame that is
+/// torn, empty or corrupt: the valid prefix ends there, as [`read_frames`] has it.
+fn next_segment_frame(input: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    Ok(match next_frame(input)? {
+        NextFrame::Payload(p) => Some(p),
+        NextFrame::End | NextFrame::Empty | NextFrame::Damaged => None,
+    })
 }
 
 /// The replay of journal segments into the aggregator, with its progress (see [`Replay::run`]).

@@ -18,7 +18,7 @@
 //! `{"operations": [...], "held": [...]}`) is still read, never written.
 
 use crate::aggregator::{Aggregator, HeldEntry, SnapshotState};
-use crate::journal::{frame_header, parse_frame_header, FRAME_HEADER};
+use crate::journal::{frame_header, NextFrame, FRAME_HEADER};
 use crate::rollup::Operation;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -140,22 +140,12 @@ fn load_v1(mut file: impl Read, agg: &Aggregator, read_bytes: &AtomicU64) -> io:
 /// The next frame's payload (its tag, then its body; never empty), or `None` at the end of the
 /// file.
 fn next_frame(file: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; FRAME_HEADER];
-    match file.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    match crate::journal::next_frame(file)? {
+        NextFrame::Payload(p) => Ok(Some(p)),
+        NextFrame::End => Ok(None),
+        NextFrame::Empty => Err(invalid("snapshot frame of length 0")),
+        NextFrame::Damaged => Err(invalid("snapshot checksum mismatch (torn or damaged file)")),
     }
-    let (len, crc) = parse_frame_header(header);
-    if len == 0 {
-        return Err(invalid("snapshot frame of length 0"));
-    }
-    let mut payload = Vec::new();
-    file.take(len as u64).read_to_end(&mut payload)?;
-    if payload.len() != len || crc32fast::hash(&payload) != crc {
-        return Err(invalid("snapshot checksum mismatch (torn or damaged file)"));
-    }
-    Ok(Some(payload))
 }
 
 /// Read frames on this thread and restore their operations on `threads` others.
