@@ -58,7 +58,16 @@ fn main() {
     let after = rss_bytes();
     let census = agg.census();
     let per_resource = (after.saturating_sub(before)) as f64 / census.resources.max(1) as f64;
+    let parts = agg.memory_parts();
+    let per = |b: u64| (b as f64 / census.resources.max(1) as f64).round();
     let out = serde_json::json!({
+        "parts_bytes_per_resource": {
+            "slots": per(parts.slots),
+            "slot_index": per(parts.slot_index),
+            "extra_attempts": per(parts.extra_attempts),
+            "links": per(parts.links),
+            "other": per(parts.other),
+        },
         "resources": census.resources,
         "attempts": census.attempts,
         "attempts_per_resource": census.attempts as f64 / census.resources.max(1) as f64,

@@ -714,6 +714,19 @@ impl Aggregator {
         self.evicted_capacity.load(Ordering::Relaxed)
     }
 
+    /// Bytes held by each part of the state, as laid out (docs/performance.md, "Memory").
+    pub fn memory_parts(&self) -> crate::rollup::operation::MemoryParts {
+        let mut parts = crate::rollup::operation::MemoryParts::default();
+        for op in self.ops.iter() {
+            op.memory_parts(&mut parts);
+        }
+        let link = std::mem::size_of::<(u64, Link)>();
+        parts.links = crate::rollup::operation::table_bytes(self.sid_links.capacity() / 8, link)
+            * 8
+            + crate::rollup::operation::table_bytes(self.res_links.capacity() / 8, link) * 8;
+        parts
+    }
+
     pub fn operation_count(&self) -> usize {
         self.ops.len()
     }

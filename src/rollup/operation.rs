@@ -13,7 +13,7 @@
 use super::compact::Id;
 use super::fallback::{self, Fallback};
 use super::status::{attempt_rank, Bucket, OperationStatus, Reads, ResourceStatus};
-use super::stored::{hash_id, Labels, Slot};
+use super::stored::{hash_id, Side, Slot, SlotId};
 use crate::event::{
     AttemptEvent, AttemptStatus, Channel, Kind, OperationRead, Phase, ResourceRead,
 };
@@ -130,7 +130,7 @@ pub struct Operation {
     slots: Vec<Slot>,
     /// Slot numbers, found by the hash of their resource id.
     index: HashTable<u32>,
-    labels: Labels,
+    side: Side,
     buckets: [u64; 9],
     attempts: u64,
     /// What the reconciler read of the operation itself from Twilio.
@@ -179,7 +179,7 @@ impl Operation {
             resources_height: 0,
             slots: Vec::new(),
             index: HashTable::new(),
-            labels: Labels::default(),
+            side: Side::default(),
             buckets: [0; 9],
             attempts: 0,
             read: OperationReads::default(),
@@ -192,11 +192,11 @@ impl Operation {
     }
 
     fn slot_status(&self, slot: u32) -> ResourceStatus {
-        self.slots[slot as usize].status(self.reads_of(slot))
+        self.slots[slot as usize].status(self.reads_of(slot), &self.side)
     }
 
     fn slot_view(&self, slot: u32) -> Resource {
-        self.slots[slot as usize].view(&self.labels, self.reads_of(slot))
+        self.slots[slot as usize].view(&self.side, self.reads_of(slot))
     }
 
     /// The number the aggregator's links know this operation by.
@@ -234,12 +234,10 @@ impl Operation {
     pub fn links(&self) -> impl Iterator<Item = (u32, String, Vec<String>)> + '_ {
         self.slots.iter().enumerate().map(|(i, s)| {
             let sids = s
-                .attempts
-                .as_slice()
-                .iter()
-                .filter_map(|a| a.downstream.as_ref().map(Id::as_string))
+                .attempts(&self.side)
+                .filter_map(|a| a.downstream_text(&self.side))
                 .collect();
-            (i as u32, s.id.as_string(), sids)
+            (i as u32, s.id.text(&self.side).unwrap_or_default(), sids)
         })
     }
 
@@ -252,7 +250,7 @@ impl Operation {
             .slots
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.id.as_string(), i as u32))
+            .map(|(i, s)| (s.id.text(&self.side).unwrap_or_default(), i as u32))
             .filter(|(id, _)| after.is_none_or(|a| id.as_str() > a))
             .collect();
         order.sort_unstable();
@@ -266,7 +264,9 @@ impl Operation {
     /// The slot number of the resource whose packed id is `key`.
     fn index_of(&self, key: &Id) -> Option<u32> {
         self.index
-            .find(hash_id(key), |&i| self.slots[i as usize].id == *key)
+            .find(hash_id(key), |&i| {
+                self.slots[i as usize].id.is(key, &self.side)
+            })
             .copied()
     }
 
@@ -278,21 +278,22 @@ impl Operation {
     /// The id of the resource in `slot`, if it has an attempt with downstream id `sid`.
     pub fn resource_with_attempt(&self, slot: u32, sid: &str) -> Option<String> {
         let s = self.slots.get(slot as usize)?;
-        s.attempts
-            .as_slice()
-            .iter()
-            .any(|a| a.downstream.as_ref().is_some_and(|d| d.is(sid)))
-            .then(|| s.id.as_string())
+        let sid = Id::new(sid);
+        s.attempts(&self.side)
+            .any(|a| a.downstream.is(&sid, &self.side))
+            .then(|| s.id.text(&self.side).unwrap_or_default())
     }
 
     /// The fallback that applying `ev` to the resource in `slot` makes ([`fallback::detect`]
     /// on the resource as it stands), read from the stored attempts without building a view.
     fn fallback_in(&self, slot: u32, ev: &AttemptEvent, down: Option<&Id>) -> Option<Fallback> {
-        let attempts = self.slots[slot as usize].attempts.as_slice();
-        if attempts.iter().any(|a| a.matches(ev, down, &self.labels)) {
+        let s = &self.slots[slot as usize];
+        if s.attempts(&self.side)
+            .any(|a| a.matches(ev, down, &self.side))
+        {
             return None;
         }
-        fallback::after_new_attempt(attempts.iter().filter_map(|a| a.channel), ev)
+        fallback::after_new_attempt(s.attempts(&self.side).filter_map(|a| a.channel), ev)
     }
 
     pub fn resource(&self, id: &str) -> Option<Resource> {
@@ -301,18 +302,28 @@ impl Operation {
 
     fn insert_slot(&mut self, slot: Slot) -> u32 {
         let i = self.slots.len() as u32;
-        let h = hash_id(&slot.id);
+        let h = slot.id.hash(&self.side);
         self.slots.push(slot);
-        let slots = &self.slots;
+        let (slots, side) = (&self.slots, &self.side);
         self.index
-            .insert_unique(h, i, |&j| hash_id(&slots[j as usize].id));
+            .insert_unique(h, i, |&j| slots[j as usize].id.hash(side));
         i
+    }
+
+    /// Bytes this operation's storage holds, by part (see [`crate::aggregator::Aggregator::memory_parts`]).
+    pub fn memory_parts(&self, parts: &mut MemoryParts) {
+        parts.slots += (self.slots.capacity() * std::mem::size_of::<Slot>()) as u64;
+        parts.slot_index += table_bytes(self.index.capacity(), std::mem::size_of::<u32>());
+        let (extra, other) = self.side.heap_bytes();
+        parts.extra_attempts += extra;
+        parts.other +=
+            other + (self.reads.capacity() * 24) as u64 + std::mem::size_of::<Operation>() as u64;
     }
 
     /// Drop every recipient address (`[privacy] keep_recipient_addresses = false`).
     pub fn forget_recipients(&mut self) {
         for r in &mut self.slots {
-            r.to = None;
+            r.to = SlotId::NONE;
         }
     }
 
@@ -361,7 +372,7 @@ impl Operation {
     }
 
     fn slot_height(&self, slot: u32) -> u64 {
-        self.slots[slot as usize].height(self.reads.get(&slot))
+        self.slots[slot as usize].height(self.reads.get(&slot), &self.side)
     }
 
     /// Apply an operation event (`…operation.scheduled|processing|completed`).
@@ -412,27 +423,25 @@ impl Operation {
         let mut changed = self.note_kind(ev.kind.or_else(|| Kind::from_resource_id(resource_id)));
         changed |= self.note_time(time_ms);
         let down = ev.downstream_id.as_deref().map(Id::new);
-        let (slot, was_new, fallback) = match self.slot_index(resource_id) {
+        let key = Id::new(resource_id);
+        let (slot, was_new, fallback) = match self.index_of(&key) {
             Some(i) => (i, false, self.fallback_in(i, ev, down.as_ref())),
-            None => (
-                self.insert_slot(Slot::new(resource_id, time_ms)),
-                true,
-                None,
-            ),
+            None => {
+                let s = Slot::new(&key, time_ms, &mut self.side);
+                (self.insert_slot(s), true, None)
+            }
         };
         let before = self.slot_status(slot);
         let height_before = if was_new { 0 } else { self.slot_height(slot) };
+        let side = &mut self.side;
         let resource = &mut self.slots[slot as usize];
-        let attempts_before = resource.attempts.as_slice().len();
-        if time_ms < resource.created_ms {
-            resource.created_ms = time_ms;
-            changed = true;
-        }
-        let res_changed = resource.join(ev, down.as_ref(), &mut self.labels);
+        let attempts_before = resource.attempt_count(side);
+        changed |= resource.note_created(time_ms, side);
+        let res_changed = resource.join(ev, down.as_ref(), side);
         if res_changed {
-            resource.updated_ms = resource.updated_ms.max(now_ms);
+            resource.note_updated(now_ms, side);
         }
-        self.attempts += (resource.attempts.as_slice().len() - attempts_before) as u64;
+        self.attempts += (resource.attempt_count(side) - attempts_before) as u64;
         let after = self.slot_status(slot);
         changed |= res_changed;
         self.rebucket(kind_before, was_new, before, after);
@@ -473,24 +482,23 @@ impl Operation {
         let kind_before = self.kind();
         let mut changed = self.note_kind(Some(read.kind));
         changed |= self.note_time(time_ms);
-        let (slot, was_new) = match self.slot_index(&read.resource_id) {
+        let key = Id::new(&read.resource_id);
+        let (slot, was_new) = match self.index_of(&key) {
             Some(i) => (i, false),
-            None => (
-                self.insert_slot(Slot::new(&read.resource_id, time_ms)),
-                true,
-            ),
+            None => {
+                let s = Slot::new(&key, time_ms, &mut self.side);
+                (self.insert_slot(s), true)
+            }
         };
         let before = self.slot_status(slot);
         let height_before = if was_new { 0 } else { self.slot_height(slot) };
         let mut reads = self.reads_of(slot);
+        let side = &mut self.side;
         let resource = &mut self.slots[slot as usize];
-        if time_ms < resource.created_ms {
-            resource.created_ms = time_ms;
-            changed = true;
-        }
-        let res_changed = resource.join_read(read, &mut reads, &mut self.labels);
+        changed |= resource.note_created(time_ms, side);
+        let res_changed = resource.join_read(read, &mut reads, side);
         if res_changed {
-            resource.updated_ms = resource.updated_ms.max(now_ms);
+            resource.note_updated(now_ms, side);
         }
         if !reads.is_empty() {
             self.reads.insert(slot, reads);
@@ -631,7 +639,7 @@ impl Serialize for Operation {
 /// resource's owned view is alive at a time, so restoring leaves no spread of freed temporaries
 /// between the slots' own allocations (a restored state is as compact as one built live).
 struct RestoredSlots {
-    labels: Labels,
+    side: Side,
     slots: Vec<(Slot, Reads)>,
 }
 
@@ -648,11 +656,11 @@ impl<'de> Deserialize<'de> for RestoredSlots {
                 mut map: A,
             ) -> Result<RestoredSlots, A::Error> {
                 let mut out = RestoredSlots {
-                    labels: Labels::default(),
+                    side: Side::default(),
                     slots: Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16)),
                 };
                 while let Some((_, res)) = map.next_entry::<serde::de::IgnoredAny, Resource>()? {
-                    let slot = Slot::from_resource(&res, &mut out.labels);
+                    let slot = Slot::from_resource(&res, &mut out.side);
                     out.slots.push((slot, res.reads));
                 }
                 Ok(out)
@@ -686,13 +694,13 @@ impl<'de> Deserialize<'de> for Operation {
         op.buckets = r.buckets;
         op.attempts = r.attempts;
         op.read = r.read;
-        op.labels = r.resources.labels;
+        op.side = r.resources.side;
         op.slots.reserve_exact(r.resources.slots.len());
         for (slot, reads) in r.resources.slots {
-            if op.index_of(&slot.id).is_some() {
+            if let Some(id) = slot.id.id(&op.side).filter(|id| op.index_of(id).is_some()) {
                 return Err(serde::de::Error::custom(format!(
                     "resource {:?} appears twice in operation {}",
-                    slot.id, r.id
+                    id, r.id
                 )));
             }
             let i = op.insert_slot(slot);
@@ -838,6 +846,32 @@ pub struct OperationView {
     pub created_ms: u64,
     pub updated_ms: u64,
     pub version: u64,
+}
+
+/// Bytes held by each part of the in-memory state, as laid out (not counting the allocator's
+/// own overhead or freed memory it keeps).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryParts {
+    pub slots: u64,
+    pub slot_index: u64,
+    pub extra_attempts: u64,
+    pub links: u64,
+    pub other: u64,
+}
+
+/// The bytes of a hash table of `capacity` entries of `entry` bytes: a bucket and a control
+/// byte each, with buckets a power of two and at most 7/8 full.
+pub fn table_bytes(capacity: usize, entry: usize) -> u64 {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        capacity + 1
+    } else {
+        capacity * 8 / 7
+    }
+    .next_power_of_two();
+    (buckets * (entry + 1)) as u64
 }
 
 #[cfg(test)]
@@ -1109,5 +1143,184 @@ mod tests {
         let twice = format!("{}{},{}", &json[..start], &json[start..end], &json[start..]);
         let err = serde_json::from_str::<Operation>(&twice).unwrap_err();
         assert!(err.to_string().contains("appears twice"), "{err}");
+    }
+
+    /// The compact store against a plain model of the joins: ids of no packed form, recipient
+    /// addresses longer than 16 bytes, times far from the operation's first (stored beside the
+    /// slots rather than as offsets), tag sets that change, and resources with up to five
+    /// attempts, applied in any order, read back exactly and survive a snapshot.
+    mod compact_store {
+        use super::*;
+        use proptest::prelude::*;
+
+        const DAY: u64 = 86_400_000;
+
+        fn res_id(i: u8) -> String {
+            match i % 3 {
+                0 => format!("comms_message_01h9krwprkeee8fzqspvwy6n{i:02}"),
+                1 => format!("a-resource-id-of-no-known-shape-{i}"),
+                _ => format!("r{i}"),
+            }
+        }
+
+        fn sid(i: u8) -> String {
+            match i % 3 {
+                0 => format!("SM0123456789abcdef0123456789abcd{i:02}"),
+                1 => format!("provider-message-id-without-a-known-shape-{i}"),
+                _ => format!("P{i}"),
+            }
+        }
+
+        fn address(i: u8) -> String {
+            if i.is_multiple_of(2) {
+                format!("+1555000{i:04}")
+            } else {
+                format!("someone.with.a.long.address.{i}@example.com")
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        struct Gen {
+            res: u8,
+            sid: u8,
+            status: u8,
+            to: Option<u8>,
+            tag: Option<(u8, u8)>,
+            days: i8,
+        }
+
+        fn gen() -> impl Strategy<Value = Gen> {
+            (
+                0u8..4,
+                0u8..5,
+                0u8..8,
+                prop::option::of(0u8..4),
+                prop::option::of((0u8..2, 0u8..3)),
+                -30i8..30,
+            )
+                .prop_map(|(res, sid, status, to, tag, days)| Gen {
+                    res,
+                    sid,
+                    status,
+                    to,
+                    tag,
+                    days,
+                })
+        }
+
+        const STATUSES: [AttemptStatus; 8] = [
+            AttemptStatus::Scheduled,
+            AttemptStatus::Queued,
+            AttemptStatus::Sent,
+            AttemptStatus::Delivered,
+            AttemptStatus::Read,
+            AttemptStatus::Undelivered,
+            AttemptStatus::Failed,
+            AttemptStatus::Canceled,
+        ];
+
+        fn event(g: &Gen) -> AttemptEvent {
+            let mut ev = attempt(
+                &res_id(g.res),
+                &sid(g.res * 10 + g.sid),
+                Channel::Sms,
+                STATUSES[g.status as usize],
+            );
+            ev.kind = Some(Kind::Messages);
+            ev.to = g.to.map(address);
+            ev.tags = g
+                .tag
+                .map(|(k, v)| (format!("key{k}"), format!("value{v}")))
+                .into_iter()
+                .collect();
+            ev
+        }
+
+        fn time(g: &Gen) -> u64 {
+            (100 * DAY).wrapping_add_signed(i64::from(g.days) * DAY as i64)
+        }
+
+        /// A resource as the model keeps it: address, tags, attempt statuses by downstream id,
+        /// earliest event time, latest arrival.
+        type Modelled = (
+            Option<String>,
+            BTreeMap<String, String>,
+            BTreeMap<String, AttemptStatus>,
+            u64,
+            u64,
+        );
+
+        /// The joins written out plainly, on the readable forms.
+        fn model(gens: &[Gen]) -> BTreeMap<String, Modelled> {
+            let mut m: BTreeMap<String, Modelled> = BTreeMap::new();
+            for g in gens {
+                let ev = event(g);
+                let r = m.entry(res_id(g.res)).or_insert((
+                    None,
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                    u64::MAX,
+                    0,
+                ));
+                r.0 = r.0.clone().max(ev.to.clone());
+                for (k, v) in &ev.tags {
+                    let e = r.1.entry(k.clone()).or_default();
+                    if v > e {
+                        *e = v.clone();
+                    }
+                }
+                let st =
+                    r.2.entry(ev.downstream_id.clone().unwrap())
+                        .or_insert(ev.status);
+                *st = crate::rollup::status::join_attempt(*st, ev.status);
+                r.3 = r.3.min(time(g));
+                // When it last changed depends on the order; the latest arrival bounds it.
+                r.4 = r.4.max(time(g) + DAY);
+            }
+            m
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn reads_back_what_the_joins_say_in_any_order(gens in prop::collection::vec(gen(), 1..40), seed in any::<u64>()) {
+                let want = model(&gens);
+                let mut shuffled = gens.clone();
+                let mut x = seed | 1;
+                for i in (1..shuffled.len()).rev() {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                for order in [&gens, &shuffled] {
+                    let mut op = Operation::new("comms_operation_1", time(&order[0]), time(&order[0]));
+                    for g in order.iter() {
+                        let ev = event(g);
+                        op.apply_attempt(&res_id(g.res), &ev, time(g), time(g) + DAY);
+                    }
+                    let json = serde_json::to_string(&op).unwrap();
+                    let back: Operation = serde_json::from_str(&json).unwrap();
+                    for o in [&op, &back] {
+                        let got: BTreeMap<_, _> = o
+                            .resources()
+                            .map(|r| {
+                                let attempts = r.attempts.iter().map(|a| (a.downstream_id.clone().unwrap(), a.status)).collect();
+                                let latest = want.get(&r.id).map_or(0, |w| w.4);
+                                let updated = if r.updated_ms <= latest && r.updated_ms > r.created_ms { latest } else { r.updated_ms };
+                                (r.id.clone(), (r.to.clone(), r.tags.clone(), attempts, r.created_ms, updated))
+                            })
+                            .collect();
+                        prop_assert_eq!(&got, &want);
+                        prop_assert_eq!(o.version(), op.version());
+                        let updated = |x: &Operation| x.resources().map(|r| (r.id, r.updated_ms)).collect::<BTreeMap<_, _>>();
+                        prop_assert_eq!(updated(o), updated(&op));
+                        let attempts: usize = want.values().map(|r| r.2.len()).sum();
+                        prop_assert_eq!(o.attempt_count(), attempts as u64);
+                    }
+                    for id in want.keys() {
+                        prop_assert_eq!(op.resource(id).map(|r| r.id), Some(id.clone()));
+                    }
+                }
+            }
+        }
     }
 }

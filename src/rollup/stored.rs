@@ -28,30 +28,184 @@ pub(super) fn join_opt<T: Ord + Clone>(a: &mut Option<T>, b: &Option<T>) -> bool
     }
 }
 
-/// [`join_opt`] for a stored id and an incoming string, without decoding in the common case
-/// where they are equal.
-pub(super) fn join_id(a: &mut Option<Id>, b: &Option<String>) -> bool {
-    join_packed_id(a, b.as_deref().map(Id::new).as_ref(), b)
+/// Where an operation keeps what its slots share or rarely need, so that each slot stays small:
+/// attempt labels and tag texts, tag sets, the second and later attempts of each resource, ids
+/// of no known shape, and timestamps too far from the operation's base time to be stored as an
+/// offset (the layout and what each byte pays for are in docs/performance.md, "Memory").
+#[derive(Debug, Clone, Default)]
+pub(super) struct Side {
+    pub(super) labels: Labels,
+    /// Tag sets, each a list of (key, value) text numbers sorted by key text; a slot names its
+    /// set by number (0: no tags).
+    tag_sets: Vec<Box<[(u32, u32)]>>,
+    tag_index: HashTable<u32>,
+    /// Second and later attempts, each resource's chained from its first by `next`.
+    pub(super) extra: Vec<StoredAttempt>,
+    /// Ids of no packed form, by number.
+    others: Vec<Box<str>>,
+    /// Offsets are from this time; set by the first time stored.
+    time_base_ms: Option<u64>,
+    /// Times that did not fit an offset.
+    far_times: Vec<u64>,
 }
 
-/// [`join_id`] with the incoming string `b` already packed (`packed` is `Id::new` of it): the
-/// packing is done once per event, not once per comparison.
-pub(super) fn join_packed_id(a: &mut Option<Id>, packed: Option<&Id>, b: &Option<String>) -> bool {
-    let (Some(v), Some(p)) = (b, packed) else {
+/// A time offset's top bit: set, the rest numbers an entry of [`Side::far_times`].
+const FAR: u32 = 1 << 31;
+/// The base time lies this far before the first time stored, so that earlier event times still
+/// fit (times from about 12 days before to about 12 days after the first).
+const BASE_BEFORE_MS: u64 = 1 << 30;
+
+impl Side {
+    fn tag_set(&self, n: u32) -> &[(u32, u32)] {
+        n.checked_sub(1)
+            .and_then(|i| self.tag_sets.get(i as usize))
+            .map_or(&[], |s| &**s)
+    }
+
+    fn intern_tag_set(&mut self, set: &[(u32, u32)]) -> u32 {
+        if set.is_empty() {
+            return 0;
+        }
+        let h = id_hasher().hash_one(set);
+        let sets = &self.tag_sets;
+        if let Some(&i) = self.tag_index.find(h, |&i| &*sets[i as usize] == set) {
+            return i + 1;
+        }
+        let i = self.tag_sets.len() as u32;
+        self.tag_sets.push(set.into());
+        let sets = &self.tag_sets;
+        self.tag_index
+            .insert_unique(h, i, |&j| id_hasher().hash_one(&*sets[j as usize]));
+        i + 1
+    }
+
+    fn time(&self, t: u32) -> u64 {
+        if t & FAR != 0 {
+            return self.far_times[(t & !FAR) as usize];
+        }
+        self.time_base_ms.unwrap_or(0) + u64::from(t)
+    }
+
+    fn store_time(&mut self, ms: u64) -> u32 {
+        let base = *self
+            .time_base_ms
+            .get_or_insert(ms.saturating_sub(BASE_BEFORE_MS));
+        match ms.checked_sub(base).and_then(|d| u32::try_from(d).ok()) {
+            Some(d) if d & FAR == 0 => d,
+            _ => {
+                self.far_times.push(ms);
+                (self.far_times.len() - 1) as u32 | FAR
+            }
+        }
+    }
+
+    /// Bytes held beyond the slots themselves, for the memory accounting.
+    pub(super) fn heap_bytes(&self) -> (u64, u64) {
+        let extra = (self.extra.capacity() * std::mem::size_of::<StoredAttempt>()) as u64;
+        let other = self.labels.texts.capacity() * 16
+            + self.labels.texts.iter().map(|t| t.len()).sum::<usize>()
+            + self
+                .tag_sets
+                .iter()
+                .map(|s| 16 + s.len() * 8)
+                .sum::<usize>()
+            + self.others.iter().map(|o| 16 + o.len()).sum::<usize>()
+            + self.far_times.capacity() * 8;
+        (extra, other as u64)
+    }
+}
+
+/// Form byte of a [`SlotId`] holding no id.
+const FORM_NONE: u8 = 255;
+/// Form byte of a [`SlotId`] whose bytes 1–4 number an entry of [`Side::others`].
+const FORM_OTHER: u8 = 254;
+
+/// An id as a slot stores it, in 17 bytes: the packed form of [`Id`] (its form byte and 16
+/// bytes), or the number of an id of no packed form kept in the operation's [`Side`], or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotId([u8; 17]);
+
+impl SlotId {
+    pub(super) const NONE: SlotId = SlotId([FORM_NONE; 17]);
+
+    pub(super) fn store(id: &Id, side: &mut Side) -> SlotId {
+        let mut b = [0u8; 17];
+        match id {
+            Id::Packed { form, bytes } => {
+                b[0] = *form;
+                b[1..].copy_from_slice(bytes);
+            }
+            Id::Other(s) => {
+                b[0] = FORM_OTHER;
+                b[1..5].copy_from_slice(&(side.others.len() as u32).to_le_bytes());
+                side.others.push(s.clone());
+            }
+        }
+        SlotId(b)
+    }
+
+    pub(super) fn is_none(&self) -> bool {
+        self.0[0] == FORM_NONE
+    }
+
+    fn other<'a>(&self, side: &'a Side) -> &'a str {
+        let n = u32::from_le_bytes([self.0[1], self.0[2], self.0[3], self.0[4]]);
+        &side.others[n as usize]
+    }
+
+    /// True when this holds `id` ([`Id::new`] gives one form per text, so forms compare as
+    /// texts do).
+    pub(super) fn is(&self, id: &Id, side: &Side) -> bool {
+        match id {
+            Id::Packed { form, bytes } => self.0[0] == *form && self.0[1..] == bytes[..],
+            Id::Other(s) => self.0[0] == FORM_OTHER && self.other(side) == &**s,
+        }
+    }
+
+    pub(super) fn id(&self, side: &Side) -> Option<Id> {
+        match self.0[0] {
+            FORM_NONE => None,
+            FORM_OTHER => Some(Id::Other(self.other(side).into())),
+            form => {
+                let mut bytes = [0u8; 16];
+                bytes.copy_from_slice(&self.0[1..]);
+                Some(Id::Packed { form, bytes })
+            }
+        }
+    }
+
+    pub(super) fn text(&self, side: &Side) -> Option<String> {
+        match self.0[0] {
+            FORM_NONE => None,
+            FORM_OTHER => Some(self.other(side).to_owned()),
+            _ => self.id(side).map(|i| i.as_string()),
+        }
+    }
+
+    /// The key the slot index hashes, the same as [`hash_id`] of the id it holds.
+    pub(super) fn hash(&self, side: &Side) -> u64 {
+        self.id(side).map_or(0, |i| hash_id(&i))
+    }
+}
+
+/// Join an incoming id (`text`, packed as `packed`) into a stored one: the greatest text wins,
+/// so the result does not depend on order; true when it changed.
+fn join_slot_id(a: &mut SlotId, packed: Option<&Id>, text: Option<&str>, side: &mut Side) -> bool {
+    let (Some(v), Some(p)) = (text, packed) else {
         return false;
     };
-    match a {
-        None => {
-            *a = Some(p.clone());
-            true
-        }
-        Some(x) if x == p => false,
-        Some(x) if v.as_str() > x.as_string().as_str() => {
-            *a = Some(Id::new(v));
-            true
-        }
-        Some(_) => false,
+    if a.is_none() {
+        *a = SlotId::store(p, side);
+        return true;
     }
+    if a.is(p, side) {
+        return false;
+    }
+    if a.text(side).is_some_and(|old| v > old.as_str()) {
+        *a = SlotId::store(p, side);
+        return true;
+    }
+    false
 }
 
 /// The texts of one operation kept once each: attempt labels ("1", "2", … in practice) and tag
@@ -84,18 +238,20 @@ impl Labels {
     }
 }
 
-/// An attempt as stored. Its key is not stored: it is the downstream id when there is one,
-/// else the attempt label, else the channel, else implicit, which is exactly what
+/// An attempt as stored, in 32 bytes. Its key is not stored: it is the downstream id when there
+/// is one, else the attempt label, else the channel, else implicit, which is exactly what
 /// [`AttemptKey::of`] made it when the attempt was first seen (later joins never change which
 /// of these fields are set, since events only ever match an attempt with the same key).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StoredAttempt {
-    pub(super) downstream: Option<Id>,
+    pub(super) downstream: SlotId,
+    pub(super) channel: Option<Channel>,
+    pub(super) status: AttemptStatus,
     /// A number in the operation's [`Labels`].
     pub(super) label: u32,
     pub(super) error_code: Option<NonZeroU32>,
-    pub(super) channel: Option<Channel>,
-    pub(super) status: AttemptStatus,
+    /// The next attempt of the same resource: its index in [`Side::extra`] plus one (0: none).
+    next: u32,
 }
 
 impl StoredAttempt {
@@ -103,34 +259,42 @@ impl StoredAttempt {
     pub(super) fn from_event(
         ev: &AttemptEvent,
         down: Option<&Id>,
-        labels: &mut Labels,
+        side: &mut Side,
     ) -> StoredAttempt {
         StoredAttempt {
-            downstream: down.cloned(),
-            label: ev.attempt.as_deref().map_or(0, |a| labels.intern(a)),
+            downstream: down.map_or(SlotId::NONE, |d| SlotId::store(d, side)),
+            label: ev.attempt.as_deref().map_or(0, |a| side.labels.intern(a)),
             channel: ev.channel,
             status: ev.status,
             error_code: ev.error_code.and_then(NonZeroU32::new),
+            next: 0,
         }
     }
 
-    pub(super) fn from_attempt(a: &Attempt, labels: &mut Labels) -> StoredAttempt {
+    pub(super) fn from_attempt(a: &Attempt, side: &mut Side) -> StoredAttempt {
         StoredAttempt {
-            downstream: a.downstream_id.as_deref().map(Id::new),
-            label: a.attempt.as_deref().map_or(0, |l| labels.intern(l)),
+            downstream: a
+                .downstream_id
+                .as_deref()
+                .map_or(SlotId::NONE, |d| SlotId::store(&Id::new(d), side)),
+            label: a.attempt.as_deref().map_or(0, |l| side.labels.intern(l)),
             channel: a.channel,
             status: a.status,
             error_code: a.error_code.and_then(NonZeroU32::new),
+            next: 0,
         }
     }
 
     /// Does `ev` report on this attempt (same [`AttemptKey`])? `down` is `ev`'s downstream id
-    /// packed ([`Id::new`] gives one form per text, so packed ids compare as their texts do).
-    pub(super) fn matches(&self, ev: &AttemptEvent, down: Option<&Id>, labels: &Labels) -> bool {
+    /// packed.
+    pub(super) fn matches(&self, ev: &AttemptEvent, down: Option<&Id>, side: &Side) -> bool {
         if ev.downstream_id.is_some() {
-            self.downstream.as_ref() == down
+            match down {
+                Some(d) => self.downstream.is(d, side),
+                None => self.downstream.is_none(),
+            }
         } else if let Some(a) = &ev.attempt {
-            self.downstream.is_none() && labels.text(self.label) == Some(a.as_str())
+            self.downstream.is_none() && side.labels.text(self.label) == Some(a.as_str())
         } else if let Some(c) = ev.channel {
             self.downstream.is_none() && self.label == 0 && self.channel == Some(c)
         } else {
@@ -138,10 +302,14 @@ impl StoredAttempt {
         }
     }
 
-    pub(super) fn key(&self, labels: &Labels) -> AttemptKey {
-        if let Some(d) = &self.downstream {
-            AttemptKey::Downstream(d.as_string())
-        } else if let Some(a) = labels.text(self.label) {
+    pub(super) fn downstream_text(&self, side: &Side) -> Option<String> {
+        self.downstream.text(side)
+    }
+
+    pub(super) fn key(&self, side: &Side) -> AttemptKey {
+        if let Some(d) = self.downstream.text(side) {
+            AttemptKey::Downstream(d)
+        } else if let Some(a) = side.labels.text(self.label) {
             AttemptKey::Attempt(a.to_owned())
         } else if let Some(c) = self.channel {
             AttemptKey::Channel(c)
@@ -150,11 +318,11 @@ impl StoredAttempt {
         }
     }
 
-    pub(super) fn view(&self, labels: &Labels) -> Attempt {
+    pub(super) fn view(&self, side: &Side) -> Attempt {
         Attempt {
-            key: self.key(labels),
-            downstream_id: self.downstream.as_ref().map(Id::as_string),
-            attempt: labels.text(self.label).map(str::to_owned),
+            key: self.key(side),
+            downstream_id: self.downstream.text(side),
+            attempt: side.labels.text(self.label).map(str::to_owned),
             channel: self.channel,
             status: self.status,
             error_code: self.error_code.map(NonZeroU32::get),
@@ -163,12 +331,7 @@ impl StoredAttempt {
 
     /// Join `ev` (whose downstream id packed is `down`) into this attempt; true when anything
     /// changed.
-    pub(super) fn join(
-        &mut self,
-        ev: &AttemptEvent,
-        down: Option<&Id>,
-        labels: &mut Labels,
-    ) -> bool {
+    pub(super) fn join(&mut self, ev: &AttemptEvent, down: Option<&Id>, side: &mut Side) -> bool {
         let mut changed = false;
         let status = join_attempt(self.status, ev.status);
         if status != self.status {
@@ -180,10 +343,19 @@ impl StoredAttempt {
             self.error_code = code.and_then(NonZeroU32::new);
             changed = true;
         }
-        changed |= join_packed_id(&mut self.downstream, down, &ev.downstream_id);
+        changed |= join_slot_id(
+            &mut self.downstream,
+            down,
+            ev.downstream_id.as_deref(),
+            side,
+        );
         if let Some(a) = &ev.attempt {
-            if labels.text(self.label).is_none_or(|old| a.as_str() > old) {
-                self.label = labels.intern(a);
+            if side
+                .labels
+                .text(self.label)
+                .is_none_or(|old| a.as_str() > old)
+            {
+                self.label = side.labels.intern(a);
                 changed = true;
             }
         }
@@ -192,140 +364,169 @@ impl StoredAttempt {
     }
 }
 
-/// A resource's attempts: almost always one or two, so the first is kept inline.
-#[derive(Debug, Clone)]
-pub(super) enum Attempts {
-    One(StoredAttempt),
-    Many(Box<[StoredAttempt]>),
+/// Where one of a slot's attempts is.
+#[derive(Clone, Copy)]
+enum AttemptAt {
+    First,
+    Extra(usize),
 }
 
-impl Attempts {
-    pub(super) fn as_slice(&self) -> &[StoredAttempt] {
-        match self {
-            Attempts::One(a) => std::slice::from_ref(a),
-            Attempts::Many(v) => v,
-        }
-    }
-
-    pub(super) fn as_mut_slice(&mut self) -> &mut [StoredAttempt] {
-        match self {
-            Attempts::One(a) => std::slice::from_mut(a),
-            Attempts::Many(v) => v,
-        }
-    }
-
-    pub(super) fn push(&mut self, a: StoredAttempt) {
-        let mut all: Vec<StoredAttempt> = Vec::with_capacity(self.as_slice().len() + 1);
-        all.extend_from_slice(self.as_slice());
-        all.push(a);
-        *self = Attempts::from_vec(all);
-    }
-
-    pub(super) fn from_vec(mut v: Vec<StoredAttempt>) -> Attempts {
-        if v.len() == 1 {
-            if let Some(a) = v.pop() {
-                return Attempts::One(a);
-            }
-        }
-        Attempts::Many(v.into_boxed_slice())
-    }
-}
-
-/// One resource as stored.
+/// One resource as stored, in 80 bytes: its id and recipient address, its tag set's number, its
+/// first attempt (the rest are in the operation's [`Side`]) and its two times as offsets.
 #[derive(Debug, Clone)]
 pub(super) struct Slot {
-    pub(super) id: Id,
-    pub(super) to: Option<Id>,
-    /// Each tag as the numbers of its key and value in the operation's [`Labels`]: the texts
-    /// are kept once per operation (a campaign tags every resource alike), each resource keeps
-    /// 8 bytes a tag. Boxed on purpose: the box is 8 bytes in every slot, a `Vec` would be 24,
-    /// and most resources have no tags.
-    #[allow(clippy::box_collection)]
-    pub(super) tags: Option<Box<Vec<(u32, u32)>>>,
-    pub(super) attempts: Attempts,
-    pub(super) created_ms: u64,
-    pub(super) updated_ms: u64,
+    pub(super) id: SlotId,
+    pub(super) to: SlotId,
+    /// A number in the operation's tag sets (0: no tags).
+    tags: u32,
+    first: Option<StoredAttempt>,
+    created: u32,
+    updated: u32,
 }
 
 impl Slot {
     /// This resource's share of its operation's lattice height: one for being known, and for
     /// each attempt one more than its status's height; with the reads' heights and one for each
     /// error code. Every join that changes a status, an attempt count or a read raises it.
-    pub(super) fn height(&self, reads: Option<&Reads>) -> u64 {
+    pub(super) fn height(&self, reads: Option<&Reads>, side: &Side) -> u64 {
         let attempts: u64 = self
-            .attempts
-            .as_slice()
-            .iter()
+            .attempts(side)
             .map(|a| 1 + status_height(a.status) + u64::from(a.error_code.is_some()))
             .sum();
         1 + attempts + reads.map_or(0, Reads::height)
     }
 
-    pub(super) fn new(id: &str, time_ms: u64) -> Slot {
+    pub(super) fn new(id: &Id, time_ms: u64, side: &mut Side) -> Slot {
+        let t = side.store_time(time_ms);
         Slot {
-            id: Id::new(id),
-            to: None,
-            tags: None,
-            attempts: Attempts::Many(Box::new([])),
-            created_ms: time_ms,
-            updated_ms: time_ms,
+            id: SlotId::store(id, side),
+            to: SlotId::NONE,
+            tags: 0,
+            first: None,
+            created: t,
+            updated: t,
         }
     }
 
-    pub(super) fn from_resource(r: &Resource, labels: &mut Labels) -> Slot {
-        let mut attempts: Vec<StoredAttempt> = r
-            .attempts
-            .iter()
-            .map(|a| StoredAttempt::from_attempt(a, labels))
-            .collect();
-        attempts.shrink_to_fit();
-        Slot {
-            id: Id::new(&r.id),
-            to: r.to.as_deref().map(Id::new),
-            tags: (!r.tags.is_empty()).then(|| {
-                Box::new(
-                    r.tags
-                        .iter()
-                        .map(|(k, v)| (labels.intern(k), labels.intern(v)))
-                        .collect(),
-                )
-            }),
-            attempts: Attempts::from_vec(attempts),
-            created_ms: r.created_ms,
-            updated_ms: r.updated_ms,
+    pub(super) fn created_ms(&self, side: &Side) -> u64 {
+        side.time(self.created)
+    }
+
+    pub(super) fn updated_ms(&self, side: &Side) -> u64 {
+        side.time(self.updated)
+    }
+
+    /// Lower the creation time to `ms` if it is earlier; true when it was.
+    pub(super) fn note_created(&mut self, ms: u64, side: &mut Side) -> bool {
+        if ms < side.time(self.created) {
+            self.created = side.store_time(ms);
+            return true;
         }
+        false
+    }
+
+    /// Raise the update time to `ms` if it is later.
+    pub(super) fn note_updated(&mut self, ms: u64, side: &mut Side) {
+        if ms > side.time(self.updated) {
+            self.updated = side.store_time(ms);
+        }
+    }
+
+    /// Every attempt, in the order first seen.
+    pub(super) fn attempts<'a>(
+        &'a self,
+        side: &'a Side,
+    ) -> impl Iterator<Item = &'a StoredAttempt> + 'a {
+        let mut cur = self.first.as_ref();
+        std::iter::from_fn(move || {
+            let a = cur?;
+            cur = a.next.checked_sub(1).map(|i| &side.extra[i as usize]);
+            Some(a)
+        })
+    }
+
+    pub(super) fn attempt_count(&self, side: &Side) -> usize {
+        self.attempts(side).count()
+    }
+
+    fn find_attempt(&self, ev: &AttemptEvent, down: Option<&Id>, side: &Side) -> Option<AttemptAt> {
+        let first = self.first.as_ref()?;
+        if first.matches(ev, down, side) {
+            return Some(AttemptAt::First);
+        }
+        let mut next = first.next;
+        while let Some(i) = next.checked_sub(1) {
+            let a = &side.extra[i as usize];
+            if a.matches(ev, down, side) {
+                return Some(AttemptAt::Extra(i as usize));
+            }
+            next = a.next;
+        }
+        None
+    }
+
+    fn push_attempt(&mut self, a: StoredAttempt, side: &mut Side) {
+        let Some(first) = self.first.as_mut() else {
+            self.first = Some(a);
+            return;
+        };
+        let n = side.extra.len() as u32 + 1;
+        if first.next == 0 {
+            first.next = n;
+        } else {
+            let mut i = first.next - 1;
+            while side.extra[i as usize].next != 0 {
+                i = side.extra[i as usize].next - 1;
+            }
+            side.extra[i as usize].next = n;
+        }
+        side.extra.push(a);
+    }
+
+    pub(super) fn from_resource(r: &Resource, side: &mut Side) -> Slot {
+        let mut slot = Slot::new(&Id::new(&r.id), r.created_ms, side);
+        slot.updated = side.store_time(r.updated_ms);
+        slot.to =
+            r.to.as_deref()
+                .map_or(SlotId::NONE, |t| SlotId::store(&Id::new(t), side));
+        let mut set: Vec<(u32, u32)> = r
+            .tags
+            .iter()
+            .map(|(k, v)| (side.labels.intern(k), side.labels.intern(v)))
+            .collect();
+        sort_tags(&mut set, &side.labels);
+        slot.tags = side.intern_tag_set(&set);
+        for a in &r.attempts {
+            let a = StoredAttempt::from_attempt(a, side);
+            slot.push_attempt(a, side);
+        }
+        slot
     }
 
     /// Its status, given what was read of it from Twilio (kept by its operation, since few
     /// resources have any).
-    pub(super) fn status(&self, reads: Reads) -> ResourceStatus {
-        reads.status(self.attempts.as_slice().iter().map(|a| a.status))
+    pub(super) fn status(&self, reads: Reads, side: &Side) -> ResourceStatus {
+        reads.status(self.attempts(side).map(|a| a.status))
     }
 
-    pub(super) fn view(&self, labels: &Labels, reads: Reads) -> Resource {
-        let mut attempts: Vec<Attempt> = self
-            .attempts
-            .as_slice()
-            .iter()
-            .map(|a| a.view(labels))
-            .collect();
+    pub(super) fn view(&self, side: &Side, reads: Reads) -> Resource {
+        let mut attempts: Vec<Attempt> = self.attempts(side).map(|a| a.view(side)).collect();
         attempts.sort_by(|a, b| a.key.cmp(&b.key));
         Resource {
-            id: self.id.as_string(),
-            to: self.to.as_ref().map(Id::as_string),
-            tags: self
-                .tags
+            id: self.id.text(side).unwrap_or_default(),
+            to: self.to.text(side),
+            tags: side
+                .tag_set(self.tags)
                 .iter()
-                .flat_map(|t| t.iter())
                 .map(|&(k, v)| {
-                    let text = |n| labels.text(n).unwrap_or_default().to_owned();
+                    let text = |n| side.labels.text(n).unwrap_or_default().to_owned();
                     (text(k), text(v))
                 })
                 .collect(),
             attempts,
             reads,
-            created_ms: self.created_ms,
-            updated_ms: self.updated_ms,
+            created_ms: self.created_ms(side),
+            updated_ms: self.updated_ms(side),
         }
     }
 
@@ -335,61 +536,79 @@ impl Slot {
         &mut self,
         read: &ResourceRead,
         reads: &mut Reads,
-        labels: &mut Labels,
+        side: &mut Side,
     ) -> bool {
-        let mut changed = join_id(&mut self.to, &read.to);
-        changed |= self.join_tags(&read.tags, labels);
+        let to = read.to.as_deref().map(Id::new);
+        let mut changed = join_slot_id(&mut self.to, to.as_ref(), read.to.as_deref(), side);
+        changed |= self.join_tags(&read.tags, side);
         changed | reads.join(read.status)
     }
 
     /// Join tags: per key, the greatest value seen.
-    fn join_tags(&mut self, new: &[(String, String)], labels: &mut Labels) -> bool {
-        let mut changed = false;
+    fn join_tags(&mut self, new: &[(String, String)], side: &mut Side) -> bool {
+        let labels = &side.labels;
+        let set = side.tag_set(self.tags);
+        let unchanged = new.iter().all(|(k, v)| {
+            set.iter()
+                .find(|&&(key, _)| labels.text(key) == Some(k.as_str()))
+                .is_some_and(|&(_, old)| labels.text(old).is_some_and(|old| old >= v.as_str()))
+        });
+        if unchanged {
+            return false;
+        }
+        let mut set = set.to_vec();
         for (k, v) in new {
-            let tags = self.tags.get_or_insert_with(Default::default);
-            let at = tags
+            let at = set
                 .iter()
-                .position(|&(key, _)| labels.text(key) == Some(k.as_str()));
+                .position(|&(key, _)| side.labels.text(key) == Some(k.as_str()));
             match at {
-                Some(i) if labels.text(tags[i].1).is_some_and(|old| old >= v.as_str()) => {}
-                Some(i) => {
-                    tags[i].1 = labels.intern(v);
-                    changed = true;
-                }
-                None => {
-                    tags.push((labels.intern(k), labels.intern(v)));
-                    tags.shrink_to_fit();
-                    changed = true;
-                }
+                Some(i)
+                    if side
+                        .labels
+                        .text(set[i].1)
+                        .is_some_and(|old| old >= v.as_str()) => {}
+                Some(i) => set[i].1 = side.labels.intern(v),
+                None => set.push((side.labels.intern(k), side.labels.intern(v))),
             }
         }
-        changed
+        sort_tags(&mut set, &side.labels);
+        self.tags = side.intern_tag_set(&set);
+        true
     }
 
     /// Join `ev` (whose downstream id packed is `down`) into this resource.
-    pub(super) fn join(
-        &mut self,
-        ev: &AttemptEvent,
-        down: Option<&Id>,
-        labels: &mut Labels,
-    ) -> bool {
-        let mut changed = join_id(&mut self.to, &ev.to);
-        changed |= self.join_tags(&ev.tags, labels);
-        match self
-            .attempts
-            .as_mut_slice()
-            .iter_mut()
-            .find(|a| a.matches(ev, down, labels))
-        {
-            Some(a) => changed |= a.join(ev, down, labels),
+    pub(super) fn join(&mut self, ev: &AttemptEvent, down: Option<&Id>, side: &mut Side) -> bool {
+        let to = ev.to.as_deref().map(Id::new);
+        let mut changed = join_slot_id(&mut self.to, to.as_ref(), ev.to.as_deref(), side);
+        if !ev.tags.is_empty() {
+            changed |= self.join_tags(&ev.tags, side);
+        }
+        match self.find_attempt(ev, down, side) {
+            Some(at) => {
+                let mut a = match at {
+                    AttemptAt::First => self.first.expect("found"),
+                    AttemptAt::Extra(i) => side.extra[i],
+                };
+                changed |= a.join(ev, down, side);
+                match at {
+                    AttemptAt::First => self.first = Some(a),
+                    AttemptAt::Extra(i) => side.extra[i] = a,
+                }
+            }
             None => {
-                self.attempts
-                    .push(StoredAttempt::from_event(ev, down, labels));
+                let a = StoredAttempt::from_event(ev, down, side);
+                self.push_attempt(a, side);
                 changed = true;
             }
         }
         changed
     }
+}
+
+/// Tag sets are kept sorted by key text, so that one set of tags has one number however its
+/// tags arrived.
+fn sort_tags(set: &mut [(u32, u32)], labels: &Labels) {
+    set.sort_by(|a, b| labels.text(a.0).cmp(&labels.text(b.0)));
 }
 
 /// The hash of resource ids in every operation's slot table: keyed once per process, so ids
@@ -411,7 +630,7 @@ mod tests {
     fn stored_resources_and_attempts_stay_small() {
         // The memory target of docs/performance.md: a resource with 1.5 attempts in about 200
         // bytes.
-        assert_eq!(std::mem::size_of::<StoredAttempt>(), 40);
-        assert_eq!(std::mem::size_of::<Slot>(), 112);
+        assert_eq!(std::mem::size_of::<StoredAttempt>(), 32);
+        assert_eq!(std::mem::size_of::<Slot>(), 80);
     }
 }
