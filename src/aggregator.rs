@@ -151,6 +151,24 @@ impl ResourceFilter {
 /// Where a link points: an operation's link number and the resource's slot there.
 type Link = (u32, u32);
 
+/// A resource link's key: the 64-bit fingerprint of the resource id as two halves, so that
+/// the entry (key and operation number) takes 12 bytes rather than 16 (it is hashed as the
+/// fingerprint itself).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ResKey([u32; 2]);
+
+impl std::hash::Hash for ResKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.0[0]) << 32 | u64::from(self.0[1]));
+    }
+}
+
+impl From<u64> for ResKey {
+    fn from(k: u64) -> ResKey {
+        ResKey([(k >> 32) as u32, k as u32])
+    }
+}
+
 /// The in-memory state of every tracked operation.
 pub struct Aggregator {
     ops: DashMap<String, Operation, FastHash>,
@@ -159,8 +177,9 @@ pub struct Aggregator {
     /// trusted only once the operation confirms the resource has that attempt, so a collision
     /// can never misfile an event.
     sid_links: DashMap<u64, Link, KeyIsHash>,
-    /// Hash of a resource id → its operation and slot (confirmed the same way).
-    res_links: DashMap<u64, Link, KeyIsHash>,
+    /// Hash of a resource id → its operation's link number (confirmed the same way: the
+    /// operation must hold the resource).
+    res_links: DashMap<ResKey, u32, KeyIsHash>,
     link_keys: RandomState,
     /// Link number → operation id: links name an operation by a small number, not its id.
     operations_by_link_number: DashMap<u32, String, FastHash>,
@@ -292,7 +311,7 @@ impl Aggregator {
         if sid {
             self.sid_links.contains_key(&k)
         } else {
-            self.res_links.contains_key(&k)
+            self.res_links.contains_key(&ResKey::from(k))
         }
     }
 
@@ -382,8 +401,8 @@ impl Aggregator {
         if changed {
             self.mark_dirty(&r.operation_id, Some(&r.resource_id), now_ms);
         }
-        let res_key = self.link_key(&r.resource_id);
-        if !self.res_links.contains_key(&res_key) && self.res_links.insert(res_key, link).is_none()
+        let res_key = ResKey::from(self.link_key(&r.resource_id));
+        if !self.res_links.contains_key(&res_key) && self.res_links.insert(res_key, link.0).is_none()
         {
             self.release_held(&r.operation_id, &r.resource_id, None, now_ms);
         }
@@ -437,10 +456,10 @@ impl Aggregator {
 
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
-        let (n, slot) = *self.res_links.get(&self.link_key(res))?.value();
+        let n = *self.res_links.get(&ResKey::from(self.link_key(res)))?.value();
         let op_id = self.operation_by_link_number(n)?;
         let op = self.ops.get(&op_id)?;
-        (op.slot_of(res) == Some(slot)).then_some(op_id)
+        op.slot_of(res).is_some().then_some(op_id)
     }
 
     /// The operation and resource an attempt belongs to, as far as the links tell now.
@@ -517,9 +536,9 @@ impl Aggregator {
             self.mark_dirty(op_id, Some(res_id), now_ms);
         }
         let mut new_link = false;
-        let res_key = self.link_key(res_id);
+        let res_key = ResKey::from(self.link_key(res_id));
         if !self.res_links.contains_key(&res_key) {
-            new_link |= self.res_links.insert(res_key, link).is_none();
+            new_link |= self.res_links.insert(res_key, link.0).is_none();
         }
         if let Some(sid) = &a.downstream_id {
             let sid_key = self.link_key(sid);
@@ -720,10 +739,15 @@ impl Aggregator {
         for op in self.ops.iter() {
             op.memory_parts(&mut parts);
         }
-        let link = std::mem::size_of::<(u64, Link)>();
-        parts.links = crate::rollup::operation::table_bytes(self.sid_links.capacity() / 8, link)
-            * 8
-            + crate::rollup::operation::table_bytes(self.res_links.capacity() / 8, link) * 8;
+        // DashMap's default shard count; each shard is one hash table.
+        let shards = std::thread::available_parallelism()
+            .map_or(1, |n| n.get() * 4)
+            .next_power_of_two();
+        let table = |capacity: usize, entry: usize| {
+            crate::rollup::operation::table_bytes(capacity / shards, entry) * shards as u64
+        };
+        parts.links = table(self.sid_links.capacity(), std::mem::size_of::<(u64, Link)>())
+            + table(self.res_links.capacity(), std::mem::size_of::<(ResKey, u32)>());
         parts
     }
 
@@ -752,7 +776,9 @@ impl Aggregator {
         let mine = |l: &Link| l.0 == op.link_number();
         for (_, res, sids) in op.links() {
             self.res_links
-                .remove_if(&self.link_key(&res), |_, l| mine(l));
+                .remove_if(&ResKey::from(self.link_key(&res)), |_, &n| {
+                    n == op.link_number()
+                });
             for sid in sids {
                 self.sid_links
                     .remove_if(&self.link_key(&sid), |_, l| mine(l));
@@ -894,8 +920,8 @@ impl Aggregator {
         op.set_link_number(n);
         for (slot, res, sids) in op.links() {
             self.res_links
-                .entry(self.link_key(&res))
-                .or_insert((n, slot));
+                .entry(ResKey::from(self.link_key(&res)))
+                .or_insert(n);
             for sid in sids {
                 self.sid_links
                     .entry(self.link_key(&sid))
