@@ -5,8 +5,10 @@
 //! *how often* the state changed.
 //!
 //! Resources are stored compactly by `stored.rs` (the memory target is in docs/performance.md):
-//! in arrival order in one vector, found by id through a table of slot numbers, with ids packed
-//! into 16 bytes where they have Twilio's shapes ([`Id`]) and the first attempt kept inline.
+//! 80-byte slots in arrival order in one vector, found by id through a table of slot numbers,
+//! with ids packed into 16 bytes where they have Twilio's shapes ([`Id`]), the first attempt
+//! inline, and what slots share or rarely need (labels, tag sets, later attempts, odd ids, far
+//! times) in the operation's side store.
 //! [`Resource`] and [`Attempt`] are the readable forms the query API, filters and snapshots
 //! see; they are built on demand.
 
