@@ -402,7 +402,8 @@ impl Aggregator {
             self.mark_dirty(&r.operation_id, Some(&r.resource_id), now_ms);
         }
         let res_key = ResKey::from(self.link_key(&r.resource_id));
-        if !self.res_links.contains_key(&res_key) && self.res_links.insert(res_key, link.0).is_none()
+        if !self.res_links.contains_key(&res_key)
+            && self.res_links.insert(res_key, link.0).is_none()
         {
             self.release_held(&r.operation_id, &r.resource_id, None, now_ms);
         }
@@ -456,7 +457,10 @@ impl Aggregator {
 
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
-        let n = *self.res_links.get(&ResKey::from(self.link_key(res)))?.value();
+        let n = *self
+            .res_links
+            .get(&ResKey::from(self.link_key(res)))?
+            .value();
         let op_id = self.operation_by_link_number(n)?;
         let op = self.ops.get(&op_id)?;
         op.slot_of(res).is_some().then_some(op_id)
@@ -746,8 +750,13 @@ impl Aggregator {
         let table = |capacity: usize, entry: usize| {
             crate::rollup::operation::table_bytes(capacity / shards, entry) * shards as u64
         };
-        parts.links = table(self.sid_links.capacity(), std::mem::size_of::<(u64, Link)>())
-            + table(self.res_links.capacity(), std::mem::size_of::<(ResKey, u32)>());
+        parts.links = table(
+            self.sid_links.capacity(),
+            std::mem::size_of::<(u64, Link)>(),
+        ) + table(
+            self.res_links.capacity(),
+            std::mem::size_of::<(ResKey, u32)>(),
+        );
         parts
     }
 

@@ -37,8 +37,7 @@ pub(super) struct Side {
     pub(super) labels: Labels,
     /// Tag sets, each a list of (key, value) text numbers sorted by key text; a slot names its
     /// set by number (0: no tags).
-    tag_sets: Vec<Box<[(u32, u32)]>>,
-    tag_index: HashTable<u32>,
+    tag_sets: Interned<[(u32, u32)]>,
     /// Second and later attempts, each resource's chained from its first by `next`.
     pub(super) extra: Vec<StoredAttempt>,
     /// Ids of no packed form, by number.
@@ -57,26 +56,14 @@ const BASE_BEFORE_MS: u64 = 1 << 30;
 
 impl Side {
     fn tag_set(&self, n: u32) -> &[(u32, u32)] {
-        n.checked_sub(1)
-            .and_then(|i| self.tag_sets.get(i as usize))
-            .map_or(&[], |s| &**s)
+        self.tag_sets.get(n).unwrap_or(&[])
     }
 
     fn intern_tag_set(&mut self, set: &[(u32, u32)]) -> u32 {
         if set.is_empty() {
             return 0;
         }
-        let h = id_hasher().hash_one(set);
-        let sets = &self.tag_sets;
-        if let Some(&i) = self.tag_index.find(h, |&i| &*sets[i as usize] == set) {
-            return i + 1;
-        }
-        let i = self.tag_sets.len() as u32;
-        self.tag_sets.push(set.into());
-        let sets = &self.tag_sets;
-        self.tag_index
-            .insert_unique(h, i, |&j| id_hasher().hash_one(&*sets[j as usize]));
-        i + 1
+        self.tag_sets.intern(set)
     }
 
     fn time(&self, t: u32) -> u64 {
@@ -102,13 +89,8 @@ impl Side {
     /// Bytes held beyond the slots themselves, for the memory accounting.
     pub(super) fn heap_bytes(&self) -> (u64, u64) {
         let extra = (self.extra.capacity() * std::mem::size_of::<StoredAttempt>()) as u64;
-        let other = self.labels.texts.capacity() * 16
-            + self.labels.texts.iter().map(|t| t.len()).sum::<usize>()
-            + self
-                .tag_sets
-                .iter()
-                .map(|s| 16 + s.len() * 8)
-                .sum::<usize>()
+        let other = self.labels.heap_bytes(str::len)
+            + self.tag_sets.heap_bytes(|s| s.len() * 8)
             + self.others.iter().map(|o| 16 + o.len()).sum::<usize>()
             + self.far_times.capacity() * 8;
         (extra, other as u64)
@@ -208,33 +190,73 @@ fn join_slot_id(a: &mut SlotId, packed: Option<&Id>, text: Option<&str>, side: &
     false
 }
 
-/// The texts of one operation kept once each: attempt labels ("1", "2", … in practice) and tag
-/// keys and values; attempts and tags refer to them by number (0: no text).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Labels {
-    pub(super) texts: Vec<Box<str>>,
-    pub(super) index: HashTable<u32>,
+/// Values of one operation kept once each and referred to by number, from 1 in the order first
+/// seen (0: none): attempt labels and tag texts, tag sets.
+#[derive(Debug)]
+pub(super) struct Interned<T: ?Sized> {
+    values: Vec<Box<T>>,
+    index: HashTable<u32>,
 }
+
+impl<T: ?Sized> Clone for Interned<T>
+where
+    Box<T>: Clone,
+{
+    fn clone(&self) -> Self {
+        Interned {
+            values: self.values.clone(),
+            index: self.index.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized> Default for Interned<T> {
+    fn default() -> Self {
+        Interned {
+            values: Vec::new(),
+            index: HashTable::new(),
+        }
+    }
+}
+
+impl<T: ?Sized + std::hash::Hash + Eq> Interned<T>
+where
+    for<'a> Box<T>: From<&'a T>,
+{
+    pub(super) fn get(&self, n: u32) -> Option<&T> {
+        n.checked_sub(1)
+            .and_then(|i| self.values.get(i as usize))
+            .map(|v| &**v)
+    }
+
+    pub(super) fn intern(&mut self, v: &T) -> u32 {
+        let h = id_hasher().hash_one(v);
+        let values = &self.values;
+        if let Some(&i) = self.index.find(h, |&i| &*values[i as usize] == v) {
+            return i + 1;
+        }
+        let i = self.values.len() as u32;
+        self.values.push(v.into());
+        let values = &self.values;
+        self.index
+            .insert_unique(h, i, |&j| id_hasher().hash_one(&*values[j as usize]));
+        i + 1
+    }
+
+    /// Bytes held, with `size` the bytes of one value.
+    fn heap_bytes(&self, size: impl Fn(&T) -> usize) -> usize {
+        self.values.capacity() * 16
+            + self.values.iter().map(|v| size(v)).sum::<usize>()
+            + self.index.capacity() * 5
+    }
+}
+
+/// The texts of one operation: attempt labels ("1", "2", … in practice) and tag keys and values.
+pub(super) type Labels = Interned<str>;
 
 impl Labels {
     pub(super) fn text(&self, n: u32) -> Option<&str> {
-        n.checked_sub(1)
-            .and_then(|i| self.texts.get(i as usize))
-            .map(|t| &**t)
-    }
-
-    pub(super) fn intern(&mut self, s: &str) -> u32 {
-        let h = id_hasher().hash_one(s);
-        let texts = &self.texts;
-        if let Some(&i) = self.index.find(h, |&i| &*texts[i as usize] == s) {
-            return i + 1;
-        }
-        let i = self.texts.len() as u32;
-        self.texts.push(s.into());
-        let texts = &self.texts;
-        self.index
-            .insert_unique(h, i, |&j| id_hasher().hash_one(&*texts[j as usize]));
-        i + 1
+        self.get(n)
     }
 }
 
