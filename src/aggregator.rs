@@ -401,7 +401,7 @@ impl Aggregator {
         if changed {
             self.mark_dirty(&r.operation_id, Some(&r.resource_id), now_ms);
         }
-        let res_key = ResKey::from(self.link_key(&r.resource_id));
+        let res_key = self.res_key(&r.resource_id);
         if !self.res_links.contains_key(&res_key)
             && self.res_links.insert(res_key, link.0).is_none()
         {
@@ -416,6 +416,10 @@ impl Aggregator {
 
     fn link_key(&self, id: &str) -> u64 {
         self.link_keys.hash_one(id)
+    }
+
+    fn res_key(&self, res: &str) -> ResKey {
+        ResKey::from(self.link_key(res))
     }
 
     /// A new operation, with a link number.
@@ -457,10 +461,7 @@ impl Aggregator {
 
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
-        let n = *self
-            .res_links
-            .get(&ResKey::from(self.link_key(res)))?
-            .value();
+        let n = *self.res_links.get(&self.res_key(res))?.value();
         let op_id = self.operation_by_link_number(n)?;
         let op = self.ops.get(&op_id)?;
         op.slot_of(res).is_some().then_some(op_id)
@@ -540,7 +541,7 @@ impl Aggregator {
             self.mark_dirty(op_id, Some(res_id), now_ms);
         }
         let mut new_link = false;
-        let res_key = ResKey::from(self.link_key(res_id));
+        let res_key = self.res_key(res_id);
         if !self.res_links.contains_key(&res_key) {
             new_link |= self.res_links.insert(res_key, link.0).is_none();
         }
@@ -785,9 +786,7 @@ impl Aggregator {
         let mine = |l: &Link| l.0 == op.link_number();
         for (_, res, sids) in op.links() {
             self.res_links
-                .remove_if(&ResKey::from(self.link_key(&res)), |_, &n| {
-                    n == op.link_number()
-                });
+                .remove_if(&self.res_key(&res), |_, &n| n == op.link_number());
             for sid in sids {
                 self.sid_links
                     .remove_if(&self.link_key(&sid), |_, l| mine(l));
@@ -928,9 +927,7 @@ impl Aggregator {
         let n = self.assign_link_number(&op.id);
         op.set_link_number(n);
         for (slot, res, sids) in op.links() {
-            self.res_links
-                .entry(ResKey::from(self.link_key(&res)))
-                .or_insert(n);
+            self.res_links.entry(self.res_key(&res)).or_insert(n);
             for sid in sids {
                 self.sid_links
                     .entry(self.link_key(&sid))

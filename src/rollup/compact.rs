@@ -164,14 +164,6 @@ impl Id {
         self.write_to(&mut s);
         s
     }
-
-    /// True when this is the id `s` (without building its text).
-    pub fn is(&self, s: &str) -> bool {
-        match self {
-            Id::Other(o) => &**o == s,
-            packed => Id::pack(s).as_ref() == Some(packed),
-        }
-    }
 }
 
 impl fmt::Debug for Id {
@@ -200,7 +192,6 @@ mod tests {
             let id = Id::new(s);
             assert!(matches!(id, Id::Packed { .. }), "{s}");
             assert_eq!(id.as_string(), s);
-            assert!(id.is(s));
         }
         assert_eq!(std::mem::size_of::<Id>(), 24);
         assert_eq!(std::mem::size_of::<Option<Id>>(), 24);
@@ -219,8 +210,6 @@ mod tests {
             let id = Id::new(s);
             assert!(matches!(id, Id::Other(_)), "{s}");
             assert_eq!(id.as_string(), s);
-            assert!(id.is(s));
-            assert!(!id.is("something else"));
         }
     }
 

@@ -247,7 +247,8 @@ where
     fn heap_bytes(&self, size: impl Fn(&T) -> usize) -> usize {
         self.values.capacity() * 16
             + self.values.iter().map(|v| size(v)).sum::<usize>()
-            + self.index.capacity() * 5
+            + super::operation::table_bytes(self.index.capacity(), std::mem::size_of::<u32>())
+                as usize
     }
 }
 
