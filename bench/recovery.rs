@@ -28,6 +28,7 @@ fn open(dir: &Path) -> Journal {
         fsync: FsyncMode::Never,
         segment_bytes: 64 << 20,
         max_group: 4096,
+        preallocate_bytes: 4 << 20,
     })
     .expect("journal opens")
 }

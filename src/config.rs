@@ -138,6 +138,8 @@ pub struct StorageSettings {
     pub fsync: crate::journal::FsyncMode,
     pub segment_bytes: u64,
     pub max_group: usize,
+    /// Zeros written ahead of the journal's records, per extension of a segment (0: none).
+    pub preallocate_bytes: u64,
     #[serde(with = "humantime_serde_shim")]
     pub snapshot_interval: Duration,
     pub snapshot_bytes: u64,
@@ -164,6 +166,7 @@ impl StorageSettings {
             fsync: self.fsync,
             segment_bytes: self.segment_bytes,
             max_group: self.max_group,
+            preallocate_bytes: self.preallocate_bytes,
         }
     }
 }

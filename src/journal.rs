@@ -26,7 +26,8 @@ use crate::aggregator::Aggregator;
 use crate::event::Event;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -53,6 +54,9 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     /// Most records written in one group.
     pub max_group: usize,
+    /// The open segment is extended with zeros this many bytes at a time, ahead of the
+    /// records (0: not at all; see [`Writer::make_room`]).
+    pub preallocate_bytes: u64,
 }
 
 /// One journal record: the events a request brought, and when it arrived.
@@ -492,6 +496,19 @@ fn next_segment_frame(input: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     })
 }
 
+/// Whether `file` holds only zero bytes from `offset` to its end.
+fn zeros_from(mut file: File, offset: u64) -> io::Result<bool> {
+    file.seek(io::SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|b| *b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
 /// The replay of journal segments into the aggregator, with its progress (see [`Replay::run`]).
 struct Replay<'a> {
     agg: &'a Aggregator,
@@ -559,14 +576,19 @@ impl Replay<'_> {
                 return Ok(());
             }
             if valid < size {
-                tracing::warn!(
-                    segment = n,
-                    valid_bytes = valid,
-                    dropped_bytes = size - valid,
-                    "recovery: torn or corrupt journal tail detected; truncating it"
-                );
+                // Zeros alone after the last frame are the room the writer had made ahead of
+                // its records (a segment it did not close): no record was lost there.
+                let torn = !zeros_from(input.into_inner(), valid)?;
+                if torn {
+                    tracing::warn!(
+                        segment = n,
+                        valid_bytes = valid,
+                        dropped_bytes = size - valid,
+                        "recovery: torn or corrupt journal tail detected; truncating it"
+                    );
+                    self.truncated_tails.fetch_add(1, Ordering::Relaxed);
+                }
                 OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
-                self.truncated_tails.fetch_add(1, Ordering::Relaxed);
                 self.progress
                     .bytes
                     .fetch_add(size - valid, Ordering::Relaxed);
@@ -662,6 +684,8 @@ struct Writer {
     file: Option<File>,
     /// Bytes of the current segment known good (written, and synced when the mode syncs).
     len: u64,
+    /// The current segment's size on disk: `len`, then the zeros written ahead of the records.
+    allocated: u64,
     stats: Arc<JournalStats>,
     /// Set once the writer thread has stopped: no more writes.
     stopped: bool,
@@ -671,8 +695,13 @@ impl Writer {
     fn open_current(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
             let path = segment_path(&self.dir, self.segment);
-            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
             self.len = f.metadata()?.len();
+            self.allocated = self.len;
             sync_dir(&self.dir.join("journal"));
             self.file = Some(f);
         }
@@ -682,15 +711,56 @@ impl Writer {
     }
 
     fn roll(&mut self) -> io::Result<u64> {
-        if let Some(f) = self.file.take() {
-            if self.cfg.fsync != FsyncMode::Never {
-                f.sync_data()?;
-            }
-        }
+        self.close_current()?;
         self.segment += 1;
         self.len = 0;
         self.open_current()?;
         Ok(self.segment)
+    }
+
+    /// Cut the zeros written ahead off the current segment, sync it (unless the mode never
+    /// syncs) and close it.
+    fn close_current(&mut self) -> io::Result<()> {
+        if let Some(f) = self.file.take() {
+            if self.allocated > self.len {
+                f.set_len(self.len)?;
+                self.allocated = self.len;
+            }
+            if self.cfg.fsync != FsyncMode::Never {
+                f.sync_data()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure the segment's allocated size holds `more` bytes after `len`, extending it with
+    /// zeros `preallocate_bytes` at a time. An `fdatasync` after an append that grows the file
+    /// must commit the file system's metadata journal as well as the data; after an overwrite
+    /// of blocks already written it writes only the data. So the writer pays the metadata commit
+    /// once per extension instead of once per group. Replay reads zeros where a frame header
+    /// would be as the end of the segment (docs/architecture.md, "Format").
+    fn make_room(&mut self, more: u64) -> io::Result<()> {
+        let need = self.len + more;
+        if need <= self.allocated || self.cfg.preallocate_bytes == 0 {
+            return Ok(());
+        }
+        let step = self
+            .cfg
+            .preallocate_bytes
+            .min(self.cfg.segment_bytes)
+            .max(1);
+        let target = need.max(self.allocated + step);
+        let zeros = vec![0u8; (target - self.allocated).min(1 << 20) as usize];
+        let from = self.allocated;
+        let f = self.open_current()?;
+        let mut at = from;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            f.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.allocated = target;
+        Ok(())
     }
 
     /// Write a group of frames; on failure cut the segment back to its last good length.
@@ -701,12 +771,14 @@ impl Writer {
         let mode = self.cfg.fsync;
         let stats = self.stats.clone();
         let good = self.len;
+        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
         let result = (|| {
+            self.make_room(bytes)?;
             let f = self.open_current()?;
             let mut written = 0u64;
             if mode == FsyncMode::Always {
                 for fr in frames {
-                    f.write_all(fr)?;
+                    f.write_all_at(fr, good + written)?;
                     let t = Instant::now();
                     f.sync_data()?;
                     stats.note_fsync(t.elapsed());
@@ -714,7 +786,7 @@ impl Writer {
                 }
             } else {
                 let buf: Vec<u8> = frames.concat();
-                f.write_all(&buf)?;
+                f.write_all_at(&buf, good)?;
                 written = buf.len() as u64;
                 if mode == FsyncMode::Batch {
                     let t = Instant::now();
@@ -730,7 +802,8 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                // Leave no partial frame behind; if even that fails, start a fresh segment.
+                // Leave no partial frame behind (nor zeros ahead: the disk may be full); if
+                // even that fails, start a fresh segment.
                 let cut = self.file.as_ref().map(|f| f.set_len(good));
                 if !matches!(cut, Some(Ok(()))) {
                     self.file = None;
@@ -739,6 +812,7 @@ impl Writer {
                 } else {
                     self.len = good;
                 }
+                self.allocated = self.len;
                 Err(e)
             }
         }
@@ -766,9 +840,7 @@ impl Writer {
                     }
                     Command::Stop(reply) => {
                         this.flush_appends(&mut appends);
-                        if let Some(f) = &this.file {
-                            let _ = f.sync_data();
-                        }
+                        let _ = this.close_current();
                         this.stopped = true;
                         let _ = reply.send(());
                         return;
@@ -846,6 +918,7 @@ impl Journal {
             segment: last + 1,
             file: None,
             len: 0,
+            allocated: 0,
             stats: stats.clone(),
             stopped: false,
         };
@@ -1135,6 +1208,7 @@ mod tests {
                 dir: dir.clone(),
                 fsync: FsyncMode::Never,
                 segment_bytes: 1 << 20,
+                preallocate_bytes: 64 << 10,
                 max_group: 16,
             })
             .expect("opens");
@@ -1151,6 +1225,58 @@ mod tests {
         let agg = Aggregator::new(crate::aggregator::Limits::default());
         let report = recover(&dir, &agg).expect("recovers");
         assert_eq!((report.records, agg.operation_count()), (3, 3));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn zeros_written_ahead_are_not_a_torn_tail_but_anything_after_them_is() {
+        let dir = scratch_journal("ahead");
+        let frames = segment_of_operations("comms_operation_a", 40);
+        let records: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        actix_web::rt::System::new().block_on(async {
+            let j = Journal::open(JournalConfig {
+                dir: dir.clone(),
+                fsync: FsyncMode::Batch,
+                segment_bytes: 1 << 20,
+                preallocate_bytes: 64 << 10,
+                max_group: 16,
+            })
+            .expect("opens");
+            for f in &frames {
+                let rec = decode_record(&f[FRAME_HEADER..]).expect("decodes");
+                j.append(&rec).await.expect("appends");
+            }
+            // The segment as a crash would leave it: the records, then the zeros made ahead.
+            let open = segment_path(&dir, 1);
+            assert_eq!(file_len(&open), 64 << 10, "one extension of zeros");
+            fs::copy(&open, dir.join("crashed")).unwrap();
+            j.close();
+            assert_eq!(file_len(&open), records, "a clean close cuts the zeros off");
+        });
+        let crashed = fs::read(dir.join("crashed")).unwrap();
+        let (valid, _) = read_frames(&crashed);
+        assert_eq!(valid.len(), 40);
+        fs::remove_file(dir.join("crashed")).unwrap();
+
+        // A segment left by a crash: all its records replay, nothing is reported torn, and the
+        // zeros are cut off.
+        fs::write(segment_path(&dir, 1), &crashed).unwrap();
+        let agg = Aggregator::new(crate::aggregator::Limits::default());
+        let report = recover(&dir, &agg).expect("recovers");
+        assert_eq!((report.records, report.truncated_tails), (40, 0));
+        assert_eq!(agg.operation_count(), 40);
+        assert_eq!(file_len(&segment_path(&dir, 1)), records);
+
+        // A frame written past a zeroed header (a group whose first page never reached the
+        // disk) is a torn tail: reported, and cut off with the zeros.
+        let mut torn = crashed.clone();
+        let at = records as usize + 4096;
+        torn[at..at + frames[0].len()].copy_from_slice(&frames[0]);
+        fs::write(segment_path(&dir, 1), &torn).unwrap();
+        let agg = Aggregator::new(crate::aggregator::Limits::default());
+        let report = recover(&dir, &agg).expect("recovers");
+        assert_eq!((report.records, report.truncated_tails), (40, 1));
+        assert_eq!(file_len(&segment_path(&dir, 1)), records);
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -1174,6 +1300,7 @@ mod tests {
                 dir: dir.clone(),
                 fsync: FsyncMode::Never,
                 segment_bytes: 256 << 10,
+                preallocate_bytes: 64 << 10,
                 max_group: 16,
             })
             .expect("opens");
