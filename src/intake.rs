@@ -45,8 +45,9 @@ fn is_zero(n: &u64) -> bool {
 impl Summary {
     /// Count events skipped at decoding, at once (they are never journalled or forwarded).
     fn reject(&mut self, route: &str, skipped: Vec<SkipReason>, metrics: &Metrics) {
+        let mut counts = metrics.event_counts(route);
         for reason in skipped {
-            metrics.count_event(route, Err(reason), Outcome::Rejected(reason));
+            counts.add(Err(reason), Outcome::Rejected(reason));
             self.add(Outcome::Rejected(reason));
         }
     }
@@ -145,11 +146,13 @@ pub async fn admit(
             back.map(|d| d.record)
         }
     };
+    let mut counts = metrics.event_counts(route);
     for e in record.iter().flat_map(|r| &r.events) {
         let outcome = agg.apply(e, now);
-        metrics.count_event(route, Ok(e), outcome);
+        counts.add(Ok(e), outcome);
         summary.add(outcome);
     }
+    drop(counts);
     drop(_applying);
     summary.reject(route, skipped, metrics);
     if agg.over_capacity() {

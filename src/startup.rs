@@ -486,9 +486,10 @@ fn spawn_recovery(r: Replay) -> anyhow::Result<()> {
             r.agg.evict_to_capacity();
             let mut backlog = 0;
             r.recovery.finish(|item| {
+                let mut counts = r.metrics.event_counts(item.route);
                 for e in &item.record.events {
                     let outcome = r.agg.apply(e, item.record.received_ms);
-                    r.metrics.count_event(item.route, Ok(e), outcome);
+                    counts.add(Ok(e), outcome);
                 }
                 backlog += item.record.events.len();
             });
