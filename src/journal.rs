@@ -705,6 +705,9 @@ struct Writer {
     len: u64,
     /// The current segment's size on disk: `len`, then the zeros written ahead of the records.
     allocated: u64,
+    /// After a failed extension, the segment grows with its writes until `len` reaches this
+    /// (one extension's worth later), rather than trying again at every group.
+    grow_plainly_until: u64,
     stats: Arc<JournalStats>,
     /// Set once the writer thread has stopped: no more writes.
     stopped: bool,
@@ -733,6 +736,7 @@ impl Writer {
         self.close_current()?;
         self.segment += 1;
         self.len = 0;
+        self.grow_plainly_until = 0;
         self.open_current()?;
         Ok(self.segment)
     }
@@ -752,6 +756,14 @@ impl Writer {
         Ok(())
     }
 
+    /// Drop whatever zeros stand after the records (a failed extension may have written part).
+    fn cut_back_zeros(&mut self) {
+        let cut = self.file.as_ref().map(|f| f.set_len(self.len));
+        if matches!(cut, Some(Ok(()))) {
+            self.allocated = self.len;
+        }
+    }
+
     /// Make sure the segment's allocated size holds `more` bytes after `len`, extending it with
     /// zeros `preallocate_bytes` at a time. An `fdatasync` after an append that grows the file
     /// must commit the file system's metadata journal as well as the data; after an overwrite
@@ -760,7 +772,10 @@ impl Writer {
     /// would be as the end of the segment (docs/architecture.md, "Format").
     fn make_room(&mut self, more: u64) -> io::Result<()> {
         let need = self.len + more;
-        if need <= self.allocated || self.cfg.preallocate_bytes == 0 {
+        if need <= self.allocated
+            || self.cfg.preallocate_bytes == 0
+            || self.len < self.grow_plainly_until
+        {
             return Ok(());
         }
         let step = self
@@ -791,8 +806,14 @@ impl Writer {
         let stats = self.stats.clone();
         let good = self.len;
         let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        if let Err(e) = self.make_room(bytes) {
+            // No room for the zeros (a full disk, a file-size limit): the records may still
+            // fit, so they are written growing the file, as without preallocation.
+            self.cut_back_zeros();
+            self.grow_plainly_until = self.len + self.cfg.preallocate_bytes;
+            tracing::debug!(error = %e, "journal: no room to write zeros ahead; growing the segment with the write");
+        }
         let result = (|| {
-            self.make_room(bytes)?;
             let f = self.open_current()?;
             let mut written = 0u64;
             if mode == FsyncMode::Always {
@@ -938,6 +959,7 @@ impl Journal {
             file: None,
             len: 0,
             allocated: 0,
+            grow_plainly_until: 0,
             stats: stats.clone(),
             stopped: false,
         };
