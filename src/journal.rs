@@ -1245,14 +1245,7 @@ mod tests {
             }],
         };
         actix_web::rt::System::new().block_on(async {
-            let j = Journal::open(JournalConfig {
-                dir: dir.clone(),
-                fsync: FsyncMode::Never,
-                segment_bytes: 1 << 20,
-                preallocate_bytes: 64 << 10,
-                max_group: 16,
-            })
-            .expect("opens");
+            let j = Journal::open(small_config(&dir, FsyncMode::Never, 1 << 20)).expect("opens");
             for n in 0..3 {
                 j.append(&record(n)).await.expect("appends");
             }
@@ -1275,14 +1268,7 @@ mod tests {
         let frames = segment_of_operations("comms_operation_a", 40);
         let records: u64 = frames.iter().map(|f| f.len() as u64).sum();
         actix_web::rt::System::new().block_on(async {
-            let j = Journal::open(JournalConfig {
-                dir: dir.clone(),
-                fsync: FsyncMode::Batch,
-                segment_bytes: 1 << 20,
-                preallocate_bytes: 64 << 10,
-                max_group: 16,
-            })
-            .expect("opens");
+            let j = Journal::open(small_config(&dir, FsyncMode::Batch, 1 << 20)).expect("opens");
             for f in &frames {
                 let rec = decode_record(&f[FRAME_HEADER..]).expect("decodes");
                 j.append(&rec).await.expect("appends");
@@ -1337,14 +1323,7 @@ mod tests {
         };
         let live = Aggregator::new(crate::aggregator::Limits::default());
         actix_web::rt::System::new().block_on(async {
-            let j = Journal::open(JournalConfig {
-                dir: dir.clone(),
-                fsync: FsyncMode::Never,
-                segment_bytes: 256 << 10,
-                preallocate_bytes: 64 << 10,
-                max_group: 16,
-            })
-            .expect("opens");
+            let j = Journal::open(small_config(&dir, FsyncMode::Never, 256 << 10)).expect("opens");
             // Batches of one operation after another, and their events in reverse: later states
             // first, so a version counted per change would depend on the order of application.
             for i in 0..cfg.operations {
@@ -1414,6 +1393,17 @@ mod tests {
                 frame(&encode_record(&rec).expect("encodes"))
             })
             .collect()
+    }
+
+    /// A journal's settings for a test: small segments, groups and extensions.
+    fn small_config(dir: &Path, fsync: FsyncMode, segment_bytes: u64) -> JournalConfig {
+        JournalConfig {
+            dir: dir.to_owned(),
+            fsync,
+            segment_bytes,
+            preallocate_bytes: 64 << 10,
+            max_group: 16,
+        }
     }
 
     fn scratch_journal(name: &str) -> PathBuf {
