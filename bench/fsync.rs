@@ -8,21 +8,14 @@
 //! back), the process's CPU per append, and the whole machine's CPU per append (the file
 //! system's journal thread and the block layer's workers are outside the process).
 
+#[path = "procfs.rs"]
+mod procfs;
+
+use procfs::process_cpu_seconds;
 use std::path::Path;
 use std::time::Instant;
 use tally::event::{Event, EventBody, Kind, Phase};
 use tally::journal::{FsyncMode, Journal, JournalConfig, Record};
-
-/// CPU seconds this process has used (user + system; Linux).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
-}
 
 /// CPU seconds the whole machine has spent busy (every field of /proc/stat's first line but
 /// idle and iowait).

@@ -6,6 +6,10 @@
 //! `recovery --replay DIR` times a recovery of an existing data directory (one a run above
 //! left, or a copy of a real one) and prints one JSON object.
 
+#[path = "procfs.rs"]
+mod procfs;
+
+use procfs::process_cpu_seconds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,24 +51,6 @@ fn dir_bytes(dir: &Path, pick: &dyn Fn(&str) -> bool) -> u64 {
         }
     }
     total
-}
-
-/// CPU seconds (user + system) this process has used: nothing else runs in it during a
-/// recovery (its replay threads included), so the figure does not depend on what else the
-/// machine is doing (Linux; 0 elsewhere).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime and stime are the 12th
-    // and 13th, in clock ticks of 1/100 s.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    if f.len() < 13 {
-        return 0.0;
-    }
-    (f[11] + f[12]) / 100.0
 }
 
 /// This process's resident set now, in bytes (Linux; 0 elsewhere).
