@@ -93,8 +93,13 @@ pub enum RecordError {
 /// A record as the journal stores it: the version byte, then the record in that version's
 /// encoding.
 pub fn encode_record(record: &Record) -> Result<Vec<u8>, RecordError> {
-    postcard::to_extend(record, vec![RECORD_BINARY_V1])
-        .map_err(|e| RecordError::Corrupt(e.to_string()))
+    encode_onto(record, Vec::new())
+}
+
+/// `buf`, then the record as [`encode_record`] has it.
+fn encode_onto(record: &Record, mut buf: Vec<u8>) -> Result<Vec<u8>, RecordError> {
+    buf.push(RECORD_BINARY_V1);
+    postcard::to_extend(record, buf).map_err(|e| RecordError::Corrupt(e.to_string()))
 }
 
 /// About how many bytes a journalled event takes: room reserved up front for a record, so
@@ -107,9 +112,7 @@ pub fn frame_record(record: &Record) -> Result<Vec<u8>, RecordError> {
     let mut buf =
         Vec::with_capacity(FRAME_HEADER + 1 + 16 + EVENT_BYTES_ESTIMATE * record.events.len());
     buf.extend_from_slice(&[0; FRAME_HEADER]);
-    buf.push(RECORD_BINARY_V1);
-    let mut buf =
-        postcard::to_extend(record, buf).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+    let mut buf = encode_onto(record, buf)?;
     let payload = &buf[FRAME_HEADER..];
     let header = frame_header(payload.len() as u32, crc32fast::hash(payload));
     buf[..FRAME_HEADER].copy_from_slice(&header);
@@ -744,11 +747,10 @@ impl Writer {
     /// Cut the zeros written ahead off the current segment, sync it (unless the mode never
     /// syncs) and close it.
     fn close_current(&mut self) -> io::Result<()> {
+        if self.allocated > self.len {
+            self.cut_back_zeros()?;
+        }
         if let Some(f) = self.file.take() {
-            if self.allocated > self.len {
-                f.set_len(self.len)?;
-                self.allocated = self.len;
-            }
             if self.cfg.fsync != FsyncMode::Never {
                 f.sync_data()?;
             }
@@ -757,11 +759,12 @@ impl Writer {
     }
 
     /// Drop whatever zeros stand after the records (a failed extension may have written part).
-    fn cut_back_zeros(&mut self) {
-        let cut = self.file.as_ref().map(|f| f.set_len(self.len));
-        if matches!(cut, Some(Ok(()))) {
-            self.allocated = self.len;
+    fn cut_back_zeros(&mut self) -> io::Result<()> {
+        if let Some(f) = &self.file {
+            f.set_len(self.len)?;
         }
+        self.allocated = self.len;
+        Ok(())
     }
 
     /// Make sure the segment's allocated size holds `more` bytes after `len`, extending it with
@@ -785,9 +788,8 @@ impl Writer {
             .max(1);
         let target = need.max(self.allocated + step);
         let zeros = vec![0u8; (target - self.allocated).min(1 << 20) as usize];
-        let from = self.allocated;
+        let mut at = self.allocated;
         let f = self.open_current()?;
-        let mut at = from;
         while at < target {
             let n = (target - at).min(zeros.len() as u64) as usize;
             f.write_all_at(&zeros[..n], at)?;
@@ -797,8 +799,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Write a group of frames; on failure cut the segment back to its last good length.
-    fn write_group(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+    /// Write a group of frames and say how many bytes; on failure cut the segment back to its
+    /// last good length.
+    fn write_group(&mut self, frames: &[&[u8]]) -> io::Result<u64> {
         if self.len >= self.cfg.segment_bytes {
             self.roll()?;
         }
@@ -809,7 +812,7 @@ impl Writer {
         if let Err(e) = self.make_room(bytes) {
             // No room for the zeros (a full disk, a file-size limit): the records may still
             // fit, so they are written growing the file, as without preallocation.
-            self.cut_back_zeros();
+            let _ = self.cut_back_zeros();
             self.grow_plainly_until = self.len + self.cfg.preallocate_bytes;
             tracing::debug!(error = %e, "journal: no room to write zeros ahead; growing the segment with the write");
         }
@@ -839,7 +842,7 @@ impl Writer {
         match result {
             Ok(written) => {
                 self.len += written;
-                Ok(())
+                Ok(written)
             }
             Err(e) => {
                 // Leave no partial frame behind (nor zeros ahead: the disk may be full); if
@@ -909,11 +912,10 @@ impl Writer {
 
     /// Write a group and account for it in the stats.
     fn write_counted(&mut self, frames: &[&[u8]]) -> io::Result<()> {
-        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
         let result = self.write_group(frames);
         let stats = &self.stats;
-        match &result {
-            Ok(()) => {
+        match result {
+            Ok(bytes) => {
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats
                     .records
@@ -934,9 +936,10 @@ impl Writer {
                     tracing::error!(error = %e, "journal write failed: callbacks get 503 until it recovers");
                 }
                 *last = Some(e.to_string());
+                return Err(e);
             }
         }
-        result
+        Ok(())
     }
 }
 

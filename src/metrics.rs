@@ -517,9 +517,10 @@ impl Drop for EventCounts<'_> {
 /// The `code_class` label value of a Twilio error code: the code when it is common, else
 /// `other`.
 pub fn code_class(code: u32) -> &'static str {
+    let code = code.to_string();
     COMMON_ERROR_CODES
         .iter()
-        .find(|c| c.parse() == Ok(code))
+        .find(|c| **c == code)
         .copied()
         .unwrap_or("other")
 }
