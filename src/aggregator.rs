@@ -5,7 +5,9 @@
 //! `.await`. Time is passed in.
 
 use crate::dirty::Dirty;
-use crate::event::{AttemptEvent, Event, EventBody, Kind, ResourceRead, SkipReason};
+use crate::event::{
+    AttemptEvent, Event, EventBody, EventBodyRef, EventRef, Kind, ResourceRead, SkipReason, Text,
+};
 use crate::rollup::hashing::{FastHash, KeyIsHash};
 use crate::rollup::{
     Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
@@ -62,10 +64,10 @@ enum HeldKey {
 
 /// The link an unlinked attempt waits for: its resource's when it names one (see
 /// `Aggregator::resolve`), else its SID's.
-fn held_key(a: &AttemptEvent) -> Option<HeldKey> {
+fn held_key<S: Text>(a: &AttemptEvent<S>) -> Option<HeldKey> {
     match (&a.resource_id, &a.downstream_id) {
-        (Some(res), _) => Some(HeldKey::Resource(res.clone())),
-        (None, Some(sid)) => Some(HeldKey::Sid(sid.clone())),
+        (Some(res), _) => Some(HeldKey::Resource(res.to_string())),
+        (None, Some(sid)) => Some(HeldKey::Sid(sid.to_string())),
         (None, None) => None,
     }
 }
@@ -383,6 +385,20 @@ impl Aggregator {
         }
     }
 
+    /// [`Aggregator::apply`] for an event decoded in place (the journal's replay): an attempt is
+    /// applied from its borrowed texts, without copying them.
+    pub fn apply_ref(&self, ev: EventRef<'_>, now_ms: u64) -> Outcome {
+        match ev.body {
+            EventBodyRef::Attempt(mut a) => {
+                if !self.limits.keep_recipient_addresses {
+                    a.to = None;
+                }
+                self.apply_attempt(&a, ev.time_ms, now_ms)
+            }
+            _ => self.apply(&ev.into_owned(), now_ms),
+        }
+    }
+
     /// Fold one resource read from Twilio into its operation, and link the resource there so
     /// that attempts naming only the resource find it (and held ones are released).
     fn apply_resource_read(&self, r: &ResourceRead, time_ms: u64, now_ms: u64) -> Outcome {
@@ -473,7 +489,10 @@ impl Aggregator {
     /// its SID cannot name its operation, since that link may be to another resource. So an
     /// attempt resolves exactly when the link it is held under ([`held_key`]) exists, and is
     /// released when that link is made, whatever the order the events came in.
-    fn resolve<'a>(&self, a: &'a AttemptEvent) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
+    fn resolve<'a, S: Text>(
+        &self,
+        a: &'a AttemptEvent<S>,
+    ) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
         if let (Some(op), Some(res)) = (&a.operation_id, &a.resource_id) {
             return (Some(Cow::Borrowed(op)), Some(Cow::Borrowed(res)));
         }
@@ -500,7 +519,7 @@ impl Aggregator {
         (op, res)
     }
 
-    fn apply_attempt(&self, a: &AttemptEvent, time_ms: u64, now_ms: u64) -> Outcome {
+    fn apply_attempt<S: Text>(&self, a: &AttemptEvent<S>, time_ms: u64, now_ms: u64) -> Outcome {
         if let (Some(op), Some(res)) = self.resolve(a) {
             return self.apply_linked(&op, &res, a, time_ms, now_ms);
         }
@@ -510,15 +529,15 @@ impl Aggregator {
         self.hold(key, a, time_ms, now_ms)
     }
 
-    fn apply_linked(
+    fn apply_linked<S: Text>(
         &self,
         op_id: &str,
         res_id: &str,
-        a: &AttemptEvent,
+        a: &AttemptEvent<S>,
         time_ms: u64,
         now_ms: u64,
     ) -> Outcome {
-        let (changed, kind, fallback, link) = {
+        let (applied, kind, link) = {
             let mut op = match self.ops.get_mut(op_id) {
                 Some(op) => op,
                 None => self
@@ -531,21 +550,28 @@ impl Aggregator {
             if op.resource_count() > before {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            let link = (op.link_number(), applied.slot);
-            (applied.changed, op.kind(), applied.fallback, link)
+            (applied, op.kind(), (op.link_number(), applied.slot))
         };
+        let (changed, fallback) = (applied.changed, applied.fallback);
         if let Some(f) = fallback {
             self.note_fallback(f);
         }
         if changed {
             self.mark_dirty(op_id, Some(res_id), now_ms);
         }
+        // A resource or attempt id the operation held already was linked when it came, and
+        // links go only with their whole operation: the tables, large and cold, are looked at
+        // only for ids new to the operation. (One id in two operations, which Twilio's unique
+        // ids never are, stays linked to the first; once that one is evicted, the second is
+        // linked again only by a read of it, and events naming the id alone wait.)
         let mut new_link = false;
-        let res_key = self.res_key(res_id);
-        if !self.res_links.contains_key(&res_key) {
-            new_link |= self.res_links.insert(res_key, link.0).is_none();
+        if applied.new_resource {
+            let res_key = self.res_key(res_id);
+            if !self.res_links.contains_key(&res_key) {
+                new_link |= self.res_links.insert(res_key, link.0).is_none();
+            }
         }
-        if let Some(sid) = &a.downstream_id {
+        if let Some(sid) = a.downstream_id.as_ref().filter(|_| applied.new_downstream) {
             let sid_key = self.link_key(sid);
             if !self.sid_links.contains_key(&sid_key) {
                 new_link |= self.sid_links.insert(sid_key, link).is_none();
@@ -564,7 +590,13 @@ impl Aggregator {
     /// Hold an unlinked attempt. The count is raised before the links are re-checked under the
     /// lock, and a linker inserts its link before reading the count, so either the holder sees
     /// the link or the linker sees the held event: nothing is stranded.
-    fn hold(&self, key: HeldKey, a: &AttemptEvent, time_ms: u64, now_ms: u64) -> Outcome {
+    fn hold<S: Text>(
+        &self,
+        key: HeldKey,
+        a: &AttemptEvent<S>,
+        time_ms: u64,
+        now_ms: u64,
+    ) -> Outcome {
         let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
         self.held_count.fetch_add(1, Ordering::SeqCst);
         if let (Some(op), Some(res)) = self.resolve(a) {
@@ -578,7 +610,7 @@ impl Aggregator {
         let same = book
             .entries
             .get_mut(&key)
-            .and_then(|l| l.iter_mut().find(|(e, _)| e == a));
+            .and_then(|l| l.iter_mut().find(|(e, _)| e.same_as(a)));
         if let Some((_, held_since)) = same {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
             if time_ms < *held_since {
@@ -589,7 +621,7 @@ impl Aggregator {
         }
         let list = book.entries.entry(key.clone()).or_default();
         let fresh = list.is_empty();
-        list.push((a.clone(), time_ms));
+        list.push((a.to_owned_event(), time_ms));
         book.events += 1;
         if fresh {
             book.order.push_back((key, now_ms));

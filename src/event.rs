@@ -251,6 +251,55 @@ pub enum EventBody {
     ResourceRead(ResourceRead),
 }
 
+/// An [`Event`] decoded in place from a binary journal record: its attempt's texts borrow
+/// from the record's bytes. The binary record is postcard, which stores fields and variants by
+/// position, so these two types keep [`Event`]'s and [`EventBody`]'s fields and variants in
+/// the same order (a test in the journal holds them to it).
+#[derive(Debug, serde::Deserialize)]
+pub struct EventRef<'a> {
+    pub time_ms: u64,
+    #[serde(borrow)]
+    pub body: EventBodyRef<'a>,
+}
+
+/// [`EventBody`] as [`EventRef`] holds it: the attempt borrowed, the rarer kinds owned.
+#[derive(Debug, serde::Deserialize)]
+pub enum EventBodyRef<'a> {
+    Operation {
+        operation_id: String,
+        kind: Option<Kind>,
+        phase: Phase,
+    },
+    #[serde(borrow)]
+    Attempt(AttemptRef<'a>),
+    OperationRead(OperationRead),
+    ResourceRead(ResourceRead),
+}
+
+impl EventRef<'_> {
+    /// The same event with texts of its own.
+    pub fn into_owned(self) -> Event {
+        let body = match self.body {
+            EventBodyRef::Operation {
+                operation_id,
+                kind,
+                phase,
+            } => EventBody::Operation {
+                operation_id,
+                kind,
+                phase,
+            },
+            EventBodyRef::Attempt(a) => EventBody::Attempt(a.to_owned_event()),
+            EventBodyRef::OperationRead(r) => EventBody::OperationRead(r),
+            EventBodyRef::ResourceRead(r) => EventBody::ResourceRead(r),
+        };
+        Event {
+            time_ms: self.time_ms,
+            body,
+        }
+    }
+}
+
 /// What a read of `GET /v1/{Kind}/Operations/{id}` says, folded as joins (docs/contract.md,
 /// "Reconciliation").
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -295,22 +344,77 @@ impl AttemptStatus {
 
 /// A status report for one attempt. The links (`operation_id`, `resource_id`) may be missing:
 /// classic callbacks often carry only the attempt SID until something links it.
+///
+/// Its texts are `String`s, or borrowed (`AttemptEvent<&str>`, see [`AttemptRef`]) where an
+/// event is applied straight from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AttemptEvent {
+pub struct AttemptEvent<S = String> {
     pub kind: Option<Kind>,
-    pub operation_id: Option<String>,
+    pub operation_id: Option<S>,
     /// The Message, Email or PushNotification id.
-    pub resource_id: Option<String>,
+    pub resource_id: Option<S>,
     /// The SM…/MM… SID (or provider id) of this attempt.
-    pub downstream_id: Option<String>,
+    pub downstream_id: Option<S>,
     /// Twilio's attempt number or name, a string.
-    pub attempt: Option<String>,
+    pub attempt: Option<S>,
     pub channel: Option<Channel>,
     pub status: AttemptStatus,
     pub error_code: Option<u32>,
     /// The recipient address (`to.address`, or `To` in a form callback).
-    pub to: Option<String>,
-    pub tags: Vec<(String, String)>,
+    pub to: Option<S>,
+    pub tags: Vec<(S, S)>,
+}
+
+/// An attempt whose texts borrow from the bytes it was decoded from: the journal's replay
+/// applies these without copying each id.
+pub type AttemptRef<'a> = AttemptEvent<&'a str>;
+
+/// The text of an [`AttemptEvent`]: `String` or `&str`.
+pub trait Text: std::ops::Deref<Target = str> {}
+
+impl<T: std::ops::Deref<Target = str>> Text for T {}
+
+impl<S: Text> AttemptEvent<S> {
+    /// The same attempt with texts of its own.
+    pub fn to_owned_event(&self) -> AttemptEvent {
+        let own = |s: &Option<S>| s.as_deref().map(str::to_owned);
+        AttemptEvent {
+            kind: self.kind,
+            operation_id: own(&self.operation_id),
+            resource_id: own(&self.resource_id),
+            downstream_id: own(&self.downstream_id),
+            attempt: own(&self.attempt),
+            channel: self.channel,
+            status: self.status,
+            error_code: self.error_code,
+            to: own(&self.to),
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Whether `other` says the same, whatever either's texts are held in.
+    pub fn same_as<T: Text>(&self, other: &AttemptEvent<T>) -> bool {
+        let text = |a: &Option<S>, b: &Option<T>| a.as_deref() == b.as_deref();
+        self.kind == other.kind
+            && text(&self.operation_id, &other.operation_id)
+            && text(&self.resource_id, &other.resource_id)
+            && text(&self.downstream_id, &other.downstream_id)
+            && text(&self.attempt, &other.attempt)
+            && self.channel == other.channel
+            && self.status == other.status
+            && self.error_code == other.error_code
+            && text(&self.to, &other.to)
+            && self.tags.len() == other.tags.len()
+            && self
+                .tags
+                .iter()
+                .zip(&other.tags)
+                .all(|(a, b)| (&*a.0, &*a.1) == (&*b.0, &*b.1))
+    }
 }
 
 /// Why an event in a request was skipped. A bounded set: used as a metrics label.

@@ -23,7 +23,7 @@
 //! truncated.
 
 use crate::aggregator::Aggregator;
-use crate::event::Event;
+use crate::event::{Event, EventRef};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
@@ -117,6 +117,65 @@ pub fn frame_record(record: &Record) -> Result<Vec<u8>, RecordError> {
     let header = frame_header(payload.len() as u32, crc32fast::hash(payload));
     buf[..FRAME_HEADER].copy_from_slice(&header);
     Ok(buf)
+}
+
+/// A binary record decoded in place: [`Record`]'s fields in its order (postcard stores them by
+/// position), its events' attempts borrowing their texts from the payload.
+#[derive(Debug, Deserialize)]
+pub struct RecordRef<'a> {
+    pub received_ms: u64,
+    #[serde(borrow)]
+    pub events: Vec<EventRef<'a>>,
+}
+
+/// A record as [`decode_record_in_place`] reads it.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    /// A binary record, its attempts' texts borrowed.
+    InPlace(RecordRef<'a>),
+    /// A record of the JSON format, read whole.
+    Owned(Record),
+}
+
+impl Decoded<'_> {
+    pub fn events(&self) -> usize {
+        match self {
+            Decoded::InPlace(r) => r.events.len(),
+            Decoded::Owned(r) => r.events.len(),
+        }
+    }
+
+    /// Apply every event at the record's receive time.
+    pub fn apply(self, agg: &Aggregator) {
+        match self {
+            Decoded::InPlace(r) => {
+                for ev in r.events {
+                    agg.apply_ref(ev, r.received_ms);
+                }
+            }
+            Decoded::Owned(r) => {
+                for ev in &r.events {
+                    agg.apply(ev, r.received_ms);
+                }
+            }
+        }
+    }
+}
+
+/// [`decode_record`], borrowing what it can from `payload`: the journal's replay applies the
+/// events straight from it.
+pub fn decode_record_in_place(payload: &[u8]) -> Result<Decoded<'_>, RecordError> {
+    match payload.first() {
+        Some(&RECORD_BINARY_V1) => match postcard::take_from_bytes::<RecordRef>(&payload[1..]) {
+            Ok((record, [])) => Ok(Decoded::InPlace(record)),
+            Ok((_, rest)) => Err(RecordError::Corrupt(format!(
+                "{} bytes after the record",
+                rest.len()
+            ))),
+            Err(e) => Err(RecordError::Corrupt(e.to_string())),
+        },
+        _ => decode_record(payload).map(Decoded::Owned),
+    }
 }
 
 /// Read a record in any format this tally knows (see [`RECORD_BINARY_V1`]).
@@ -633,7 +692,7 @@ impl Replay<'_> {
             let path = segment_path(self.dir, batch.segment);
             for payload in &batch.payloads {
                 match self.decode(payload, &path, batch.segment) {
-                    Ok(rec) => self.apply(rec.as_ref(), payload.len(), batch.ordinal),
+                    Ok(rec) => self.apply(rec, payload.len(), batch.ordinal),
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
                         error = Some(e);
@@ -647,8 +706,13 @@ impl Replay<'_> {
 
     /// One record, or `None` for one that does not decode (logged and skipped); an error for
     /// one written by a newer tally (skipping it would lose acknowledged callbacks).
-    fn decode(&self, payload: &[u8], path: &Path, n: u64) -> io::Result<Option<Record>> {
-        match decode_record(payload) {
+    fn decode<'p>(
+        &self,
+        payload: &'p [u8],
+        path: &Path,
+        n: u64,
+    ) -> io::Result<Option<Decoded<'p>>> {
+        match decode_record_in_place(payload) {
             Ok(rec) => Ok(Some(rec)),
             Err(e @ RecordError::UnknownFormat(_)) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -662,15 +726,12 @@ impl Replay<'_> {
     }
 
     /// Apply a decoded record (if it decoded) of `len` bytes, and count it.
-    fn apply(&self, rec: Option<&Record>, len: usize, i: usize) {
+    fn apply(&self, rec: Option<Decoded<'_>>, len: usize, i: usize) {
         if let Some(rec) = rec {
-            for ev in &rec.events {
-                self.agg.apply(ev, rec.received_ms);
-            }
+            let events = rec.events() as u64;
+            rec.apply(self.agg);
             self.progress.records.fetch_add(1, Ordering::Relaxed);
-            self.progress
-                .events
-                .fetch_add(rec.events.len() as u64, Ordering::Relaxed);
+            self.progress.events.fetch_add(events, Ordering::Relaxed);
         }
         self.note_progress((len + FRAME_HEADER) as u64, i);
     }
@@ -1192,6 +1253,80 @@ mod tests {
             bytes.len(),
             json.len()
         );
+    }
+
+    #[test]
+    fn a_record_decoded_in_place_reads_as_the_record_itself_for_every_kind_of_event() {
+        use crate::event::{
+            AttemptEvent, AttemptStatus, Channel, Event, EventBody, Kind, OperationRead,
+            ResourceRead,
+        };
+        let mut record = sample_record();
+        record.events.extend([
+            Event {
+                time_ms: 7,
+                body: EventBody::OperationRead(OperationRead {
+                    operation_id: "op2".into(),
+                    kind: Kind::PushNotifications,
+                    status: Some(crate::rollup::OperationStatus::Canceled),
+                    total: 3,
+                    recipients: 2,
+                    attempts: 4,
+                    unaddressable: 1,
+                }),
+            },
+            Event {
+                time_ms: 8,
+                body: EventBody::ResourceRead(ResourceRead {
+                    kind: Kind::Emails,
+                    operation_id: "op2".into(),
+                    resource_id: "comms_email_01".into(),
+                    status: AttemptStatus::Opened,
+                    to: Some("a@example.com".into()),
+                    tags: vec![("campaign".into(), "x".into())],
+                }),
+            },
+            Event {
+                time_ms: 9,
+                body: EventBody::Attempt(AttemptEvent {
+                    kind: None,
+                    operation_id: None,
+                    resource_id: None,
+                    downstream_id: Some("SM0123".into()),
+                    attempt: None,
+                    channel: Some(Channel::Sms),
+                    status: AttemptStatus::Delivered,
+                    error_code: None,
+                    to: Some("+15550001111".into()),
+                    tags: vec![("a".into(), "".into()), ("b".into(), "c".into())],
+                }),
+            },
+        ]);
+        let bytes = encode_record(&record).unwrap();
+        let Decoded::InPlace(in_place) = decode_record_in_place(&bytes).unwrap() else {
+            panic!("a binary record decodes in place");
+        };
+        assert_eq!(in_place.received_ms, record.received_ms);
+        let owned: Vec<Event> = in_place
+            .events
+            .into_iter()
+            .map(|e| e.into_owned())
+            .collect();
+        assert_eq!(owned, record.events);
+        // Cut short or with bytes after it, it is corrupt, as the owned decoder has it.
+        for bad in [&bytes[..bytes.len() - 1], &[&bytes[..], &[0]].concat()[..]] {
+            assert!(matches!(
+                decode_record_in_place(bad),
+                Err(RecordError::Corrupt(_))
+            ));
+            assert!(matches!(decode_record(bad), Err(RecordError::Corrupt(_))));
+        }
+        // A JSON record of an older tally is read whole.
+        let json = serde_json::to_vec(&record).unwrap();
+        assert!(matches!(
+            decode_record_in_place(&json),
+            Ok(Decoded::Owned(r)) if r == record
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! APNs attempts go to different devices rather than falling back from one to the other.
 
 use super::operation::{AttemptKey, Resource};
-use crate::event::{AttemptEvent, Channel};
+use crate::event::{AttemptEvent, Channel, Text};
 
 /// One fallback: a Message that had an attempt on `from` got a new attempt on `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,7 +58,7 @@ pub fn all_pairs() -> Vec<Fallback> {
 /// The fallback that applying `ev` to `resource` (its state *before* the event; `None` when the
 /// resource is new) makes, if any: `ev` must start a new attempt, on a messaging channel that
 /// none of the resource's attempts used yet, while another messaging channel was used.
-pub fn detect(resource: Option<&Resource>, ev: &AttemptEvent) -> Option<Fallback> {
+pub fn detect<S: Text>(resource: Option<&Resource>, ev: &AttemptEvent<S>) -> Option<Fallback> {
     let resource = resource?;
     let key = AttemptKey::of(ev);
     if resource.attempts.iter().any(|a| a.key == key) {
@@ -69,9 +69,9 @@ pub fn detect(resource: Option<&Resource>, ev: &AttemptEvent) -> Option<Fallback
 
 /// The fallback that `ev`, known to start a new attempt of a resource whose attempts used
 /// the channels `used`, makes, if any (see [`detect`]).
-pub(super) fn after_new_attempt(
+pub(super) fn after_new_attempt<S: Text>(
     used: impl Iterator<Item = Channel>,
-    ev: &AttemptEvent,
+    ev: &AttemptEvent<S>,
 ) -> Option<Fallback> {
     let new = ev.channel?;
     let rank = richness(new)?;

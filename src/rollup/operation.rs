@@ -17,7 +17,7 @@ use super::fallback::{self, Fallback};
 use super::status::{attempt_rank, Bucket, OperationStatus, Reads, ResourceStatus};
 use super::stored::{hash_id, Side, Slot, SlotId};
 use crate::event::{
-    AttemptEvent, AttemptStatus, Channel, Kind, OperationRead, Phase, ResourceRead,
+    AttemptEvent, AttemptStatus, Channel, Kind, OperationRead, Phase, ResourceRead, Text,
 };
 use hashbrown::HashTable;
 use serde::ser::SerializeMap;
@@ -42,11 +42,11 @@ pub enum AttemptKey {
 }
 
 impl AttemptKey {
-    pub fn of(ev: &AttemptEvent) -> AttemptKey {
+    pub fn of<S: Text>(ev: &AttemptEvent<S>) -> AttemptKey {
         if let Some(d) = &ev.downstream_id {
-            AttemptKey::Downstream(d.clone())
+            AttemptKey::Downstream(d.to_string())
         } else if let Some(a) = &ev.attempt {
-            AttemptKey::Attempt(a.clone())
+            AttemptKey::Attempt(a.to_string())
         } else if let Some(c) = ev.channel {
             AttemptKey::Channel(c)
         } else {
@@ -114,6 +114,11 @@ pub struct AttemptApplied {
     pub slot: u32,
     /// The channel fallback the event made, if it started one.
     pub fallback: Option<Fallback>,
+    /// Whether the resource was new to the operation: only then can its link be missing.
+    pub new_resource: bool,
+    /// Whether the event's attempt id was new to the resource: only then can its link be
+    /// missing.
+    pub new_downstream: bool,
 }
 
 /// One operation: what Twilio's `GET /v1/…/Operations/{id}` shows, and the resources behind it.
@@ -288,7 +293,12 @@ impl Operation {
 
     /// The fallback that applying `ev` to the resource in `slot` makes ([`fallback::detect`]
     /// on the resource as it stands), read from the stored attempts without building a view.
-    fn fallback_in(&self, slot: u32, ev: &AttemptEvent, down: Option<&Id>) -> Option<Fallback> {
+    fn fallback_in<S: Text>(
+        &self,
+        slot: u32,
+        ev: &AttemptEvent<S>,
+        down: Option<&Id>,
+    ) -> Option<Fallback> {
         let s = &self.slots[slot as usize];
         if s.attempts(&self.side)
             .any(|a| a.matches(ev, down, &self.side))
@@ -411,10 +421,10 @@ impl Operation {
     }
 
     /// [`Operation::apply_attempt`], also answering the resource's slot number.
-    pub fn apply_attempt_at(
+    pub fn apply_attempt_at<S: Text>(
         &mut self,
         resource_id: &str,
-        ev: &AttemptEvent,
+        ev: &AttemptEvent<S>,
         time_ms: u64,
         now_ms: u64,
     ) -> AttemptApplied {
@@ -435,6 +445,12 @@ impl Operation {
         };
         let before = self.slot_status(slot);
         let height_before = if was_new { 0 } else { self.slot_height(slot) };
+        let new_downstream = down.as_ref().is_some_and(|d| {
+            was_new
+                || !self.slots[slot as usize]
+                    .attempts(&self.side)
+                    .any(|a| a.downstream.is(d, &self.side))
+        });
         let side = &mut self.side;
         let resource = &mut self.slots[slot as usize];
         let attempts_before = resource.attempt_count(side);
@@ -452,6 +468,8 @@ impl Operation {
             changed: self.touch(changed, now_ms),
             slot,
             fallback,
+            new_resource: was_new,
+            new_downstream,
         }
     }
 
@@ -513,6 +531,8 @@ impl Operation {
             changed: self.touch(changed, now_ms),
             slot,
             fallback: None,
+            new_resource: was_new,
+            new_downstream: false,
         }
     }
 

@@ -6,7 +6,7 @@
 use super::compact::Id;
 use super::operation::{Attempt, AttemptKey, Resource};
 use super::status::{join_attempt, status_height, Reads, ResourceStatus};
-use crate::event::{AttemptEvent, AttemptStatus, Channel, ResourceRead};
+use crate::event::{AttemptEvent, AttemptStatus, Channel, ResourceRead, Text};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
@@ -279,8 +279,8 @@ pub(super) struct StoredAttempt {
 
 impl StoredAttempt {
     /// The attempt `ev` reports on, first seen; `down` is its downstream id packed.
-    pub(super) fn from_event(
-        ev: &AttemptEvent,
+    pub(super) fn from_event<S: Text>(
+        ev: &AttemptEvent<S>,
         down: Option<&Id>,
         side: &mut Side,
     ) -> StoredAttempt {
@@ -310,14 +310,19 @@ impl StoredAttempt {
 
     /// Does `ev` report on this attempt (same [`AttemptKey`])? `down` is `ev`'s downstream id
     /// packed.
-    pub(super) fn matches(&self, ev: &AttemptEvent, down: Option<&Id>, side: &Side) -> bool {
+    pub(super) fn matches<S: Text>(
+        &self,
+        ev: &AttemptEvent<S>,
+        down: Option<&Id>,
+        side: &Side,
+    ) -> bool {
         if ev.downstream_id.is_some() {
             match down {
                 Some(d) => self.downstream.is(d, side),
                 None => self.downstream.is_none(),
             }
         } else if let Some(a) = &ev.attempt {
-            self.downstream.is_none() && side.labels.text(self.label) == Some(a.as_str())
+            self.downstream.is_none() && side.labels.text(self.label) == Some(&**a)
         } else if let Some(c) = ev.channel {
             self.downstream.is_none() && self.label == 0 && self.channel == Some(c)
         } else {
@@ -354,7 +359,12 @@ impl StoredAttempt {
 
     /// Join `ev` (whose downstream id packed is `down`) into this attempt; true when anything
     /// changed.
-    pub(super) fn join(&mut self, ev: &AttemptEvent, down: Option<&Id>, side: &mut Side) -> bool {
+    pub(super) fn join<S: Text>(
+        &mut self,
+        ev: &AttemptEvent<S>,
+        down: Option<&Id>,
+        side: &mut Side,
+    ) -> bool {
         let mut changed = false;
         let status = join_attempt(self.status, ev.status);
         if status != self.status {
@@ -373,11 +383,7 @@ impl StoredAttempt {
             side,
         );
         if let Some(a) = &ev.attempt {
-            if side
-                .labels
-                .text(self.label)
-                .is_none_or(|old| a.as_str() > old)
-            {
+            if side.labels.text(self.label).is_none_or(|old| &**a > old) {
                 self.label = side.labels.intern(a);
                 changed = true;
             }
@@ -472,7 +478,12 @@ impl Slot {
         self.attempts(side).count()
     }
 
-    fn find_attempt(&self, ev: &AttemptEvent, down: Option<&Id>, side: &Side) -> Option<AttemptAt> {
+    fn find_attempt<S: Text>(
+        &self,
+        ev: &AttemptEvent<S>,
+        down: Option<&Id>,
+        side: &Side,
+    ) -> Option<AttemptAt> {
         let first = self.first.as_ref()?;
         if first.matches(ev, down, side) {
             return Some(AttemptAt::First);
@@ -568,13 +579,13 @@ impl Slot {
     }
 
     /// Join tags: per key, the greatest value seen.
-    fn join_tags(&mut self, new: &[(String, String)], side: &mut Side) -> bool {
+    fn join_tags<S: Text>(&mut self, new: &[(S, S)], side: &mut Side) -> bool {
         let labels = &side.labels;
         let set = side.tag_set(self.tags);
         let unchanged = new.iter().all(|(k, v)| {
             set.iter()
-                .find(|&&(key, _)| labels.text(key) == Some(k.as_str()))
-                .is_some_and(|&(_, old)| labels.text(old).is_some_and(|old| old >= v.as_str()))
+                .find(|&&(key, _)| labels.text(key) == Some(&**k))
+                .is_some_and(|&(_, old)| labels.text(old).is_some_and(|old| old >= &**v))
         });
         if unchanged {
             return false;
@@ -583,13 +594,9 @@ impl Slot {
         for (k, v) in new {
             let at = set
                 .iter()
-                .position(|&(key, _)| side.labels.text(key) == Some(k.as_str()));
+                .position(|&(key, _)| side.labels.text(key) == Some(&**k));
             match at {
-                Some(i)
-                    if side
-                        .labels
-                        .text(set[i].1)
-                        .is_some_and(|old| old >= v.as_str()) => {}
+                Some(i) if side.labels.text(set[i].1).is_some_and(|old| old >= &**v) => {}
                 Some(i) => set[i].1 = side.labels.intern(v),
                 None => set.push((side.labels.intern(k), side.labels.intern(v))),
             }
@@ -600,7 +607,12 @@ impl Slot {
     }
 
     /// Join `ev` (whose downstream id packed is `down`) into this resource.
-    pub(super) fn join(&mut self, ev: &AttemptEvent, down: Option<&Id>, side: &mut Side) -> bool {
+    pub(super) fn join<S: Text>(
+        &mut self,
+        ev: &AttemptEvent<S>,
+        down: Option<&Id>,
+        side: &mut Side,
+    ) -> bool {
         let to = ev.to.as_deref().map(Id::new);
         let mut changed = join_slot_id(&mut self.to, to.as_ref(), ev.to.as_deref(), side);
         if !ev.tags.is_empty() {
