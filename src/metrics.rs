@@ -304,11 +304,6 @@ impl Metrics {
         m
     }
 
-    /// Count one event's outcome (see the module doc for the accounting rule).
-    pub fn count_event(&self, route: &str, ev: Result<&Event, SkipReason>, outcome: Outcome) {
-        self.event_counts(route).add(ev, outcome);
-    }
-
     /// Counts of `route`'s events, added up here and to the counters when dropped: one label
     /// lookup per distinct set of labels in a request, not two or three per event.
     pub fn event_counts<'m>(&'m self, route: &'m str) -> EventCounts<'m> {

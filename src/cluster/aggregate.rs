@@ -13,7 +13,7 @@ use crate::config::{ClusterSettings, KafkaSettings};
 use crate::event::{AttemptEvent, Event, EventBody};
 use crate::intake::now_ms;
 use crate::journal::{decode_record, encode_record, Record};
-use crate::metrics::Metrics;
+use crate::metrics::{EventCounts, Metrics};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::Message;
@@ -459,6 +459,7 @@ fn fold_events(ctx: &FoldContext, p: u32, record: &Record) -> BTreeMap<u32, Vec<
         t: record.received_ms,
         out: BTreeMap::new(),
         joins: ctx.joins.lock().unwrap_or_else(|e| e.into_inner()),
+        counts: ctx.metrics.event_counts("events_topic"),
     };
     for e in &record.events {
         let key = routing_key(e);
@@ -480,12 +481,14 @@ struct Folding<'a> {
     t: u64,
     out: BTreeMap<u32, Vec<Event>>,
     joins: std::sync::MutexGuard<'a, Joins>,
+    /// The record's event counts, added to the counters when the folding ends.
+    counts: EventCounts<'a>,
 }
 
 impl Folding<'_> {
-    fn apply(&self, e: &Event) {
+    fn apply(&mut self, e: &Event) {
         let outcome = self.ctx.agg.apply(e, self.t);
-        self.ctx.metrics.count_event("events_topic", Ok(e), outcome);
+        self.counts.add(Ok(e), outcome);
     }
 
     /// A joined attempt goes to its operation's partition: applied here when that is this one
@@ -496,9 +499,7 @@ impl Folding<'_> {
         if to == self.p {
             let outcome = self.ctx.agg.apply(&j, self.t);
             if count {
-                self.ctx
-                    .metrics
-                    .count_event("events_topic", Ok(&j), outcome);
+                self.counts.add(Ok(&j), outcome);
             }
         } else {
             if count {
@@ -535,10 +536,7 @@ impl Folding<'_> {
     fn unlinked(&mut self, e: &Event, a: &AttemptEvent, key: &str) {
         match self.joins.attempt(key, e, self.t) {
             Some(link) => self.deliver(joined(e, a, &link), true),
-            None => self
-                .ctx
-                .metrics
-                .count_event("events_topic", Ok(e), Outcome::Held),
+            None => self.counts.add(Ok(e), Outcome::Held),
         }
     }
 
