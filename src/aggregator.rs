@@ -5,9 +5,7 @@
 //! `.await`. Time is passed in.
 
 use crate::dirty::Dirty;
-use crate::event::{
-    AttemptEvent, Event, EventBody, EventBodyRef, EventRef, Kind, ResourceRead, SkipReason, Text,
-};
+use crate::event::{AttemptEvent, Event, EventBody, Kind, ResourceRead, SkipReason, Text};
 use crate::rollup::hashing::{FastHash, KeyIsHash};
 use crate::rollup::{
     Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
@@ -335,8 +333,8 @@ impl Aggregator {
         self.limits.keep_recipient_addresses
     }
 
-    /// Apply one event at wall-clock time `now_ms`.
-    pub fn apply(&self, ev: &Event, now_ms: u64) -> Outcome {
+    /// Apply one event at wall-clock time `now_ms`, its ids owned or borrowed.
+    pub fn apply<S: Text + Clone>(&self, ev: &Event<S>, now_ms: u64) -> Outcome {
         // Callbacks arrive scrubbed already; this catches journal records written before
         // `keep_recipient_addresses` was switched off.
         let mut scrubbed = None;
@@ -355,7 +353,7 @@ impl Aggregator {
             } => {
                 let mut op = self
                     .ops
-                    .entry(operation_id.clone())
+                    .entry(operation_id.to_string())
                     .or_insert_with(|| self.new_operation(operation_id, ev.time_ms, now_ms));
                 if op.apply_phase(*kind, *phase, ev.time_ms, now_ms) {
                     let kind = op.kind();
@@ -382,20 +380,6 @@ impl Aggregator {
                 }
             }
             EventBody::ResourceRead(r) => self.apply_resource_read(r, ev.time_ms, now_ms),
-        }
-    }
-
-    /// [`Aggregator::apply`] for an event decoded in place (the journal's replay): an attempt is
-    /// applied from its borrowed texts, without copying them.
-    pub fn apply_ref(&self, ev: EventRef<'_>, now_ms: u64) -> Outcome {
-        match ev.body {
-            EventBodyRef::Attempt(mut a) => {
-                if !self.limits.keep_recipient_addresses {
-                    a.to = None;
-                }
-                self.apply_attempt(&a, ev.time_ms, now_ms)
-            }
-            _ => self.apply(&ev.into_owned(), now_ms),
         }
     }
 

@@ -213,14 +213,21 @@ pub enum Phase {
 }
 
 /// One delivery event, parsed and bounded.
+///
+/// Its ids are `String`s, or borrowed (`Event<&str>`, see [`EventRef`]) where an event is
+/// applied straight from the bytes it was read from. Either way it encodes to the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Event {
+pub struct Event<S = String> {
     /// Event time in Unix milliseconds: the CloudEvent `time` when valid, else receive time.
     pub time_ms: u64,
-    pub body: EventBody,
+    pub body: EventBody<S>,
 }
 
-impl Event {
+/// An event whose attempt and operation ids borrow from the bytes it was decoded from: the
+/// journal's replay applies these without copying each id.
+pub type EventRef<'a> = Event<&'a str>;
+
+impl<S: Text> Event<S> {
     /// Drop the recipient address (`[privacy] keep_recipient_addresses = false`); true when
     /// there was one.
     pub fn forget_recipient(&mut self) -> bool {
@@ -230,74 +237,47 @@ impl Event {
             EventBody::Operation { .. } | EventBody::OperationRead(_) => false,
         }
     }
-}
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum EventBody {
-    /// `com.twilio.comms-api.operation.*`.
-    Operation {
-        operation_id: String,
-        kind: Option<Kind>,
-        phase: Phase,
-    },
-    /// A status of one delivery attempt, from a Comms API event, a classic Messaging event, or
-    /// a form-encoded status callback.
-    Attempt(AttemptEvent),
-    /// An operation as read from Twilio's REST API by the reconciler (docs/reconcile.md).
-    /// Variants are appended, never inserted: the journal stores them by index.
-    OperationRead(OperationRead),
-    /// One resource as read from Twilio's REST API by the reconciler: Twilio's verdict on its
-    /// status at the time of the read. Not an attempt: it adds none.
-    ResourceRead(ResourceRead),
-}
-
-/// An [`Event`] decoded in place from a binary journal record: its attempt's texts borrow
-/// from the record's bytes. The binary record is postcard, which stores fields and variants by
-/// position, so these two types keep [`Event`]'s and [`EventBody`]'s fields and variants in
-/// the same order (a test in the journal holds them to it).
-#[derive(Debug, serde::Deserialize)]
-pub struct EventRef<'a> {
-    pub time_ms: u64,
-    #[serde(borrow)]
-    pub body: EventBodyRef<'a>,
-}
-
-/// [`EventBody`] as [`EventRef`] holds it: the attempt borrowed, the rarer kinds owned.
-#[derive(Debug, serde::Deserialize)]
-pub enum EventBodyRef<'a> {
-    Operation {
-        operation_id: String,
-        kind: Option<Kind>,
-        phase: Phase,
-    },
-    #[serde(borrow)]
-    Attempt(AttemptRef<'a>),
-    OperationRead(OperationRead),
-    ResourceRead(ResourceRead),
-}
-
-impl EventRef<'_> {
     /// The same event with texts of its own.
-    pub fn into_owned(self) -> Event {
-        let body = match self.body {
-            EventBodyRef::Operation {
+    pub fn to_owned_event(&self) -> Event {
+        let body = match &self.body {
+            EventBody::Operation {
                 operation_id,
                 kind,
                 phase,
             } => EventBody::Operation {
-                operation_id,
-                kind,
-                phase,
+                operation_id: operation_id.to_string(),
+                kind: *kind,
+                phase: *phase,
             },
-            EventBodyRef::Attempt(a) => EventBody::Attempt(a.to_owned_event()),
-            EventBodyRef::OperationRead(r) => EventBody::OperationRead(r),
-            EventBodyRef::ResourceRead(r) => EventBody::ResourceRead(r),
+            EventBody::Attempt(a) => EventBody::Attempt(a.to_owned_event()),
+            EventBody::OperationRead(r) => EventBody::OperationRead(r.clone()),
+            EventBody::ResourceRead(r) => EventBody::ResourceRead(r.clone()),
         };
         Event {
             time_ms: self.time_ms,
             body,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum EventBody<S = String> {
+    /// `com.twilio.comms-api.operation.*`.
+    Operation {
+        operation_id: S,
+        kind: Option<Kind>,
+        phase: Phase,
+    },
+    /// A status of one delivery attempt, from a Comms API event, a classic Messaging event, or
+    /// a form-encoded status callback.
+    Attempt(AttemptEvent<S>),
+    /// An operation as read from Twilio's REST API by the reconciler (docs/reconcile.md).
+    /// Variants are appended, never inserted: the journal stores them by index.
+    OperationRead(OperationRead),
+    /// One resource as read from Twilio's REST API by the reconciler: Twilio's verdict on its
+    /// status at the time of the read. Not an attempt: it adds none.
+    ResourceRead(ResourceRead),
 }
 
 /// What a read of `GET /v1/{Kind}/Operations/{id}` says, folded as joins (docs/contract.md,

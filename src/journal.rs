@@ -23,7 +23,7 @@
 //! truncated.
 
 use crate::aggregator::Aggregator;
-use crate::event::{Event, EventRef};
+use crate::event::{Event, Text};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
@@ -59,13 +59,15 @@ pub struct JournalConfig {
     pub preallocate_bytes: u64,
 }
 
-/// One journal record: the events a request brought, and when it arrived.
+/// One journal record: the events a request brought, and when it arrived. Its events' ids are
+/// `String`s, or borrowed from the record's bytes where the replay decodes it in place
+/// ([`RecordRef`]); either way it encodes to the same bytes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
+pub struct Record<S = String> {
     /// Receive time, Unix ms: replay applies the events at this time. Written as `t` on disk.
     #[serde(rename = "t")]
     pub received_ms: u64,
-    pub events: Vec<Event>,
+    pub events: Vec<Event<S>>,
 }
 
 /// The first byte of a binary record payload: format version 1, a postcard encoding of
@@ -119,14 +121,8 @@ pub fn frame_record(record: &Record) -> Result<Vec<u8>, RecordError> {
     Ok(buf)
 }
 
-/// A binary record decoded in place: [`Record`]'s fields in its order (postcard stores them by
-/// position), its events' attempts borrowing their texts from the payload.
-#[derive(Debug, Deserialize)]
-pub struct RecordRef<'a> {
-    pub received_ms: u64,
-    #[serde(borrow)]
-    pub events: Vec<EventRef<'a>>,
-}
+/// A binary record decoded in place: its events' ids are slices of the payload.
+pub type RecordRef<'a> = Record<&'a str>;
 
 /// A record as [`decode_record_in_place`] reads it.
 #[derive(Debug)]
@@ -146,18 +142,19 @@ impl Decoded<'_> {
     }
 
     /// Apply every event at the record's receive time.
-    pub fn apply(self, agg: &Aggregator) {
+    pub fn apply(&self, agg: &Aggregator) {
         match self {
-            Decoded::InPlace(r) => {
-                for ev in r.events {
-                    agg.apply_ref(ev, r.received_ms);
-                }
-            }
-            Decoded::Owned(r) => {
-                for ev in &r.events {
-                    agg.apply(ev, r.received_ms);
-                }
-            }
+            Decoded::InPlace(r) => r.apply(agg),
+            Decoded::Owned(r) => r.apply(agg),
+        }
+    }
+}
+
+impl<S: Text + Clone> Record<S> {
+    /// Apply every event at the record's receive time.
+    pub fn apply(&self, agg: &Aggregator) {
+        for ev in &self.events {
+            agg.apply(ev, self.received_ms);
         }
     }
 }
@@ -1310,7 +1307,7 @@ mod tests {
         let owned: Vec<Event> = in_place
             .events
             .into_iter()
-            .map(|e| e.into_owned())
+            .map(|e| e.to_owned_event())
             .collect();
         assert_eq!(owned, record.events);
         // Cut short or with bytes after it, it is corrupt, as the owned decoder has it.

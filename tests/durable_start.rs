@@ -448,7 +448,7 @@ fn a_journal_of_json_records_from_an_older_tally_is_replayed_and_new_records_are
         .unwrap()
         .as_millis() as u64
         - 3_600_000;
-    let old = tally::journal::Record {
+    let old: tally::journal::Record = tally::journal::Record {
         received_ms: then,
         events: vec![Event {
             time_ms: then,

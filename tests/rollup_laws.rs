@@ -323,7 +323,7 @@ proptest! {
 #[test]
 fn a_classic_attempt_seen_before_its_link_is_merged_when_the_link_arrives() {
     let agg = Aggregator::new(Limits::default());
-    let classic = Event {
+    let classic: Event = Event {
         time_ms: 5,
         body: EventBody::Attempt(AttemptEvent {
             kind: None,
@@ -340,7 +340,7 @@ fn a_classic_attempt_seen_before_its_link_is_merged_when_the_link_arrives() {
     };
     assert_eq!(agg.apply(&classic, 10), tally::aggregator::Outcome::Held);
     assert_eq!(agg.census().held, 1);
-    let link = Event {
+    let link: Event = Event {
         time_ms: 6,
         body: EventBody::Attempt(AttemptEvent {
             kind: Some(Kind::Messages),
@@ -405,7 +405,7 @@ fn an_attempt_held_for_its_resource_is_released_when_another_attempt_links_that_
 /// times was held once at the time of whichever came first, so `createdAt` depended on order.
 #[test]
 fn a_held_attempt_reported_twice_keeps_its_earliest_time() {
-    let at = |time_ms| Event {
+    let at = |time_ms| Event::<String> {
         time_ms,
         body: EventBody::Attempt(AttemptEvent {
             kind: Some(Kind::Messages),
@@ -420,7 +420,7 @@ fn a_held_attempt_reported_twice_keeps_its_earliest_time() {
             tags: vec![],
         }),
     };
-    let link = Event {
+    let link: Event = Event {
         time_ms: 900,
         body: EventBody::Operation {
             operation_id: "comms_operation_z".into(),
@@ -491,7 +491,7 @@ fn held_attempts_are_bounded_and_the_overflow_is_counted() {
         ..Limits::default()
     });
     for i in 0..5 {
-        let e = Event {
+        let e: Event = Event {
             time_ms: i,
             body: EventBody::Attempt(AttemptEvent {
                 kind: None,
