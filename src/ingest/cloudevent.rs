@@ -46,9 +46,10 @@ pub fn decode_events(
 
 /// [`decode_events`] for a body that may carry at most `max_events` events: a longer array is
 /// [`BodyError::TooManyEvents`], refused as soon as element `max_events + 1` has been read and
-/// before any event is decoded. The array is first split into borrowed raw elements (16 bytes
-/// each, bounded by the body size limit), so a hostile body cannot make tally build more than
-/// `max_events` decoded events.
+/// before any event is decoded. An array is read in one pass into at most `max_events`
+/// borrowed envelopes; when that pass fails it is split into borrowed raw elements (16 bytes
+/// each, bounded by the body size limit) and read element by element. Either way a hostile body
+/// cannot make tally build more than `max_events` envelopes or decoded events.
 pub fn decode_events_bounded(
     body: &[u8],
     received_ms: u64,
@@ -57,12 +58,10 @@ pub fn decode_events_bounded(
     // A UTF-8 byte order mark is not JSON, but some proxies add one; it carries no meaning.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        let elements = split_batch(body, max_events)?;
-        let mut decoded = Vec::with_capacity(elements.len());
-        for raw in elements {
-            decoded.push(decode_element(raw.get(), received_ms).ok_or(BodyError::NotJson)?);
-        }
-        return Ok(decoded);
+        return match decode_batch_in_one_pass(body, received_ms, max_events) {
+            Some(decoded) => Ok(decoded),
+            None => decode_batch_by_element(body, received_ms, max_events),
+        };
     }
     // One event object (or junk): read whole, which also holds it to the parser's depth limit.
     match serde_json::from_slice::<Value>(body) {
@@ -73,6 +72,99 @@ pub fn decode_events_bounded(
         Ok(_) => Err(BodyError::NotArrayOrObject),
         Err(_) => Err(BodyError::NotJson),
     }
+}
+
+/// A batch read in one pass, each element straight into its envelope: what Twilio sends. `None`
+/// when that pass fails for any reason (an element that is not an object, or names a member
+/// twice; a syntax error; more than `max_events` elements; nesting too deep): the body is then
+/// split into its elements first and each is read on its own, which tells those apart and skips
+/// only the bad elements. Both ways decode each event from the same envelope, so a batch reads
+/// the same either way (a test holds them to it); the split costs a second pass over the body.
+fn decode_batch_in_one_pass(
+    body: &[u8],
+    received_ms: u64,
+    max_events: usize,
+) -> Option<Vec<Result<Event, SkipReason>>> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let envelopes = EnvelopeArray { max_events }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(
+        envelopes
+            .iter()
+            .map(|e| decode_envelope(e, received_ms))
+            .collect(),
+    )
+}
+
+/// Reads a JSON array of CloudEvent objects into their envelopes, failing on element
+/// `max_events + 1`.
+struct EnvelopeArray {
+    max_events: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for EnvelopeArray {
+    type Value = Vec<Envelope<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeArray {
+    type Value = Vec<Envelope<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of CloudEvent objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut envelopes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_events));
+        while let Some(ObjectEnvelope(envelope)) = seq.next_element()? {
+            if envelopes.len() == self.max_events {
+                return Err(de::Error::custom("too many events"));
+            }
+            envelopes.push(envelope);
+        }
+        Ok(envelopes)
+    }
+}
+
+/// An envelope read from a JSON object only: serde's derived structs also read arrays (their
+/// fields by position), which an element of the batch read on its own is not allowed to be.
+struct ObjectEnvelope<'a>(Envelope<'a>);
+
+impl<'de> serde::Deserialize<'de> for ObjectEnvelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = ObjectEnvelope<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CloudEvent object")
+            }
+
+            fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ObjectEnvelope)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// A batch split into its raw elements first, then each read on its own (see
+/// [`decode_batch_in_one_pass`]).
+fn decode_batch_by_element(
+    body: &[u8],
+    received_ms: u64,
+    max_events: usize,
+) -> Result<Vec<Result<Event, SkipReason>>, BodyError> {
+    let elements = split_batch(body, max_events)?;
+    let mut decoded = Vec::with_capacity(elements.len());
+    for raw in elements {
+        decoded.push(decode_element(raw.get(), received_ms).ok_or(BodyError::NotJson)?);
+    }
+    Ok(decoded)
 }
 
 /// The elements of a JSON array body, unread, or why the body is refused.
@@ -223,6 +315,11 @@ fn attempt_status(word: &str, kind: Kind) -> Result<AttemptStatus, SkipReason> {
 /// Decode one event object.
 fn decode_event(raw: &str, received_ms: u64) -> Result<Event, SkipReason> {
     let envelope: Envelope = serde_json::from_str(raw).map_err(|_| SkipReason::Malformed)?;
+    decode_envelope(&envelope, received_ms)
+}
+
+/// The event an envelope holds, or why it is skipped.
+fn decode_envelope(envelope: &Envelope<'_>, received_ms: u64) -> Result<Event, SkipReason> {
     // `type` is the one required attribute tally cannot do without.
     let ty = envelope
         .ty
@@ -1248,7 +1345,57 @@ mod tests {
         })
     }
 
+    #[test]
+    fn a_batch_as_twilio_sends_it_is_read_in_one_pass_and_reads_as_element_by_element() {
+        let body = json!([
+            comms("com.twilio.comms-api.message.delivered", message_data()),
+            comms(
+                "com.twilio.comms-api.operation.completed",
+                json!({"operation_id": "comms_operation_01"})
+            ),
+            {"type": "com.twilio.messaging.message.sent", "data": classic_data().to_string()},
+            comms("com.twilio.comms-api.message.sent", json!({"message_id": "x\u{e9}\n"})),
+            comms("com.twilio.comms-api.message.bogus", message_data()),
+        ])
+        .to_string();
+        let one_pass = decode_batch_in_one_pass(body.as_bytes(), 7, 100).expect("one pass");
+        assert_eq!(one_pass.len(), 5);
+        assert_eq!(
+            one_pass,
+            decode_batch_by_element(body.as_bytes(), 7, 100).unwrap()
+        );
+        // Past the bound, or with an element that is not an object, the one pass gives way.
+        assert!(decode_batch_in_one_pass(body.as_bytes(), 7, 4).is_none());
+        let with_junk = format!("[1,{}", &body[1..]);
+        assert!(decode_batch_in_one_pass(with_junk.as_bytes(), 7, 100).is_none());
+        assert_eq!(decode_events(with_junk.as_bytes(), 7).unwrap().len(), 6);
+    }
+
     proptest! {
+        #[test]
+        fn a_batch_read_in_one_pass_reads_as_element_by_element(
+            elements in prop::collection::vec(
+                prop_oneof![
+                    arb_json(),
+                    (prop::sample::select(vec![
+                        "com.twilio.comms-api.message.delivered",
+                        "com.twilio.comms-api.email.opened",
+                        "com.twilio.comms-api.operation.completed",
+                        "com.twilio.messaging.message.sent",
+                    ]), arb_json(), ".{0,30}")
+                        .prop_map(|(ty, data, time)| json!({"type": ty, "time": time, "data": data})),
+                ],
+                0..6,
+            ),
+            max in 0usize..8,
+            rx in any::<u64>(),
+        ) {
+            let body = Value::Array(elements).to_string();
+            if let Some(one_pass) = decode_batch_in_one_pass(body.as_bytes(), rx, max) {
+                prop_assert_eq!(Ok(one_pass), decode_batch_by_element(body.as_bytes(), rx, max));
+            }
+        }
+
         #[test]
         fn decode_events_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512),
                                                rx in any::<u64>()) {
