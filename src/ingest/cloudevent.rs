@@ -85,7 +85,10 @@ fn decode_batch_in_one_pass(
     received_ms: u64,
     max_events: usize,
 ) -> Option<Vec<Result<Event, SkipReason>>> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // The members it skips are not checked for UTF-8 as they are read, and the element by
+    // element read refuses a body that is not UTF-8 anywhere: checked whole first.
+    let text = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let envelopes = EnvelopeArray { max_events }.deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(
@@ -1369,6 +1372,12 @@ mod tests {
         let with_junk = format!("[1,{}", &body[1..]);
         assert!(decode_batch_in_one_pass(with_junk.as_bytes(), 7, 100).is_none());
         assert_eq!(decode_events(with_junk.as_bytes(), 7).unwrap().len(), 6);
+        // Bytes that are not UTF-8, even in a member tally skips, make the body unreadable.
+        let mut not_utf8 = body.clone().into_bytes();
+        let at = body.find("\"type\"").unwrap();
+        not_utf8.splice(at..at, *b"\"skipped\": \"\xff\", ");
+        assert!(decode_batch_in_one_pass(&not_utf8, 7, 100).is_none());
+        assert_eq!(decode_events(&not_utf8, 7), Err(BodyError::NotJson));
     }
 
     proptest! {
