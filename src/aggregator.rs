@@ -591,10 +591,11 @@ impl Aggregator {
         // The same event again is held once, at the earliest time seen: the time feeds only
         // `createdAt` (a minimum), so keeping the minimum loses nothing whatever the order
         // (found by the `ingest` fuzz target: the later copy was kept when it came first).
+        let a = a.to_owned_event();
         let same = book
             .entries
             .get_mut(&key)
-            .and_then(|l| l.iter_mut().find(|(e, _)| e.same_as(a)));
+            .and_then(|l| l.iter_mut().find(|(e, _)| *e == a));
         if let Some((_, held_since)) = same {
             self.held_count.fetch_sub(1, Ordering::SeqCst);
             if time_ms < *held_since {
@@ -605,7 +606,7 @@ impl Aggregator {
         }
         let list = book.entries.entry(key.clone()).or_default();
         let fresh = list.is_empty();
-        list.push((a.to_owned_event(), time_ms));
+        list.push((a, time_ms));
         book.events += 1;
         if fresh {
             book.order.push_back((key, now_ms));

@@ -214,18 +214,14 @@ pub enum Phase {
 
 /// One delivery event, parsed and bounded.
 ///
-/// Its ids are `String`s, or borrowed (`Event<&str>`, see [`EventRef`]) where an event is
-/// applied straight from the bytes it was read from. Either way it encodes to the same bytes.
+/// Its ids are `String`s, or borrowed (`Event<&str>`) where an event is applied straight from
+/// the bytes it was read from. Either way it encodes to the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event<S = String> {
     /// Event time in Unix milliseconds: the CloudEvent `time` when valid, else receive time.
     pub time_ms: u64,
     pub body: EventBody<S>,
 }
-
-/// An event whose attempt and operation ids borrow from the bytes it was decoded from: the
-/// journal's replay applies these without copying each id.
-pub type EventRef<'a> = Event<&'a str>;
 
 impl<S: Text> Event<S> {
     /// Drop the recipient address (`[privacy] keep_recipient_addresses = false`); true when
@@ -325,8 +321,8 @@ impl AttemptStatus {
 /// A status report for one attempt. The links (`operation_id`, `resource_id`) may be missing:
 /// classic callbacks often carry only the attempt SID until something links it.
 ///
-/// Its texts are `String`s, or borrowed (`AttemptEvent<&str>`, see [`AttemptRef`]) where an
-/// event is applied straight from the bytes it was read from.
+/// Its texts are `String`s, or borrowed (`AttemptEvent<&str>`) where an event is applied
+/// straight from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptEvent<S = String> {
     pub kind: Option<Kind>,
@@ -344,10 +340,6 @@ pub struct AttemptEvent<S = String> {
     pub to: Option<S>,
     pub tags: Vec<(S, S)>,
 }
-
-/// An attempt whose texts borrow from the bytes it was decoded from: the journal's replay
-/// applies these without copying each id.
-pub type AttemptRef<'a> = AttemptEvent<&'a str>;
 
 /// The text of an [`AttemptEvent`]: `String` or `&str`.
 pub trait Text: std::ops::Deref<Target = str> {}
@@ -374,26 +366,6 @@ impl<S: Text> AttemptEvent<S> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
-    }
-
-    /// Whether `other` says the same, whatever either's texts are held in.
-    pub fn same_as<T: Text>(&self, other: &AttemptEvent<T>) -> bool {
-        let text = |a: &Option<S>, b: &Option<T>| a.as_deref() == b.as_deref();
-        self.kind == other.kind
-            && text(&self.operation_id, &other.operation_id)
-            && text(&self.resource_id, &other.resource_id)
-            && text(&self.downstream_id, &other.downstream_id)
-            && text(&self.attempt, &other.attempt)
-            && self.channel == other.channel
-            && self.status == other.status
-            && self.error_code == other.error_code
-            && text(&self.to, &other.to)
-            && self.tags.len() == other.tags.len()
-            && self
-                .tags
-                .iter()
-                .zip(&other.tags)
-                .all(|(a, b)| (&*a.0, &*a.1) == (&*b.0, &*b.1))
     }
 }
 

@@ -163,15 +163,24 @@ impl<S: Text + Clone> Record<S> {
 /// events straight from it.
 pub fn decode_record_in_place(payload: &[u8]) -> Result<Decoded<'_>, RecordError> {
     match payload.first() {
-        Some(&RECORD_BINARY_V1) => match postcard::take_from_bytes::<RecordRef>(&payload[1..]) {
-            Ok((record, [])) => Ok(Decoded::InPlace(record)),
-            Ok((_, rest)) => Err(RecordError::Corrupt(format!(
-                "{} bytes after the record",
-                rest.len()
-            ))),
-            Err(e) => Err(RecordError::Corrupt(e.to_string())),
-        },
+        Some(&RECORD_BINARY_V1) => decode_binary(&payload[1..]).map(Decoded::InPlace),
         _ => decode_record(payload).map(Decoded::Owned),
+    }
+}
+
+/// The postcard encoding of a record (what follows [`RECORD_BINARY_V1`]), as a record of owned
+/// or borrowed texts; anything after the record makes it corrupt.
+fn decode_binary<'a, S>(bytes: &'a [u8]) -> Result<Record<S>, RecordError>
+where
+    Record<S>: Deserialize<'a>,
+{
+    match postcard::take_from_bytes::<Record<S>>(bytes) {
+        Ok((record, [])) => Ok(record),
+        Ok((_, rest)) => Err(RecordError::Corrupt(format!(
+            "{} bytes after the record",
+            rest.len()
+        ))),
+        Err(e) => Err(RecordError::Corrupt(e.to_string())),
     }
 }
 
@@ -179,11 +188,7 @@ pub fn decode_record_in_place(payload: &[u8]) -> Result<Decoded<'_>, RecordError
 pub fn decode_record(payload: &[u8]) -> Result<Record, RecordError> {
     let corrupt = |e: &dyn std::fmt::Display| RecordError::Corrupt(e.to_string());
     match payload.first() {
-        Some(&RECORD_BINARY_V1) => match postcard::take_from_bytes::<Record>(&payload[1..]) {
-            Ok((record, [])) => Ok(record),
-            Ok((_, rest)) => Err(corrupt(&format!("{} bytes after the record", rest.len()))),
-            Err(e) => Err(corrupt(&e)),
-        },
+        Some(&RECORD_BINARY_V1) => decode_binary(&payload[1..]),
         Some(&RECORD_JSON) => serde_json::from_slice(payload).map_err(|e| corrupt(&e)),
         Some(other) => Err(RecordError::UnknownFormat(*other)),
         None => Err(corrupt(&"empty payload")),

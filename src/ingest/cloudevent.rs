@@ -77,10 +77,10 @@ pub fn decode_events_bounded(
 /// A batch read in one pass, each element straight into its envelope: what Twilio sends. `None`
 /// when that pass fails for any reason (a body that is not UTF-8; an element that is not an
 /// object, or names a member twice; a syntax error; more than `max_events` elements; nesting too
-/// deep): the body is then
-/// split into its elements first and each is read on its own, which tells those apart and skips
-/// only the bad elements. Both ways decode each event from the same envelope, so a batch reads
-/// the same either way (a test holds them to it); the split costs a second pass over the body.
+/// deep): the body is then split into its elements first and each is read on its own, which
+/// tells those apart and skips only the bad elements. Both ways decode each event from the same
+/// envelope, so a batch reads the same either way (a test holds them to it); the split costs a
+/// second pass over the body.
 fn decode_batch_in_one_pass(
     body: &[u8],
     received_ms: u64,

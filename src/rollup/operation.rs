@@ -285,9 +285,7 @@ impl Operation {
     /// The id of the resource in `slot`, if it has an attempt with downstream id `sid`.
     pub fn resource_with_attempt(&self, slot: u32, sid: &str) -> Option<String> {
         let s = self.slots.get(slot as usize)?;
-        let sid = Id::new(sid);
-        s.attempts(&self.side)
-            .any(|a| a.downstream.is(&sid, &self.side))
+        s.has_downstream(&Id::new(sid), &self.side)
             .then(|| s.id.text(&self.side).unwrap_or_default())
     }
 
@@ -445,12 +443,9 @@ impl Operation {
         };
         let before = self.slot_status(slot);
         let height_before = if was_new { 0 } else { self.slot_height(slot) };
-        let new_downstream = down.as_ref().is_some_and(|d| {
-            was_new
-                || !self.slots[slot as usize]
-                    .attempts(&self.side)
-                    .any(|a| a.downstream.is(d, &self.side))
-        });
+        let new_downstream = down
+            .as_ref()
+            .is_some_and(|d| was_new || !self.slots[slot as usize].has_downstream(d, &self.side));
         let side = &mut self.side;
         let resource = &mut self.slots[slot as usize];
         let attempts_before = resource.attempt_count(side);

@@ -478,6 +478,11 @@ impl Slot {
         self.attempts(side).count()
     }
 
+    /// Whether one of the attempts has the downstream id `d`.
+    pub(super) fn has_downstream(&self, d: &Id, side: &Side) -> bool {
+        self.attempts(side).any(|a| a.downstream.is(d, side))
+    }
+
     fn find_attempt<S: Text>(
         &self,
         ev: &AttemptEvent<S>,
