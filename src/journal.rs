@@ -777,6 +777,9 @@ struct Writer {
     stats: Arc<JournalStats>,
     /// Set once the writer thread has stopped: no more writes.
     stopped: bool,
+    /// A group's frames joined for one write, kept between groups so that each group does not
+    /// allocate (and the allocator give back) a buffer of its own.
+    scratch: Vec<u8>,
 }
 
 impl Writer {
@@ -879,6 +882,7 @@ impl Writer {
             self.grow_plainly_until = self.len + self.cfg.preallocate_bytes;
             tracing::debug!(error = %e, "journal: no room to write zeros ahead; growing the segment with the write");
         }
+        let mut scratch = std::mem::take(&mut self.scratch);
         let result = (|| {
             let f = self.open_current()?;
             let mut written = 0u64;
@@ -891,9 +895,12 @@ impl Writer {
                     written += fr.len() as u64;
                 }
             } else {
-                let buf: Vec<u8> = frames.concat();
-                f.write_all_at(&buf, good)?;
-                written = buf.len() as u64;
+                scratch.clear();
+                for fr in frames {
+                    scratch.extend_from_slice(fr);
+                }
+                f.write_all_at(&scratch, good)?;
+                written = scratch.len() as u64;
                 if mode == FsyncMode::Batch {
                     let t = Instant::now();
                     f.sync_data()?;
@@ -902,6 +909,7 @@ impl Writer {
             }
             Ok::<u64, io::Error>(written)
         })();
+        self.scratch = scratch;
         match result {
             Ok(written) => {
                 self.len += written;
@@ -1028,6 +1036,7 @@ impl Journal {
             grow_plainly_until: 0,
             stats: stats.clone(),
             stopped: false,
+            scratch: Vec::new(),
         };
         writer.open_current()?;
         let fsync = writer.cfg.fsync;
