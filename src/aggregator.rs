@@ -6,7 +6,8 @@
 
 use crate::dirty::Dirty;
 use crate::event::{AttemptEvent, Event, EventBody, Kind, ResourceRead, SkipReason, Text};
-use crate::rollup::hashing::{FastHash, KeyIsHash};
+use crate::rollup::hashing::FastHash;
+use crate::rollup::links::LinkTable;
 use crate::rollup::{
     Bucket, Fallback, Operation, OperationStatus, OperationView, Resource, ResourceStatus,
 };
@@ -151,36 +152,19 @@ impl ResourceFilter {
 /// Where a link points: an operation's link number and the resource's slot there.
 type Link = (u32, u32);
 
-/// A resource link's key: the 64-bit fingerprint of the resource id as two halves, so that
-/// the entry (key and operation number) takes 12 bytes rather than 16 (it is hashed as the
-/// fingerprint itself).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct ResKey([u32; 2]);
-
-impl std::hash::Hash for ResKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u64(u64::from(self.0[0]) << 32 | u64::from(self.0[1]));
-    }
-}
-
-impl From<u64> for ResKey {
-    fn from(k: u64) -> ResKey {
-        ResKey([(k >> 32) as u32, k as u32])
-    }
-}
-
 /// The in-memory state of every tracked operation.
 pub struct Aggregator {
     ops: DashMap<String, Operation, FastHash>,
-    /// Hash of an attempt (downstream) id → its operation and resource slot. Keys are 64-bit
-    /// keyed hashes rather than the ids (16 bytes instead of 60 or more per link); a link is
-    /// trusted only once the operation confirms the resource has that attempt, so a collision
-    /// can never misfile an event.
-    sid_links: DashMap<u64, Link, KeyIsHash>,
-    /// Hash of a resource id → its operation's link number (confirmed the same way: the
-    /// operation must hold the resource).
-    res_links: DashMap<ResKey, u32, KeyIsHash>,
+    /// Keyed hash of an attempt (downstream) id → its operation and resource slot, 12 bytes a
+    /// link ([`LinkTable`]); a link is trusted only once the operation confirms the resource
+    /// has that attempt, so ids that share a fingerprint can never misfile an event.
+    sid_links: LinkTable<Link>,
+    /// Keyed hash of a resource id → its operation's link number, 8 bytes a link (confirmed
+    /// the same way: the operation must hold the resource).
+    res_links: LinkTable<u32>,
     link_keys: RandomState,
+    /// Bits of a link key kept: all of them, but for [`Aggregator::with_colliding_links`].
+    link_key_mask: u64,
     /// Link number → operation id: links name an operation by a small number, not its id.
     operations_by_link_number: DashMap<u32, String, FastHash>,
     next_link_number: AtomicU32,
@@ -217,9 +201,10 @@ impl Aggregator {
     pub fn new(limits: Limits) -> Aggregator {
         Aggregator {
             ops: DashMap::default(),
-            sid_links: DashMap::default(),
-            res_links: DashMap::default(),
+            sid_links: LinkTable::for_this_machine(),
+            res_links: LinkTable::for_this_machine(),
             link_keys: RandomState::new(),
+            link_key_mask: u64::MAX,
             operations_by_link_number: DashMap::default(),
             next_link_number: AtomicU32::new(1),
             held: Mutex::new(HeldBook::default()),
@@ -305,13 +290,12 @@ impl Aggregator {
     }
 
     /// Whether an attempt SID (`sid`) or a resource id (otherwise) is linked to an operation
-    /// here (by its fingerprint: a collision can only make it answer yes wrongly).
+    /// here that holds it.
     pub fn knows_link(&self, id: &str, sid: bool) -> bool {
-        let k = self.link_key(id);
         if sid {
-            self.sid_links.contains_key(&k)
+            self.sid_link_at(id).is_some()
         } else {
-            self.res_links.contains_key(&ResKey::from(k))
+            self.res_link_number(id).is_some()
         }
     }
 
@@ -401,10 +385,7 @@ impl Aggregator {
         if changed {
             self.mark_dirty(&r.operation_id, Some(&r.resource_id), now_ms);
         }
-        let res_key = self.res_key(&r.resource_id);
-        if !self.res_links.contains_key(&res_key)
-            && self.res_links.insert(res_key, link.0).is_none()
-        {
+        if self.res_links.insert(self.link_key(&r.resource_id), link.0) {
             self.release_held(&r.operation_id, &r.resource_id, None, now_ms);
         }
         if changed {
@@ -415,11 +396,18 @@ impl Aggregator {
     }
 
     fn link_key(&self, id: &str) -> u64 {
-        self.link_keys.hash_one(id)
+        self.link_keys.hash_one(id) & self.link_key_mask
     }
 
-    fn res_key(&self, res: &str) -> ResKey {
-        ResKey::from(self.link_key(res))
+    /// For tests: an aggregator whose links all fall in one shard under four fingerprints, so
+    /// that nearly every lookup meets other ids' links. Its state must be the same as
+    /// [`Aggregator::new`]'s for the same events.
+    #[doc(hidden)]
+    pub fn with_colliding_links(limits: Limits) -> Aggregator {
+        Aggregator {
+            link_key_mask: 0b11,
+            ..Aggregator::new(limits)
+        }
     }
 
     /// A new operation, with a link number.
@@ -450,21 +438,59 @@ impl Aggregator {
             .map(|e| e.value().clone())
     }
 
+    /// The operation (its link number) and slot an attempt id is linked to, confirmed: of the
+    /// links under its fingerprint, the one to the lowest-numbered operation that holds it
+    /// (the oldest: one id in two operations, which Twilio's unique ids never are, resolves
+    /// to the same one every time).
+    fn sid_link_at(&self, sid: &str) -> Option<(String, u32, String)> {
+        let mut best: Option<(u32, String, u32, String)> = None;
+        for (n, slot) in self.sid_links.candidates(self.link_key(sid)) {
+            if best.as_ref().is_some_and(|b| b.0 <= n) {
+                continue;
+            }
+            let Some(op_id) = self.operation_by_link_number(n) else {
+                continue;
+            };
+            let Some(op) = self.ops.get(&*op_id) else {
+                continue;
+            };
+            if let Some(res) = op.resource_with_attempt(slot, sid) {
+                best = Some((n, op_id, slot, res));
+            }
+        }
+        best.map(|(_, op, slot, res)| (op, slot, res))
+    }
+
     /// The (operation id, resource id) an attempt id is linked to.
     fn sid_link(&self, sid: &str) -> Option<(String, String)> {
-        let (n, slot) = *self.sid_links.get(&self.link_key(sid))?.value();
-        let op_id = self.operation_by_link_number(n)?;
-        let op = self.ops.get(&op_id)?;
-        let res = op.resource_with_attempt(slot, sid)?;
-        Some((op_id, res))
+        self.sid_link_at(sid).map(|(op, _, res)| (op, res))
+    }
+
+    /// The operation a resource id is linked to, confirmed: of the links under its
+    /// fingerprint, the lowest-numbered operation that holds it.
+    fn res_link_number(&self, res: &str) -> Option<(u32, String)> {
+        let mut best: Option<(u32, String)> = None;
+        for n in self.res_links.candidates(self.link_key(res)) {
+            if best.as_ref().is_some_and(|b| b.0 <= n) {
+                continue;
+            }
+            let Some(op_id) = self.operation_by_link_number(n) else {
+                continue;
+            };
+            if self
+                .ops
+                .get(&*op_id)
+                .is_some_and(|op| op.slot_of(res).is_some())
+            {
+                best = Some((n, op_id));
+            }
+        }
+        best
     }
 
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
-        let n = *self.res_links.get(&self.res_key(res))?.value();
-        let op_id = self.operation_by_link_number(n)?;
-        let op = self.ops.get(&op_id)?;
-        op.slot_of(res).is_some().then_some(op_id)
+        self.res_link_number(res).map(|(_, op)| op)
     }
 
     /// The operation and resource an attempt belongs to, as far as the links tell now.
@@ -544,22 +570,17 @@ impl Aggregator {
             self.mark_dirty(op_id, Some(res_id), now_ms);
         }
         // A resource or attempt id the operation held already was linked when it came, and
-        // links go only with their whole operation: the tables, large and cold, are looked at
+        // links go only with their whole operation: the tables, large and cold, are touched
         // only for ids new to the operation. (One id in two operations, which Twilio's unique
-        // ids never are, stays linked to the first; once that one is evicted, the second is
-        // linked again only by a read of it, and events naming the id alone wait.)
+        // ids never are, is linked to both; a lookup takes the oldest that holds it.)
         let mut new_link = false;
         if applied.new_resource {
-            let res_key = self.res_key(res_id);
-            if !self.res_links.contains_key(&res_key) {
-                new_link |= self.res_links.insert(res_key, link.0).is_none();
-            }
+            self.res_links.insert(self.link_key(res_id), link.0);
+            new_link = true;
         }
         if let Some(sid) = a.downstream_id.as_ref().filter(|_| applied.new_downstream) {
-            let sid_key = self.link_key(sid);
-            if !self.sid_links.contains_key(&sid_key) {
-                new_link |= self.sid_links.insert(sid_key, link).is_none();
-            }
+            self.sid_links.insert(self.link_key(sid), link);
+            new_link = true;
         }
         if new_link {
             self.release_held(op_id, res_id, a.downstream_id.as_deref(), now_ms);
@@ -761,20 +782,7 @@ impl Aggregator {
         for op in self.ops.iter() {
             op.memory_parts(&mut parts);
         }
-        // DashMap's default shard count; each shard is one hash table.
-        let shards = std::thread::available_parallelism()
-            .map_or(1, |n| n.get() * 4)
-            .next_power_of_two();
-        let table = |capacity: usize, entry: usize| {
-            crate::rollup::operation::table_bytes(capacity / shards, entry) * shards as u64
-        };
-        parts.links = table(
-            self.sid_links.capacity(),
-            std::mem::size_of::<(u64, Link)>(),
-        ) + table(
-            self.res_links.capacity(),
-            std::mem::size_of::<(ResKey, u32)>(),
-        );
+        parts.links = self.sid_links.allocated_bytes() + self.res_links.allocated_bytes();
         parts
     }
 
@@ -800,13 +808,11 @@ impl Aggregator {
             return false;
         };
         self.operations_by_link_number.remove(&op.link_number());
-        let mine = |l: &Link| l.0 == op.link_number();
+        let n = op.link_number();
         for (_, res, sids) in op.links() {
-            self.res_links
-                .remove_if(&self.res_key(&res), |_, &n| n == op.link_number());
+            self.res_links.remove(self.link_key(&res), |&m| m == n);
             for sid in sids {
-                self.sid_links
-                    .remove_if(&self.link_key(&sid), |_, l| mine(l));
+                self.sid_links.remove(self.link_key(&sid), |l| l.0 == n);
             }
         }
         self.resources
@@ -944,11 +950,9 @@ impl Aggregator {
         let n = self.assign_link_number(&op.id);
         op.set_link_number(n);
         for (slot, res, sids) in op.links() {
-            self.res_links.entry(self.res_key(&res)).or_insert(n);
+            self.res_links.insert(self.link_key(&res), n);
             for sid in sids {
-                self.sid_links
-                    .entry(self.link_key(&sid))
-                    .or_insert((n, slot));
+                self.sid_links.insert(self.link_key(&sid), (n, slot));
             }
         }
         self.resources

@@ -227,7 +227,10 @@ fn observe(agg: &Aggregator, n: usize) -> Vec<String> {
 }
 
 fn apply_all(events: &[Event]) -> Aggregator {
-    let agg = Aggregator::new(Limits::default());
+    apply_all_to(Aggregator::new(Limits::default()), events)
+}
+
+fn apply_all_to(agg: Aggregator, events: &[Event]) -> Aggregator {
     for (i, e) in events.iter().enumerate() {
         agg.apply(e, 1_800_000_000_000 + i as u64);
     }
@@ -261,7 +264,11 @@ proptest! {
             shuffled.swap(i, (state % (i as u64 + 1)) as usize);
         }
         let other = observe(&apply_all(&shuffled), ops.len());
-        prop_assert_eq!(reference, other);
+        prop_assert_eq!(&reference, &other);
+        // Links that all share four fingerprints: every lookup meets other ids' links, and
+        // only the operation's confirmation tells them apart.
+        let colliding = apply_all_to(Aggregator::with_colliding_links(Limits::default()), &shuffled);
+        prop_assert_eq!(&reference, &observe(&colliding, ops.len()));
     }
 
     #[test]

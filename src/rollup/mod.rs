@@ -4,6 +4,7 @@
 pub mod compact;
 pub mod fallback;
 pub mod hashing;
+pub mod links;
 pub mod operation;
 pub mod status;
 mod stored;
