@@ -293,7 +293,7 @@ impl Aggregator {
     /// here that holds it.
     pub fn knows_link(&self, id: &str, sid: bool) -> bool {
         if sid {
-            self.sid_link_at(id).is_some()
+            self.sid_link(id).is_some()
         } else {
             self.res_link_number(id).is_some()
         }
@@ -370,22 +370,26 @@ impl Aggregator {
     /// Fold one resource read from Twilio into its operation, and link the resource there so
     /// that attempts naming only the resource find it (and held ones are released).
     fn apply_resource_read(&self, r: &ResourceRead, time_ms: u64, now_ms: u64) -> Outcome {
-        let (changed, kind, link) = {
+        let (changed, kind, link, new_resource) = {
             let mut op = self
                 .ops
                 .entry(r.operation_id.clone())
                 .or_insert_with(|| self.new_operation(&r.operation_id, time_ms, now_ms));
             let before = op.resource_count();
             let applied = op.apply_resource_read(r, time_ms, now_ms);
-            if op.resource_count() > before {
+            let new_resource = op.resource_count() > before;
+            if new_resource {
                 self.resources.fetch_add(1, Ordering::Relaxed);
             }
-            (applied.changed, op.kind(), (op.link_number(), applied.slot))
+            (applied.changed, op.kind(), op.link_number(), new_resource)
         };
         if changed {
             self.mark_dirty(&r.operation_id, Some(&r.resource_id), now_ms);
         }
-        if self.res_links.insert(self.link_key(&r.resource_id), link.0) {
+        // Another resource of this operation may have filed the very same link (one
+        // fingerprint, one operation): the resource is linked all the same once it is new here.
+        let linked = self.res_links.insert(self.link_key(&r.resource_id), link);
+        if linked || new_resource {
             self.release_held(&r.operation_id, &r.resource_id, None, now_ms);
         }
         if changed {
@@ -438,12 +442,12 @@ impl Aggregator {
             .map(|e| e.value().clone())
     }
 
-    /// The operation (its link number) and slot an attempt id is linked to, confirmed: of the
-    /// links under its fingerprint, the one to the lowest-numbered operation that holds it
-    /// (the oldest: one id in two operations, which Twilio's unique ids never are, resolves
-    /// to the same one every time).
-    fn sid_link_at(&self, sid: &str) -> Option<(String, u32, String)> {
-        let mut best: Option<(u32, String, u32, String)> = None;
+    /// The (operation id, resource id) an attempt id is linked to, confirmed: of the links
+    /// under its fingerprint, the one to the lowest-numbered operation that holds it (the
+    /// oldest: one id in two operations, which Twilio's unique ids never are, resolves to the
+    /// same one every time).
+    fn sid_link(&self, sid: &str) -> Option<(String, String)> {
+        let mut best: Option<(u32, String, String)> = None;
         for (n, slot) in self.sid_links.candidates(self.link_key(sid)) {
             if best.as_ref().is_some_and(|b| b.0 <= n) {
                 continue;
@@ -455,15 +459,10 @@ impl Aggregator {
                 continue;
             };
             if let Some(res) = op.resource_with_attempt(slot, sid) {
-                best = Some((n, op_id, slot, res));
+                best = Some((n, op_id, res));
             }
         }
-        best.map(|(_, op, slot, res)| (op, slot, res))
-    }
-
-    /// The (operation id, resource id) an attempt id is linked to.
-    fn sid_link(&self, sid: &str) -> Option<(String, String)> {
-        self.sid_link_at(sid).map(|(op, _, res)| (op, res))
+        best.map(|(_, op, res)| (op, res))
     }
 
     /// The operation a resource id is linked to, confirmed: of the links under its

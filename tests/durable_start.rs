@@ -194,7 +194,7 @@ fn after_kill_9_a_restart_takes_the_stale_lock_and_keeps_the_state() {
 
 /// Operations generated into the first run's journal: enough that a debug build replays them
 /// for several seconds on this 2-core machine (a release build replays about ten times faster).
-const FILL_OPERATIONS: usize = if cfg!(debug_assertions) { 30 } else { 400 };
+const FILL_OPERATIONS: usize = if cfg!(debug_assertions) { 50 } else { 600 };
 
 /// Fill the journal of the tally on `port` with `tally simulate` (Event Streams batches).
 fn fill_with_simulate(port: u16) {

@@ -521,3 +521,49 @@ fn held_attempts_are_bounded_and_the_overflow_is_counted() {
     assert_eq!(agg.census().held, 0, "aged out");
     assert_eq!(agg.held_dropped(), 5);
 }
+
+/// With every link on four fingerprints, a resource new to an operation finds the very link it
+/// would file already there (another resource of the same operation filed it). The attempt
+/// held for it is released all the same when a read of the resource puts it in the operation.
+#[test]
+fn a_resource_read_releases_its_held_attempt_when_its_link_is_shared() {
+    let op = "comms_operation_shared";
+    let attempt = |op: Option<&str>, res: &str, sid: &str| Event {
+        time_ms: 5,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: Some(Kind::Messages),
+            operation_id: op.map(str::to_owned),
+            resource_id: Some(res.into()),
+            downstream_id: Some(sid.into()),
+            attempt: None,
+            channel: None,
+            status: AttemptStatus::Sent,
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    let agg = Aggregator::with_colliding_links(Limits::default());
+    // Enough resources in the operation to file a link under each of the four fingerprints.
+    for i in 0..32 {
+        let e = attempt(Some(op), &format!("comms_message_{i}"), &format!("SM{i}"));
+        agg.apply(&e, 10);
+    }
+    let waiting = attempt(None, "comms_message_new", "SMnew");
+    agg.apply(&waiting, 10);
+    assert_eq!(agg.census().held, 1, "no operation holds the resource yet");
+    let read: Event = Event {
+        time_ms: 6,
+        body: EventBody::ResourceRead(ResourceRead {
+            kind: Kind::Messages,
+            operation_id: op.into(),
+            resource_id: "comms_message_new".into(),
+            status: AttemptStatus::Sent,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    agg.apply(&read, 20);
+    assert_eq!(agg.census().held, 0, "the read released the held attempt");
+    assert_eq!(agg.operation(op).unwrap().stats.attempts, 33);
+}
