@@ -388,7 +388,7 @@ impl Aggregator {
         }
         // Another resource of this operation may have filed the very same link (one
         // fingerprint, one operation): the resource is linked all the same once it is new here.
-        let linked = self.res_links.insert(self.link_key(&r.resource_id), link);
+        let linked = self.link_resource(&r.resource_id, link);
         if linked || new_resource {
             self.release_held(&r.operation_id, &r.resource_id, None, now_ms);
         }
@@ -442,10 +442,22 @@ impl Aggregator {
             .map(|e| e.value().clone())
     }
 
+    /// Link a resource id to operation `n` unless it is linked already (to an operation that
+    /// holds it: the first one stays, so where an id resolves never changes while that
+    /// operation lives); true when a link was stored.
+    fn link_resource(&self, res: &str, n: u32) -> bool {
+        self.res_link_number(res).is_none() && self.res_links.insert(self.link_key(res), n)
+    }
+
+    /// Link an attempt id to its operation and slot unless it is linked already, as
+    /// [`Aggregator::link_resource`] does.
+    fn link_sid(&self, sid: &str, link: Link) -> bool {
+        self.sid_link(sid).is_none() && self.sid_links.insert(self.link_key(sid), link)
+    }
+
     /// The (operation id, resource id) an attempt id is linked to, confirmed: of the links
-    /// under its fingerprint, the one to the lowest-numbered operation that holds it (the
-    /// oldest: one id in two operations, which Twilio's unique ids never are, resolves to the
-    /// same one every time).
+    /// under its fingerprint, one to an operation that holds it (an id is linked once, so
+    /// there is one; should a race of two first links leave two, the lowest-numbered wins).
     fn sid_link(&self, sid: &str) -> Option<(String, String)> {
         let mut best: Option<(u32, String, String)> = None;
         for (n, slot) in self.sid_links.candidates(self.link_key(sid)) {
@@ -466,7 +478,7 @@ impl Aggregator {
     }
 
     /// The operation a resource id is linked to, confirmed: of the links under its
-    /// fingerprint, the lowest-numbered operation that holds it.
+    /// fingerprint, an operation that holds it (the lowest-numbered, should there be two).
     fn res_link_number(&self, res: &str) -> Option<(u32, String)> {
         let mut best: Option<(u32, String)> = None;
         for n in self.res_links.candidates(self.link_key(res)) {
@@ -571,14 +583,15 @@ impl Aggregator {
         // A resource or attempt id the operation held already was linked when it came, and
         // links go only with their whole operation: the tables, large and cold, are touched
         // only for ids new to the operation. (One id in two operations, which Twilio's unique
-        // ids never are, is linked to both; a lookup takes the oldest that holds it.)
+        // ids never are, stays linked to the first; once that one is evicted, the second is
+        // linked again only by a read of it, and events naming the id alone wait.)
         let mut new_link = false;
         if applied.new_resource {
-            self.res_links.insert(self.link_key(res_id), link.0);
+            self.link_resource(res_id, link.0);
             new_link = true;
         }
         if let Some(sid) = a.downstream_id.as_ref().filter(|_| applied.new_downstream) {
-            self.sid_links.insert(self.link_key(sid), link);
+            self.link_sid(sid, link);
             new_link = true;
         }
         if new_link {
@@ -949,9 +962,9 @@ impl Aggregator {
         let n = self.assign_link_number(&op.id);
         op.set_link_number(n);
         for (slot, res, sids) in op.links() {
-            self.res_links.insert(self.link_key(&res), n);
+            self.link_resource(&res, n);
             for sid in sids {
-                self.sid_links.insert(self.link_key(&sid), (n, slot));
+                self.link_sid(&sid, (n, slot));
             }
         }
         self.resources
