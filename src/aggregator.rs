@@ -295,7 +295,7 @@ impl Aggregator {
         if sid {
             self.sid_link(id).is_some()
         } else {
-            self.res_link_number(id).is_some()
+            self.res_link(id).is_some()
         }
     }
 
@@ -446,62 +446,72 @@ impl Aggregator {
     /// holds it: the first one stays, so where an id resolves never changes while that
     /// operation lives); true when a link was stored.
     fn link_resource(&self, res: &str, n: u32) -> bool {
-        self.res_link_number(res).is_none() && self.res_links.insert(self.link_key(res), n)
+        let h = self.link_key(res);
+        self.res_link_at(res, h).is_none() && self.res_links.insert(h, n)
     }
 
     /// Link an attempt id to its operation and slot unless it is linked already, as
     /// [`Aggregator::link_resource`] does.
     fn link_sid(&self, sid: &str, link: Link) -> bool {
-        self.sid_link(sid).is_none() && self.sid_links.insert(self.link_key(sid), link)
+        let h = self.link_key(sid);
+        self.sid_link_at(sid, h).is_none() && self.sid_links.insert(h, link)
     }
 
-    /// The (operation id, resource id) an attempt id is linked to, confirmed: of the links
-    /// under its fingerprint, one to an operation that holds it (an id is linked once, so
-    /// there is one; should a race of two first links leave two, the lowest-numbered wins).
+    /// Of the links stored under one fingerprint (`candidates`, each naming its operation by
+    /// `number`), the one whose operation `holds` the id, with that operation's id and what
+    /// `holds` found: an id is linked once, so there is one; should a race of two first links
+    /// leave two, the lowest-numbered wins.
+    fn confirmed<V: Copy, R>(
+        &self,
+        candidates: crate::rollup::links::Candidates<V>,
+        number: impl Fn(V) -> u32,
+        holds: impl Fn(&Operation, V) -> Option<R>,
+    ) -> Option<(String, R)> {
+        let mut best: Option<(u32, String, R)> = None;
+        for v in candidates {
+            let n = number(v);
+            if best.as_ref().is_some_and(|b| b.0 <= n) {
+                continue;
+            }
+            let Some(op_id) = self.operation_by_link_number(n) else {
+                continue;
+            };
+            let Some(found) = self.ops.get(&*op_id).and_then(|op| holds(&op, v)) else {
+                continue;
+            };
+            best = Some((n, op_id, found));
+        }
+        best.map(|(_, op, found)| (op, found))
+    }
+
+    /// The (operation id, resource id) an attempt id is linked to, confirmed.
     fn sid_link(&self, sid: &str) -> Option<(String, String)> {
-        let mut best: Option<(u32, String, String)> = None;
-        for (n, slot) in self.sid_links.candidates(self.link_key(sid)) {
-            if best.as_ref().is_some_and(|b| b.0 <= n) {
-                continue;
-            }
-            let Some(op_id) = self.operation_by_link_number(n) else {
-                continue;
-            };
-            let Some(op) = self.ops.get(&*op_id) else {
-                continue;
-            };
-            if let Some(res) = op.resource_with_attempt(slot, sid) {
-                best = Some((n, op_id, res));
-            }
-        }
-        best.map(|(_, op, res)| (op, res))
+        self.sid_link_at(sid, self.link_key(sid))
     }
 
-    /// The operation a resource id is linked to, confirmed: of the links under its
-    /// fingerprint, an operation that holds it (the lowest-numbered, should there be two).
-    fn res_link_number(&self, res: &str) -> Option<(u32, String)> {
-        let mut best: Option<(u32, String)> = None;
-        for n in self.res_links.candidates(self.link_key(res)) {
-            if best.as_ref().is_some_and(|b| b.0 <= n) {
-                continue;
-            }
-            let Some(op_id) = self.operation_by_link_number(n) else {
-                continue;
-            };
-            if self
-                .ops
-                .get(&*op_id)
-                .is_some_and(|op| op.slot_of(res).is_some())
-            {
-                best = Some((n, op_id));
-            }
-        }
-        best
+    /// [`Aggregator::sid_link`], with the id's link key `h` already made.
+    fn sid_link_at(&self, sid: &str, h: u64) -> Option<(String, String)> {
+        self.confirmed(
+            self.sid_links.candidates(h),
+            |(n, _)| n,
+            |op, (_, slot)| op.resource_with_attempt(slot, sid),
+        )
+    }
+
+    /// The operation id a resource id is linked to, confirmed, with the id's link key `h`
+    /// already made.
+    fn res_link_at(&self, res: &str, h: u64) -> Option<String> {
+        self.confirmed(
+            self.res_links.candidates(h),
+            |n| n,
+            |op, _| op.slot_of(res).map(|_| ()),
+        )
+        .map(|(op, ())| op)
     }
 
     /// The operation id a resource id is linked to.
     fn res_link(&self, res: &str) -> Option<String> {
-        self.res_link_number(res).map(|(_, op)| op)
+        self.res_link_at(res, self.link_key(res))
     }
 
     /// The operation and resource an attempt belongs to, as far as the links tell now.
