@@ -42,10 +42,24 @@ pub(super) struct Side {
     pub(super) extra: Vec<StoredAttempt>,
     /// Ids of no packed form, by number.
     others: Vec<Box<str>>,
-    /// Offsets are from this time; set by the first time stored.
+    /// Creation times are offsets from this time; set by the first one stored.
     time_base_ms: Option<u64>,
+    /// Update times are offsets from this one, set by the first update time stored. Creation
+    /// times come from events and update times from tally's clock: a stream replayed months
+    /// late puts the two far apart, and each still fits an offset from its own base.
+    updated_base_ms: Option<u64>,
     /// Times that did not fit an offset.
     far_times: Vec<u64>,
+    /// Entries of `far_times` no longer used, taken again before the vector grows: a time that
+    /// is raised again and again stays in one entry.
+    far_free: Vec<u32>,
+}
+
+/// Which base a time is an offset from.
+#[derive(Clone, Copy)]
+enum Base {
+    Created,
+    Updated,
 }
 
 /// A time offset's top bit: set, the rest numbers an entry of [`Side::far_times`].
@@ -53,6 +67,8 @@ const FAR: u32 = 1 << 31;
 /// The base time lies this far before the first time stored, so that earlier event times still
 /// fit (times from about 12 days before to about 12 days after the first).
 const BASE_BEFORE_MS: u64 = 1 << 30;
+/// A slot's update time while it is still its creation time as first stored.
+const SAME_AS_CREATED: u32 = u32::MAX;
 
 impl Side {
     fn tag_set(&self, n: u32) -> &[(u32, u32)] {
@@ -66,24 +82,49 @@ impl Side {
         self.tag_sets.intern(set)
     }
 
-    fn time(&self, t: u32) -> u64 {
+    fn base(&mut self, which: Base) -> &mut Option<u64> {
+        match which {
+            Base::Created => &mut self.time_base_ms,
+            Base::Updated => &mut self.updated_base_ms,
+        }
+    }
+
+    fn time(&self, t: u32, which: Base) -> u64 {
         if t & FAR != 0 {
             return self.far_times[(t & !FAR) as usize];
         }
-        self.time_base_ms.unwrap_or(0) + u64::from(t)
+        let base = match which {
+            Base::Created => self.time_base_ms,
+            Base::Updated => self.updated_base_ms,
+        };
+        base.unwrap_or(0) + u64::from(t)
     }
 
-    fn store_time(&mut self, ms: u64) -> u32 {
+    fn store_time(&mut self, ms: u64, which: Base) -> u32 {
         let base = *self
-            .time_base_ms
+            .base(which)
             .get_or_insert(ms.saturating_sub(BASE_BEFORE_MS));
         match ms.checked_sub(base).and_then(|d| u32::try_from(d).ok()) {
             Some(d) if d & FAR == 0 => d,
-            _ => {
-                self.far_times.push(ms);
-                (self.far_times.len() - 1) as u32 | FAR
-            }
+            _ => match self.far_free.pop() {
+                Some(n) => {
+                    self.far_times[n as usize] = ms;
+                    n | FAR
+                }
+                None => {
+                    self.far_times.push(ms);
+                    (self.far_times.len() - 1) as u32 | FAR
+                }
+            },
         }
+    }
+
+    /// Store `ms` in place of `old`, freeing `old`'s far entry if it had one.
+    fn replace_time(&mut self, old: u32, ms: u64, which: Base) -> u32 {
+        if old & FAR != 0 && old != SAME_AS_CREATED {
+            self.far_free.push(old & !FAR);
+        }
+        self.store_time(ms, which)
     }
 
     /// Bytes held beyond the slots themselves, for the memory accounting.
@@ -92,7 +133,8 @@ impl Side {
         let other = self.labels.heap_bytes(str::len)
             + self.tag_sets.heap_bytes(|s| s.len() * 8)
             + self.others.iter().map(|o| 16 + o.len()).sum::<usize>()
-            + self.far_times.capacity() * 8;
+            + self.far_times.capacity() * 8
+            + self.far_free.capacity() * 4;
         (extra, other as u64)
     }
 }
@@ -426,29 +468,35 @@ impl Slot {
     }
 
     pub(super) fn new(id: &Id, time_ms: u64, side: &mut Side) -> Slot {
-        let t = side.store_time(time_ms);
         Slot {
             id: SlotId::store(id, side),
             to: SlotId::NONE,
             tags: 0,
             first: None,
-            created: t,
-            updated: t,
+            created: side.store_time(time_ms, Base::Created),
+            updated: SAME_AS_CREATED,
         }
     }
 
     pub(super) fn created_ms(&self, side: &Side) -> u64 {
-        side.time(self.created)
+        side.time(self.created, Base::Created)
     }
 
     pub(super) fn updated_ms(&self, side: &Side) -> u64 {
-        side.time(self.updated)
+        if self.updated == SAME_AS_CREATED {
+            return self.created_ms(side);
+        }
+        side.time(self.updated, Base::Updated)
     }
 
     /// Lower the creation time to `ms` if it is earlier; true when it was.
     pub(super) fn note_created(&mut self, ms: u64, side: &mut Side) -> bool {
-        if ms < side.time(self.created) {
-            self.created = side.store_time(ms);
+        let was = self.created_ms(side);
+        if ms < was {
+            if self.updated == SAME_AS_CREATED {
+                self.updated = side.store_time(was, Base::Updated);
+            }
+            self.created = side.replace_time(self.created, ms, Base::Created);
             return true;
         }
         false
@@ -456,8 +504,8 @@ impl Slot {
 
     /// Raise the update time to `ms` if it is later.
     pub(super) fn note_updated(&mut self, ms: u64, side: &mut Side) {
-        if ms > side.time(self.updated) {
-            self.updated = side.store_time(ms);
+        if ms > self.updated_ms(side) {
+            self.updated = side.replace_time(self.updated, ms, Base::Updated);
         }
     }
 
@@ -524,7 +572,9 @@ impl Slot {
 
     pub(super) fn from_resource(r: &Resource, side: &mut Side) -> Slot {
         let mut slot = Slot::new(&Id::new(&r.id), r.created_ms, side);
-        slot.updated = side.store_time(r.updated_ms);
+        if r.updated_ms != r.created_ms {
+            slot.updated = side.store_time(r.updated_ms, Base::Updated);
+        }
         slot.to =
             r.to.as_deref()
                 .map_or(SlotId::NONE, |t| SlotId::store(&Id::new(t), side));
@@ -672,5 +722,65 @@ mod tests {
         // bytes.
         assert_eq!(std::mem::size_of::<StoredAttempt>(), 32);
         assert_eq!(std::mem::size_of::<Slot>(), 80);
+    }
+
+    const DAY: u64 = 86_400_000;
+
+    fn slot_at(ms: u64, side: &mut Side) -> Slot {
+        Slot::new(
+            &Id::new("comms_message_01h9krwprkeee8fzqspvwy6n00"),
+            ms,
+            side,
+        )
+    }
+
+    #[test]
+    fn event_times_and_clock_times_months_apart_both_fit_offsets() {
+        // A stream replayed long after it was sent: creation times from the events, update
+        // times from the clock, 300 days later.
+        let mut side = Side::default();
+        for i in 0..100 {
+            let mut slot = slot_at(10 * DAY + i, &mut side);
+            assert_eq!(slot.updated_ms(&side), 10 * DAY + i);
+            for k in 1..5 {
+                slot.note_updated(310 * DAY + i * 10 + k, &mut side);
+            }
+            assert_eq!(slot.created_ms(&side), 10 * DAY + i);
+            assert_eq!(slot.updated_ms(&side), 310 * DAY + i * 10 + 4);
+        }
+        assert_eq!(side.far_times.len(), 0);
+    }
+
+    #[test]
+    fn a_time_raised_again_and_again_keeps_one_far_entry() {
+        let mut side = Side::default();
+        let mut slot = slot_at(1000 * DAY, &mut side);
+        slot.note_updated(1000 * DAY + 1, &mut side);
+        // Every step lands 20 days past the one before: never an offset from the first.
+        for step in 1..=50 {
+            slot.note_updated(1000 * DAY + step * 20 * DAY, &mut side);
+            assert_eq!(slot.updated_ms(&side), 1000 * DAY + step * 20 * DAY);
+        }
+        assert_eq!(side.far_times.len(), 1, "{:?}", side.far_times);
+        // Creation times lowered far and further: their entries are shared out again too.
+        for step in 1..=10 {
+            assert!(slot.note_created(1000 * DAY - step * 20 * DAY, &mut side));
+            assert_eq!(slot.created_ms(&side), 1000 * DAY - step * 20 * DAY);
+        }
+        assert_eq!(side.far_times.len(), 2, "{:?}", side.far_times);
+        assert_eq!(slot.updated_ms(&side), 2000 * DAY);
+    }
+
+    #[test]
+    fn lowering_the_creation_time_keeps_the_first_as_the_update_time() {
+        let mut side = Side::default();
+        let mut slot = slot_at(100 * DAY, &mut side);
+        assert!(slot.note_created(99 * DAY, &mut side));
+        assert!(!slot.note_created(99 * DAY, &mut side));
+        assert_eq!(slot.created_ms(&side), 99 * DAY);
+        assert_eq!(slot.updated_ms(&side), 100 * DAY);
+        // An update time that is not later changes nothing.
+        slot.note_updated(100 * DAY - 1, &mut side);
+        assert_eq!(slot.updated_ms(&side), 100 * DAY);
     }
 }
