@@ -64,6 +64,18 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// What each part of the recovered state holds, in bytes (as `examples/memory` reports it).
+fn parts(agg: &Aggregator) -> serde_json::Value {
+    let p = agg.memory_parts();
+    serde_json::json!({
+        "slots": p.slots,
+        "slot_index": p.slot_index,
+        "extra_attempts": p.extra_attempts,
+        "links": p.links,
+        "other": p.other,
+    })
+}
+
 /// Time one recovery of `dir` as it is, in this process, and print it as JSON; with
 /// `snapshot_after`, then snapshot the recovered state and time that too.
 fn replay_only(dir: &Path, snapshot_after: bool) {
@@ -80,6 +92,7 @@ fn replay_only(dir: &Path, snapshot_after: bool) {
         "recover_seconds": seconds,
         "recover_cpu_seconds": cpu_seconds,
         "rss_bytes_after": rss_bytes(),
+        "parts_bytes_after": parts(&agg),
     });
     if snapshot_after {
         let seconds = actix_web::rt::System::new().block_on(async move {

@@ -54,3 +54,16 @@ pub mod startup;
 #[cfg(not(fuzzing))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Lets the allocator give back to the system what has lain free for longer than its purge
+/// delay (a second). mimalloc does that only from within a later free of a whole page of its
+/// own, so a server that goes quiet after a burst (a recovery, a snapshot, a flood of
+/// callbacks) would keep the burst's freed memory resident for as long as it stays quiet.
+/// Allocating and freeing one large block is such a free; the block is never written, so it
+/// is never resident either. The upkeep task calls this once a second (docs/operations.md,
+/// "Sizing").
+pub fn return_freed_memory() {
+    const BLOCK_BYTES: usize = 16 << 20;
+    let block: Vec<u8> = Vec::with_capacity(BLOCK_BYTES);
+    std::hint::black_box(&block);
+}

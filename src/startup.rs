@@ -656,8 +656,9 @@ struct Schedule {
     snapshot_bytes: u64,
 }
 
-/// Background upkeep, once a second: retention sweeps, snapshots when due, and a probe write
-/// while the journal is failing so that tally notices by itself when the disk is back. Neither
+/// Background upkeep, once a second: retention sweeps, snapshots when due, a probe write while
+/// the journal is failing so that tally notices by itself when the disk is back, and a nudge
+/// that lets the allocator give back memory freed a while ago ([`crate::return_freed_memory`]). Neither
 /// sweeps nor snapshots run before start-up recovery is done: the state is not whole yet.
 async fn maintain(
     agg: web::Data<Aggregator>,
@@ -670,6 +671,7 @@ async fn maintain(
     let mut last_snapshot = Instant::now();
     loop {
         tick.tick().await;
+        crate::return_freed_memory();
         if !recovery.is_done() {
             if let Some(j) = journal.as_ref().filter(|j| j.last_error().is_some()) {
                 if j.probe().await.is_ok() {
