@@ -63,6 +63,7 @@ fn round(dir: &Path, preallocate_bytes: u64, appends: u64, into: &mut Totals) {
         fsync: FsyncMode::Batch,
         segment_bytes: 64 << 20,
         max_group: 4096,
+        writer_nice: 0,
         preallocate_bytes,
     })
     .expect("journal opens");

@@ -32,6 +32,7 @@ fn open(dir: &Path) -> Journal {
         fsync: FsyncMode::Never,
         segment_bytes: 64 << 20,
         max_group: 4096,
+        writer_nice: 0,
         preallocate_bytes: 4 << 20,
     })
     .expect("journal opens")

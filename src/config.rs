@@ -140,6 +140,9 @@ pub struct StorageSettings {
     pub max_group: usize,
     /// Zeros written ahead of the journal's records, per extension of a segment (0: none).
     pub preallocate_bytes: u64,
+    /// How much the journal's writer thread lowers its scheduling priority (a nice increment,
+    /// 0 – 19; 0: as the rest of tally).
+    pub writer_nice: i32,
     #[serde(with = "humantime_serde_shim")]
     pub snapshot_interval: Duration,
     pub snapshot_bytes: u64,
@@ -167,6 +170,7 @@ impl StorageSettings {
             segment_bytes: self.segment_bytes,
             max_group: self.max_group,
             preallocate_bytes: self.preallocate_bytes,
+            writer_nice: self.writer_nice,
         }
     }
 }
@@ -655,6 +659,12 @@ impl Settings {
                 "storage.max_group must be positive and storage.segment_bytes at least 4096".into(),
             ));
         }
+        if !(0..=19).contains(&self.storage.writer_nice) {
+            return Err(ConfigError::Invalid(format!(
+                "storage.writer_nice is {}: give a nice increment from 0 (as the rest of tally) to 19",
+                self.storage.writer_nice
+            )));
+        }
         if self.http.max_body_bytes == 0 || self.api.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "http.max_body_bytes and api.max_page_size must be positive".into(),
@@ -985,6 +995,25 @@ mod tests {
         assert_eq!(limits.held_ttl_ms, 2_000);
         assert_eq!(limits.max_resources, 7);
         assert!(!limits.keep_recipient_addresses);
+    }
+
+    #[test]
+    fn the_journal_writers_nice_increment_is_five_by_default_and_held_to_0_through_19() {
+        let s = Settings::load(None, vec![]).unwrap();
+        assert_eq!(s.storage.writer_nice, 5);
+        for ok in ["0", "19"] {
+            let s = Settings::load(None, env(&[("TALLY_STORAGE__WRITER_NICE", ok)])).unwrap();
+            assert_eq!(s.storage.writer_nice.to_string(), ok);
+        }
+        for bad in ["-1", "20"] {
+            let err = Settings::load(None, env(&[("TALLY_STORAGE__WRITER_NICE", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("storage.writer_nice") && err.contains(bad),
+                "{err}"
+            );
+        }
     }
 
     #[test]

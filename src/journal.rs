@@ -57,6 +57,8 @@ pub struct JournalConfig {
     /// The open segment is extended with zeros this many bytes at a time, ahead of the
     /// records (0: not at all; see [`Writer::make_room`]).
     pub preallocate_bytes: u64,
+    /// The writer thread's nice increment (0: none; see [`Writer::lower_priority`]).
+    pub writer_nice: i32,
 }
 
 /// One journal record: the events a request brought, and when it arrived. Its events' ids are
@@ -932,7 +934,33 @@ impl Writer {
         }
     }
 
+    /// Lower this thread's scheduling priority by `nice` (on Linux a nice value is a thread's
+    /// own). Each record's arrival and each sync's completion wake the writer; at the workers'
+    /// priority the wake-up preempts an HTTP worker in the middle of a request, every time.
+    /// Lower, it runs when a core is free or at the next scheduling point instead, which costs
+    /// the workers fewer context switches, and records that arrive meanwhile join its next
+    /// group (docs/performance.md, "The journal writer's priority").
+    fn lower_priority(nice: i32) {
+        if nice == 0 {
+            return;
+        }
+        match rustix::process::nice(nice) {
+            Ok(now) => tracing::debug!(nice = now, "journal writer's priority lowered"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                nice,
+                "could not lower the journal writer's priority (storage.writer_nice); it runs at tally's"
+            ),
+        }
+    }
+
     fn run(writer: Arc<Mutex<Writer>>, rx: mpsc::Receiver<Command>) {
+        let nice = writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cfg
+            .writer_nice;
+        Self::lower_priority(nice);
         let mut pending: Vec<Command> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut guard = writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -1552,6 +1580,7 @@ mod tests {
             segment_bytes,
             preallocate_bytes: 64 << 10,
             max_group: 16,
+            writer_nice: 0,
         }
     }
 
@@ -1560,6 +1589,56 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("journal")).expect("scratch dir");
         dir
+    }
+
+    /// The nice value in a thread's `stat` file: after the name in parentheses, state is the
+    /// first field and nice the 17th.
+    fn nice_in(stat: &Path) -> Option<i32> {
+        let stat = fs::read_to_string(stat).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(16)?
+            .parse()
+            .ok()
+    }
+
+    /// The nice values of this process's threads named `name`.
+    fn nice_of_threads(name: &str) -> Vec<i32> {
+        let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+            .filter_map(|t| nice_in(&t.path().join("stat")))
+            .collect()
+    }
+
+    #[test]
+    fn the_writer_thread_runs_at_the_configured_nice_increment() {
+        let dir = scratch_journal("nice");
+        // The writer thread starts at its creator's nice value, then adds its increment.
+        let want = (nice_in(Path::new("/proc/thread-self/stat")).expect("own nice") + 3).min(19);
+        let mut cfg = small_config(&dir, FsyncMode::Batch, 1 << 20);
+        cfg.writer_nice = 3;
+        let j = Journal::open(cfg).expect("opens");
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            seen = nice_of_threads("tally-journal");
+            if seen.contains(&want) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        j.close();
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            seen.contains(&want),
+            "writer threads at nice {seen:?}, wanted {want}"
+        );
     }
 
     #[test]
