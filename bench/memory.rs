@@ -7,23 +7,16 @@
 //!
 //! `memory RESOURCES [RECIPIENTS_PER_OPERATION]` prints one JSON object.
 
+#[path = "procfs.rs"]
+#[allow(dead_code)] // this program reads the resident set only
+mod procfs;
+
+use procfs::rss_bytes;
 use std::time::Instant;
 use tally::aggregator::{Aggregator, Limits};
 use tally::event::Kind;
 use tally::ingest::decode_events;
 use tally::simulate::{Config, Mix, Scenario};
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);

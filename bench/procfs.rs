@@ -1,5 +1,6 @@
 //! What the benchmark programs read of their own process from `/proc` (Linux; 0 elsewhere).
-//! Included by each program that needs it (`#[path]`), since each is a cargo example of its own.
+//! Included by each program that needs it (`#[path]`), since each is a cargo example of its own
+//! (and by the freed-memory test).
 
 /// CPU seconds (user + system) this process has used, its threads included: unlike wall-clock
 /// time, it does not depend on what else the machine is doing.
@@ -17,4 +18,18 @@ pub fn process_cpu_seconds() -> f64 {
         return 0.0;
     }
     (f[11] + f[12]) / 100.0
+}
+
+/// This process's resident set now, in bytes (`VmRSS`).
+#[allow(dead_code)] // not every program that includes this file reads it
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }

@@ -9,7 +9,7 @@
 #[path = "procfs.rs"]
 mod procfs;
 
-use procfs::process_cpu_seconds;
+use procfs::{process_cpu_seconds, rss_bytes};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,17 +52,6 @@ fn dir_bytes(dir: &Path, pick: &dyn Fn(&str) -> bool) -> u64 {
         }
     }
     total
-}
-
-/// This process's resident set now, in bytes (Linux; 0 elsewhere).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// What each part of the recovered state holds, in bytes (as `examples/memory` reports it).

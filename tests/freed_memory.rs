@@ -3,19 +3,12 @@
 //! allocated or freed afterwards (a quiet server). Its own process (cargo nextest runs each
 //! test in one), so no other test's allocations make the purge happen by themselves.
 
-use std::time::Duration;
+#[path = "../bench/procfs.rs"]
+#[allow(dead_code)] // the test reads the resident set only
+mod procfs;
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
+use procfs::rss_bytes;
+use std::time::Duration;
 
 #[test]
 fn memory_freed_by_a_burst_leaves_the_resident_set_after_the_give_back() {
