@@ -411,8 +411,13 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
                 let want = shown(&query_json(&expected, id));
                 let (status, got) = m.tally.get_json(&format!("/v1/Messages/Operations/{id}"));
                 if status != 200 || shown(&got) != want {
+                    // A refusal says why (restoring, no owner, the owner unreachable).
+                    let why = got["message"]
+                        .as_str()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default();
                     differing.push(format!(
-                        "{} {id}: {status} {} want {want}",
+                        "{} {id}: {status}{why} {} want {want}",
                         m.name,
                         shown(&got)
                     ));
@@ -423,10 +428,17 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
             break settle.elapsed();
         }
         last = format!("{} differ, first: {}", differing.len(), differing[0]);
-        assert!(
-            settle.elapsed() < Duration::from_secs(90),
-            "the processes never agreed with the fold: {last}; faults: {timeline:?}"
-        );
+        if settle.elapsed() >= Duration::from_secs(90) {
+            // What each aggregate process owned then, partition by partition, to tell a
+            // partition that found no owner (the broker's rebalance) from one stuck restoring.
+            let owners: Vec<(&str, BTreeMap<u32, String>)> = aggs
+                .iter()
+                .map(|m| (m.name.as_str(), owned(&m.tally)))
+                .collect();
+            panic!(
+                "the processes never agreed with the fold: {last}; faults: {timeline:?}; owned: {owners:?}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!(
