@@ -955,12 +955,6 @@ impl Writer {
     }
 
     fn run(writer: Arc<Mutex<Writer>>, rx: mpsc::Receiver<Command>) {
-        let nice = writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cfg
-            .writer_nice;
-        Self::lower_priority(nice);
         let mut pending: Vec<Command> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut guard = writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -1067,13 +1061,16 @@ impl Journal {
             scratch: Vec::new(),
         };
         writer.open_current()?;
-        let fsync = writer.cfg.fsync;
+        let (fsync, nice) = (writer.cfg.fsync, writer.cfg.writer_nice);
         let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::channel();
         let shared = writer.clone();
         std::thread::Builder::new()
             .name("tally-journal".into())
-            .spawn(move || Writer::run(shared, rx))?;
+            .spawn(move || {
+                Writer::lower_priority(nice);
+                Writer::run(shared, rx)
+            })?;
         Ok(Journal {
             tx: Mutex::new(tx),
             writer,

@@ -82,6 +82,13 @@ impl Side {
         self.tag_sets.intern(set)
     }
 
+    fn base_of(&self, which: Base) -> Option<u64> {
+        match which {
+            Base::Created => self.time_base_ms,
+            Base::Updated => self.updated_base_ms,
+        }
+    }
+
     fn base(&mut self, which: Base) -> &mut Option<u64> {
         match which {
             Base::Created => &mut self.time_base_ms,
@@ -93,11 +100,7 @@ impl Side {
         if t & FAR != 0 {
             return self.far_times[(t & !FAR) as usize];
         }
-        let base = match which {
-            Base::Created => self.time_base_ms,
-            Base::Updated => self.updated_base_ms,
-        };
-        base.unwrap_or(0) + u64::from(t)
+        self.base_of(which).unwrap_or(0) + u64::from(t)
     }
 
     fn store_time(&mut self, ms: u64, which: Base) -> u32 {
