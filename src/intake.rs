@@ -69,18 +69,22 @@ fn split(
     keep_recipients: bool,
 ) -> (Vec<Event>, Vec<SkipReason>) {
     let mut skipped = Vec::new();
-    let mut events = Vec::with_capacity(decoded.len());
-    for d in decoded {
-        match d {
+    // Collected into the decoded list's own buffer (the two element types have one size).
+    let events = decoded
+        .into_iter()
+        .filter_map(|d| match d {
             Ok(mut e) => {
                 if !keep_recipients {
                     e.forget_recipient();
                 }
-                events.push(e)
+                Some(e)
             }
-            Err(reason) => skipped.push(reason),
-        }
-    }
+            Err(reason) => {
+                skipped.push(reason);
+                None
+            }
+        })
+        .collect();
     (events, skipped)
 }
 

@@ -74,13 +74,13 @@ pub fn decode_events_bounded(
     }
 }
 
-/// A batch read in one pass, each element straight into its envelope: what Twilio sends. `None`
-/// when that pass fails for any reason (a body that is not UTF-8; an element that is not an
-/// object, or names a member twice; a syntax error; more than `max_events` elements; nesting too
-/// deep): the body is then split into its elements first and each is read on its own, which
-/// tells those apart and skips only the bad elements. Both ways decode each event from the same
-/// envelope, so a batch reads the same either way (a test holds them to it); the split costs a
-/// second pass over the body.
+/// A batch read in one pass, each element straight into its envelope and decoded as soon as it
+/// is read: what Twilio sends. `None` when that pass fails for any reason (a body that is not
+/// UTF-8; an element that is not an object, or names a member twice; a syntax error; more than
+/// `max_events` elements; nesting too deep): the body is then split into its elements first and
+/// each is read on its own, which tells those apart and skips only the bad elements. Both ways
+/// decode each event from the same envelope, so a batch reads the same either way (a test holds
+/// them to it); the split costs a second pass over the body.
 fn decode_batch_in_one_pass(
     body: &[u8],
     received_ms: u64,
@@ -90,24 +90,38 @@ fn decode_batch_in_one_pass(
     // element read refuses a body that is not UTF-8 anywhere: checked whole first.
     let text = std::str::from_utf8(body).ok()?;
     let mut de = serde_json::Deserializer::from_str(text);
-    let envelopes = EnvelopeArray { max_events }.deserialize(&mut de).ok()?;
+    let decoded = EnvelopeArray {
+        max_events,
+        received_ms,
+        expected: expected_events(body.len(), max_events),
+    }
+    .deserialize(&mut de)
+    .ok()?;
     de.end().ok()?;
-    Some(
-        envelopes
-            .iter()
-            .map(|e| decode_envelope(e, received_ms))
-            .collect(),
-    )
+    Some(decoded)
 }
 
-/// Reads a JSON array of CloudEvent objects into their envelopes, failing on element
-/// `max_events + 1`.
+/// Fewest bytes an Event Streams event takes in a batch (its `type` alone is about 40): room for
+/// a body's events is reserved up front from its length, so that the list seldom moves as it
+/// grows.
+const MIN_EVENT_BYTES: usize = 256;
+
+/// About how many events a batch body of `len` bytes holds, at most `max_events`.
+fn expected_events(len: usize, max_events: usize) -> usize {
+    (len / MIN_EVENT_BYTES + 1).min(max_events)
+}
+
+/// Reads a JSON array of CloudEvent objects, decoding each as it is read (its envelope borrows
+/// from the body and is dropped at once), failing on element `max_events + 1`.
 struct EnvelopeArray {
     max_events: usize,
+    received_ms: u64,
+    /// Room reserved for the decoded events.
+    expected: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for EnvelopeArray {
-    type Value = Vec<Envelope<'de>>;
+    type Value = Vec<Result<Event, SkipReason>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
@@ -115,21 +129,21 @@ impl<'de> DeserializeSeed<'de> for EnvelopeArray {
 }
 
 impl<'de> Visitor<'de> for EnvelopeArray {
-    type Value = Vec<Envelope<'de>>;
+    type Value = Vec<Result<Event, SkipReason>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON array of CloudEvent objects")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut envelopes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_events));
+        let mut decoded = Vec::with_capacity(self.expected);
         while let Some(ObjectEnvelope(envelope)) = seq.next_element()? {
-            if envelopes.len() == self.max_events {
+            if decoded.len() == self.max_events {
                 return Err(de::Error::custom("too many events"));
             }
-            envelopes.push(envelope);
+            decoded.push(decode_envelope(&envelope, self.received_ms));
         }
-        Ok(envelopes)
+        Ok(decoded)
     }
 }
 

@@ -167,15 +167,28 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(CallbackError::TooLarge { limit });
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    // A body that arrives as one chunk (the usual case) is kept as it came, without a copy.
+    let mut first: Option<web::Bytes> = None;
+    let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| CallbackError::Unreadable(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
+        let so_far = first.as_ref().map_or(body.len(), web::Bytes::len);
+        if so_far + chunk.len() > limit {
             return Err(CallbackError::TooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        match first.take() {
+            None if body.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    let room = declared.unwrap_or(0).min(limit as u64) as usize;
+                    body.reserve(room.max(earlier.len() + chunk.len()));
+                    body.extend_from_slice(&earlier);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body.freeze())
+    Ok(first.unwrap_or_else(|| body.freeze()))
 }
 
 /// Read the body within `intake`'s size limit and time limit.
