@@ -115,6 +115,9 @@ impl Side {
                     n | FAR
                 }
                 None => {
+                    // Entry 2^31 - 1 would read as SAME_AS_CREATED. Reaching it takes 2^31 far
+                    // times (16 GiB of them), and a slot holds at most two.
+                    debug_assert!(self.far_times.len() < (FAR - 1) as usize);
                     self.far_times.push(ms);
                     (self.far_times.len() - 1) as u32 | FAR
                 }
