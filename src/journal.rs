@@ -106,9 +106,10 @@ fn encode_onto(record: &Record, mut buf: Vec<u8>) -> Result<Vec<u8>, RecordError
     postcard::to_extend(record, buf).map_err(|e| RecordError::Corrupt(e.to_string()))
 }
 
-/// About how many bytes a journalled event takes: room reserved up front for a record, so
-/// that its encoding seldom moves.
-const EVENT_BYTES_ESTIMATE: usize = 160;
+/// Room reserved up front per event of a record, so that its encoding seldom moves: a Comms
+/// API event with its recipient address and one tag takes about 160 bytes, and a reservation
+/// that falls short moves the whole record once.
+const EVENT_BYTES_ESTIMATE: usize = 200;
 
 /// A record framed as a segment holds it: [`frame`] of [`encode_record`], encoded straight
 /// into the frame.
