@@ -149,6 +149,35 @@ fn wait_split(members: &[&Member], within: Duration, why: &str) -> Duration {
     }
 }
 
+/// The consumer group the aggregate processes join, and the topic they fold.
+const GROUP: &str = "tally";
+const EVENTS_TOPIC: &str = "tally.events";
+
+/// The aggregate group's members as the broker describes them: member id, client id and the
+/// partitions of the events topic in its assignment.
+fn group_members(broker: &Broker) -> Result<Vec<String>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .map_err(|e| e.to_string())?;
+    let list = client
+        .fetch_group_list(Some(GROUP), Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .groups()
+        .iter()
+        .flat_map(|g| g.members())
+        .map(|m| {
+            let partitions = m
+                .assignment()
+                .map(|a| tally::cluster::owners::assigned(a, EVENTS_TOPIC))
+                .unwrap_or_default();
+            format!("{} ({}): {partitions:?}", m.id(), m.client_id())
+        })
+        .collect())
+}
+
 /// A signed request as the simulator dumped it.
 struct Request {
     path: String,
@@ -435,8 +464,23 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
                 .iter()
                 .map(|m| (m.name.as_str(), owned(&m.tally)))
                 .collect();
+            let folded: BTreeSet<u32> =
+                owners.iter().flat_map(|(_, o)| o.keys().copied()).collect();
+            let orphans: Vec<u32> = (0..PARTITIONS).filter(|p| !folded.contains(p)).collect();
+            // Partitions no running process was given: the group's assignment, which the
+            // broker coordinates. tansu keeps a member whose session ran out (a process paused
+            // past the session timeout joins again as a new member while its old session keeps
+            // its partitions); Kafka expires it after session.timeout.ms.
+            let blame = if orphans.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "broker misbehaved: partitions {orphans:?} were given to no running process for 90 s after the last fault (the group as the broker describes it: {:?}); ",
+                    group_members(&broker)
+                )
+            };
             panic!(
-                "the processes never agreed with the fold: {last}; faults: {timeline:?}; owned: {owners:?}"
+                "{blame}the processes never agreed with the fold: {last}; faults: {timeline:?}; owned: {owners:?}"
             );
         }
         std::thread::sleep(Duration::from_millis(500));
