@@ -176,17 +176,17 @@ async fn read_body(
         if so_far + chunk.len() > limit {
             return Err(CallbackError::TooLarge { limit });
         }
-        match first.take() {
-            None if body.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    let room = declared.unwrap_or(0).min(limit as u64) as usize;
-                    body.reserve(room.max(earlier.len() + chunk.len()));
-                    body.extend_from_slice(&earlier);
-                }
-                body.extend_from_slice(&chunk);
-            }
+        if first.is_none() && body.is_empty() {
+            first = Some(chunk);
+            continue;
         }
+        // A second chunk: from here on the body is gathered in one buffer.
+        if let Some(earlier) = first.take() {
+            let room = declared.unwrap_or(0).min(limit as u64) as usize;
+            body.reserve(room.max(earlier.len() + chunk.len()));
+            body.extend_from_slice(&earlier);
+        }
+        body.extend_from_slice(&chunk);
     }
     Ok(first.unwrap_or_else(|| body.freeze()))
 }
