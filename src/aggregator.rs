@@ -258,8 +258,9 @@ impl Aggregator {
     }
 
     /// Forget every operation whose id `gone` says, with its links and its mark for publishing,
-    /// and every held attempt whose key (its SID, or its resource id) `gone` says: cluster mode,
-    /// when a partition moves to another process. Returns how many operations went.
+    /// and every held attempt whose routing key `gone` says (its operation id, else the SID or
+    /// resource id it waits under): cluster mode, when a partition moves to another process.
+    /// Returns how many operations went.
     pub fn forget_where(&self, gone: impl Fn(&str) -> bool) -> usize {
         let ids: Vec<String> = self
             .ops
@@ -273,18 +274,18 @@ impl Aggregator {
                 d.forget(id);
             }
         }
+        // A held attempt is on the partition it was routed by: its operation's when it names
+        // one (it waits under its SID all the same), else that of the key it waits under.
         let mut book = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let keys: Vec<HeldKey> = book
-            .entries
-            .keys()
-            .filter(|k| match k {
-                HeldKey::Sid(s) | HeldKey::Resource(s) => gone(s),
-            })
-            .cloned()
-            .collect();
-        for k in &keys {
-            book.remove(k);
-        }
+        let mut removed = 0;
+        book.entries.retain(|k, list| {
+            let (HeldKey::Sid(key) | HeldKey::Resource(key)) = k;
+            let before = list.len();
+            list.retain(|(a, _)| !gone(a.operation_id.as_deref().unwrap_or(key)));
+            removed += before - list.len();
+            !list.is_empty()
+        });
+        book.events -= removed;
         self.held_count.store(book.events, Ordering::SeqCst);
         ids.len()
     }
@@ -1004,5 +1005,48 @@ impl Aggregator {
             }
         }
         self.held_count.store(book.events, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AttemptStatus;
+
+    fn attempt(op: Option<&str>, sid: &str) -> Event {
+        Event {
+            time_ms: 1,
+            body: EventBody::Attempt(AttemptEvent {
+                kind: None,
+                operation_id: op.map(str::to_owned),
+                resource_id: None,
+                downstream_id: Some(sid.to_owned()),
+                attempt: None,
+                channel: None,
+                status: AttemptStatus::Delivered,
+                error_code: None,
+                to: None,
+                tags: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_held_attempt_is_forgotten_with_the_partition_it_was_routed_by() {
+        let agg = Aggregator::new(Limits::default());
+        // Names its operation but not its resource: routed by the operation, held by its SID.
+        assert_eq!(
+            agg.apply(&attempt(Some("comms_operation_1"), "SM1"), 10),
+            Outcome::Held
+        );
+        // Names neither: routed by the SID it waits under.
+        assert_eq!(agg.apply(&attempt(None, "SM2"), 10), Outcome::Held);
+        assert_eq!(agg.census().held, 2);
+        // The SIDs' partition moves: only the attempt routed by its SID goes.
+        agg.forget_where(|k| k.starts_with("SM"));
+        assert_eq!(agg.census().held, 1);
+        // The operation's partition moves: the attempt routed by it goes.
+        agg.forget_where(|k| k == "comms_operation_1");
+        assert_eq!(agg.census().held, 0);
     }
 }

@@ -153,6 +153,10 @@ declare::metric_set! {
         /// Cluster mode, aggregate: records this process produced to the events topic (link
         /// notices and joined attempts), by outcome (`sent`, `failed`).
         cluster_join_records: IntCounterVec = "tally_cluster_join_records_total" ["outcome"];
+        /// Cluster mode, aggregate: records of the events topic served with offsets missing
+        /// before them, by what was done: `reread` from the first missing offset, or `accepted`
+        /// once the offsets stayed missing through every re-read.
+        cluster_offset_gaps: IntCounterVec = "tally_cluster_offset_gaps_total" ["outcome"];
         /// Cluster mode: queries forwarded to the process owning their operation, by outcome
         /// (`ok`, `error`, `no_owner`).
         cluster_forwarded: IntCounterVec = "tally_cluster_forwarded_queries_total" ["outcome"];
@@ -281,6 +285,9 @@ impl Metrics {
         }
         for outcome in ["sent", "failed"] {
             m.cluster_join_records.with_label_values(&[outcome]);
+        }
+        for outcome in ["reread", "accepted"] {
+            m.cluster_offset_gaps.with_label_values(&[outcome]);
         }
         for outcome in ["ok", "error", "no_owner"] {
             m.cluster_forwarded.with_label_values(&[outcome]);

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use support::kafka_records::{newest_by_key, read_topic};
 use support::process::Tally;
 use support::{free_port, http, scratch};
+use tally::cluster::joins::{joined, link_of, Link};
+use tally::cluster::{partition_of, routing_key};
+use tally::event::{Event, EventBody};
 
 const PARTITIONS: u32 = 8;
 /// The URL Twilio signs: the same for both ingest processes, whatever their port.
@@ -149,6 +152,18 @@ fn wait_split(members: &[&Member], within: Duration, why: &str) -> Duration {
     }
 }
 
+/// Lines containing `needle` in the logs of every process started under `dir`.
+fn count_in_logs(dir: &Path, needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("tally.stderr.log")).ok())
+        .map(|log| log.lines().filter(|l| l.contains(needle)).count())
+        .sum()
+}
+
 /// The consumer group the aggregate processes join, and the topic they fold.
 const GROUP: &str = "tally";
 const EVENTS_TOPIC: &str = "tally.events";
@@ -241,19 +256,191 @@ fn fold(requests: &[Request]) -> tally::aggregator::Aggregator {
     // CloudEvent times gives the same earliest time (`createdAt`) as the cluster's clocks.
     let now = tally::intake::now_ms();
     for (i, r) in requests.iter().enumerate() {
-        let events = if r.path.starts_with("/twilio/events") {
-            tally::ingest::decode_events(&r.body, now).expect("decodes")
-        } else {
-            let query = r.path.split_once('?').map_or("", |(_, q)| q);
-            let params = tally::ingest::parse_form(&r.body).expect("form");
-            let query = tally::ingest::parse_form(query.as_bytes()).expect("query");
-            vec![tally::ingest::decode_form(&params, &query, now)]
-        };
-        for e in events.into_iter().flatten() {
+        for e in events_of(r, now) {
             agg.apply(&e, now + i as u64);
         }
     }
     agg
+}
+
+/// The events an ingest process makes of request `r`, received at `now`.
+fn events_of(r: &Request, now: u64) -> Vec<Event> {
+    let events = if r.path.starts_with("/twilio/events") {
+        tally::ingest::decode_events(&r.body, now).expect("decodes")
+    } else {
+        let query = r.path.split_once('?').map_or("", |(_, q)| q);
+        let params = tally::ingest::parse_form(&r.body).expect("form");
+        let query = tally::ingest::parse_form(query.as_bytes()).expect("query");
+        vec![tally::ingest::decode_form(&params, &query, now)]
+    };
+    events.into_iter().flatten().collect()
+}
+
+/// An event as the events topic must hold it, whatever its receive time: its body, recipient
+/// address removed as the ingest processes remove it.
+fn body_of(e: &Event) -> String {
+    let mut e = e.clone();
+    e.forget_recipient();
+    format!("{:?}", e.body)
+}
+
+/// What the events topic holds against what was acknowledged, read once the stream is over
+/// (every acknowledged callback is durable there by then):
+///
+/// - `lost`: events of acknowledged callbacks that are not on their partition (the broker lost
+///   a record it acknowledged);
+/// - `unjoined`: attempts naming no operation whose link is in the topic, but whose joined copy
+///   is not on the operation's partition, when that is another (tally did not produce it);
+/// - `gaps`: partitions whose offsets are not contiguous from the first one read.
+struct Audit {
+    records: usize,
+    events: usize,
+    lost: Vec<String>,
+    unjoined: Vec<String>,
+    gaps: Vec<String>,
+}
+
+fn audit_events_topic(broker: &Broker, requests: &[Request]) -> Audit {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("client");
+    let high: Vec<i64> = (0..PARTITIONS as i32)
+        .map(|p| {
+            client
+                .fetch_watermarks(EVENTS_TOPIC, p, Duration::from_secs(10))
+                .map(|(_, h)| h)
+                .unwrap_or_else(|e| panic!("the events topic's partition {p} has no end: {e}"))
+        })
+        .collect();
+    let recs = read_topic(
+        &broker.bootstrap(),
+        EVENTS_TOPIC,
+        Duration::from_secs(60),
+        |recs| {
+            (0..PARTITIONS as i32).all(|p| {
+                high[p as usize] == 0
+                    || recs
+                        .iter()
+                        .any(|r| r.partition == p && r.offset >= high[p as usize] - 1)
+            })
+        },
+    );
+    let mut gaps = Vec::new();
+    let mut bodies: Vec<BTreeSet<String>> = vec![BTreeSet::new(); PARTITIONS as usize];
+    let mut events = Vec::new();
+    for p in 0..PARTITIONS as i32 {
+        let mut offsets: Vec<i64> = recs
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset)
+            .collect();
+        offsets.sort_unstable();
+        let contiguous = offsets.windows(2).all(|w| w[1] == w[0] + 1);
+        // Records still arrive while it is read (restores send link notices again): the end
+        // read first is a lower bound.
+        if !contiguous || offsets.last().map_or(0, |o| o + 1) < high[p as usize] {
+            gaps.push(format!(
+                "partition {p}: {} records read, offsets {:?}..={:?}, end {}",
+                offsets.len(),
+                offsets.first(),
+                offsets.last(),
+                high[p as usize]
+            ));
+        }
+    }
+    for r in &recs {
+        match tally::journal::decode_record(&r.payload) {
+            Ok(rec) => {
+                for e in rec.events {
+                    bodies[r.partition as usize].insert(body_of(&e));
+                    events.push((e, r.partition as usize));
+                }
+            }
+            Err(e) => gaps.push(format!(
+                "partition {} offset {}: does not decode: {e}",
+                r.partition, r.offset
+            )),
+        }
+    }
+    let at = |e: &Event| partition_of(routing_key(e), PARTITIONS) as usize;
+    let mut lost = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        for e in events_of(r, 0) {
+            if !bodies[at(&e)].contains(&body_of(&e)) {
+                lost.push(format!(
+                    "request {i}, partition {}: {}",
+                    at(&e),
+                    body_of(&e)
+                ));
+            }
+        }
+    }
+    // Links as the topic tells them: an attempt SID or resource id to operation and resource.
+    // and which partitions were told of them (a linking event on the key's own partition).
+    let mut links: HashMap<String, Link> = HashMap::new();
+    let mut notices: BTreeSet<(usize, String)> = BTreeSet::new();
+    for (e, p) in &events {
+        if let EventBody::Attempt(a) = &e.body {
+            if let Some(link) = link_of(a) {
+                for k in [&a.downstream_id, &a.resource_id].into_iter().flatten() {
+                    links.insert(k.clone(), link.clone());
+                    if partition_of(k, PARTITIONS) as usize == *p {
+                        notices.insert((*p, k.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let mut unjoined = Vec::new();
+    for (e, _) in &events {
+        let EventBody::Attempt(a) = &e.body else {
+            continue;
+        };
+        if a.operation_id.is_some() {
+            continue;
+        }
+        let Some(link) = links.get(routing_key(e)) else {
+            continue;
+        };
+        let j = joined(e, a, link);
+        // On its operation's own partition the attempt is applied where it is, not produced.
+        if at(&j) != at(e) && !bodies[at(&j)].contains(&body_of(&j)) {
+            let noticed = notices.contains(&(at(e), routing_key(e).to_owned()));
+            unjoined.push(format!(
+                "to partition {} (link notice on partition {}: {noticed}): {}",
+                at(&j),
+                at(e),
+                body_of(&j)
+            ));
+        }
+    }
+    unjoined.sort();
+    unjoined.dedup();
+    Audit {
+        records: recs.len(),
+        events: events.len(),
+        lost,
+        unjoined,
+        gaps,
+    }
+}
+
+impl std::fmt::Display for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "events topic: {} records, {} events; {} acknowledged events not on their partition {:?}; {} joinable attempts without their joined copy {:?}; offsets not contiguous: {:?}",
+            self.records,
+            self.events,
+            self.lost.len(),
+            self.lost.iter().take(5).collect::<Vec<_>>(),
+            self.unjoined.len(),
+            self.unjoined.iter().take(5).collect::<Vec<_>>(),
+            self.gaps
+        )
+    }
 }
 
 fn post(port: u16, r: &Request) -> Option<u16> {
@@ -471,16 +658,35 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
             // broker coordinates. tansu keeps a member whose session ran out (a process paused
             // past the session timeout joins again as a new member while its old session keeps
             // its partitions); Kafka expires it after session.timeout.ms.
-            let blame = if orphans.is_empty() {
-                String::new()
-            } else {
+            // And what the events topic holds: a record the broker acknowledged and lost is the
+            // broker's fault; a joined attempt never produced, or produced and not folded, is
+            // tally's.
+            let audit = audit_events_topic(&broker, &requests);
+            let gaps_accepted = count_in_logs(&dir, "stayed missing through every re-read");
+            let blame = if gaps_accepted > 0 {
+                format!("broker misbehaved: it served records past offsets it had not stored, and {gaps_accepted} such holes stayed through every re-read; ")
+            } else if !orphans.is_empty() {
                 format!(
                     "broker misbehaved: partitions {orphans:?} were given to no running process for 90 s after the last fault (the group as the broker describes it: {:?}); ",
                     group_members(&broker)
                 )
+            } else if !audit.lost.is_empty() || !audit.gaps.is_empty() {
+                "broker misbehaved: the events topic lacks records it acknowledged; ".to_owned()
+            } else if !audit.unjoined.is_empty() {
+                "tally did not produce every joined attempt; ".to_owned()
+            } else {
+                "every event and joined attempt is in the events topic, so an owner did not fold one; ".to_owned()
             };
+            // Each owner's position against the partition's end, as it reports them.
+            let positions: Vec<(&str, Value)> = aggs
+                .iter()
+                .map(|m| {
+                    let d = details(&m.tally).unwrap_or_default();
+                    (m.name.as_str(), d["cluster"]["owned"].clone())
+                })
+                .collect();
             panic!(
-                "{blame}the processes never agreed with the fold: {last}; faults: {timeline:?}; owned: {owners:?}"
+                "{blame}the processes never agreed with the fold: {last}; faults: {timeline:?}; owned: {owners:?}; {audit}; positions: {positions:?}"
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -488,6 +694,19 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
     eprintln!(
         "FIGURE cluster: every process agreed with the fold {agree:?} after the stream ({last})"
     );
+    // Every acknowledged callback is in the events topic, and every attempt that named no
+    // operation was joined to its operation's partition.
+    let audit = audit_events_topic(&broker, &requests);
+    eprintln!("FIGURE cluster: {audit}");
+    eprintln!(
+        "FIGURE cluster: records served with offsets missing before them, read again: {}",
+        count_in_logs(&dir, "offsets missing before it")
+    );
+    assert!(
+        audit.lost.is_empty() && audit.gaps.is_empty(),
+        "broker misbehaved: {audit}"
+    );
+    assert!(audit.unjoined.is_empty(), "{audit}");
     // Lists across operations gather every owner's share, page by page, on any process. A
     // partition a late rebalance moved may still be restoring on the process asked: the list
     // then answers 503 to be retried (docs/cluster.md), so the listing starts over, within the

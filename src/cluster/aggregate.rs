@@ -20,7 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,8 +33,6 @@ pub struct FoldContext {
     metrics: Arc<Metrics>,
     /// Partitions assigned whose end offset is still to be read (outside the callback).
     pending: Mutex<Vec<u32>>,
-    /// Set when the group took the assignment away (lost, not revoked in a rebalance).
-    lost: AtomicBool,
     /// Attempts that name no operation, and the links they wait for.
     joins: Mutex<Joins>,
     /// Produces link notices and joined attempts to the events topic.
@@ -126,8 +124,8 @@ impl ConsumerContext for FoldContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if consumer.assignment_lost() {
                     // The group went on without this member (its session ran out while the
-                    // broker or this process stalled): join afresh once this callback returns.
-                    self.lost.store(true, Ordering::Relaxed);
+                    // broker or this process stalled); the client joins again by itself.
+                    tracing::warn!("cluster: the group took this member's partitions away (session lost); the client joins again");
                 }
                 self.revoked(&parts);
                 let result = if cooperative {
@@ -217,6 +215,8 @@ pub struct Folder {
     settings: ClusterSettings,
     /// When each partition's operations are published once more (the fence), by partition.
     fences: Vec<(Instant, u32)>,
+    /// Per partition, the first offset found missing and how often it was read again.
+    gaps: HashMap<u32, (i64, u32)>,
     fence_after: Duration,
     session_timeout: Duration,
 }
@@ -281,7 +281,6 @@ impl Folder {
             agg,
             metrics,
             pending: Mutex::new(Vec::new()),
-            lost: AtomicBool::new(false),
             joins: Mutex::new(Joins::new(limits.max_held, limits.held_ttl_ms)),
             producer,
         };
@@ -292,6 +291,7 @@ impl Folder {
             consumer,
             settings: c.clone(),
             fences: Vec::new(),
+            gaps: HashMap::new(),
             fence_after: ms("message.timeout.ms", 60_000) + c.fence_margin,
             session_timeout: ms("session.timeout.ms", 45_000),
         })
@@ -328,23 +328,23 @@ impl Folder {
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now.duration_since(last_poll) > self.session_timeout {
-                self.rejoin(now.duration_since(last_poll))?;
-            } else if self.ctx().lost.swap(false, Ordering::Relaxed) {
-                tracing::warn!("cluster: the group took this member's partitions away (session lost); joining again");
-                self.fences.clear();
-                self.consumer.unsubscribe();
-                self.consumer.subscribe(&[&self.settings.events_topic])?;
+                self.forget_after_pause(now.duration_since(last_poll));
             }
             last_poll = now;
             self.ctx().ownership.note_poll(now_ms());
             self.read_restore_targets();
             let live = match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => fold(
-                    self.consumer.context(),
-                    m.partition() as u32,
-                    m.offset(),
-                    m.payload(),
-                ),
+                Some(Ok(m)) => {
+                    let (p, offset) = (m.partition() as u32, m.offset());
+                    let ctx = self.consumer.context();
+                    let reread = gap(&ctx.ownership, &ctx.metrics, &mut self.gaps, p, offset)
+                        .is_some_and(|from| self.reread(p, from, offset));
+                    if reread {
+                        None
+                    } else {
+                        fold(self.consumer.context(), p, offset, m.payload())
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "cluster: consumer error");
                     None
@@ -360,6 +360,7 @@ impl Folder {
                 last_commit = Instant::now();
             }
             if last_gauges.elapsed() >= Duration::from_millis(500) {
+                self.follow_assignment(false);
                 self.update_gauges();
                 last_gauges = Instant::now();
             }
@@ -370,18 +371,107 @@ impl Folder {
         Ok(())
     }
 
-    /// After a pause longer than the session timeout the group has moved this process's
-    /// partitions on: forget them all and join again.
-    fn rejoin(&mut self, paused: Duration) -> anyhow::Result<()> {
+    /// After a pause longer than the session timeout the group may have moved this process's
+    /// partitions on, and others may have published them since: forget them all, and restore
+    /// from the start whatever the client still holds. The client learns from the group
+    /// whether it still holds them, and revokes them through the rebalance callback if not.
+    ///
+    /// The client's own subscription is left alone: leaving and joining the group again from
+    /// here races the client's own recovery from the lost session, and was seen to leave
+    /// partitions assigned to this member that no process folded.
+    fn forget_after_pause(&mut self, paused: Duration) {
         tracing::warn!(
             paused_ms = paused.as_millis() as u64,
-            "cluster: this process was paused longer than the session timeout; forgetting its partitions and joining the group again"
+            "cluster: this process was paused longer than the session timeout; forgetting its partitions and restoring what the group still gives it"
         );
         self.ctx().forget_all();
         self.fences.clear();
-        self.consumer.unsubscribe();
-        self.consumer.subscribe(&[&self.settings.events_topic])?;
-        Ok(())
+        self.follow_assignment(true);
+    }
+
+    /// Keep the partitions this process folds the same as the client's assignment. The
+    /// rebalance callbacks keep them so; this catches any way they part (a pause, an
+    /// assignment call that failed): a partition the client fetches that is not folded here is
+    /// read again from its start and restored, and one folded here that the client no longer
+    /// holds is forgotten. `after_pause`: this process has just forgotten everything, so every
+    /// partition the client holds is expected to be restored (and not a warning).
+    fn follow_assignment(&mut self, after_pause: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: cannot read the client's assignment");
+                return;
+            }
+        };
+        let topic = &self.settings.events_topic;
+        let held: Vec<u32> = assignment
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == topic)
+            .map(|e| e.partition() as u32)
+            .collect();
+        let folded: Vec<u32> = self.ctx().ownership.read().keys().copied().collect();
+        let gone: Vec<u32> = folded
+            .iter()
+            .copied()
+            .filter(|p| !held.contains(p))
+            .collect();
+        if !gone.is_empty() {
+            tracing::warn!(partitions = ?gone, "cluster: partitions folded here are no longer assigned to this member; forgetting them");
+            self.ctx().revoked(&gone);
+        }
+        for p in held.into_iter().filter(|p| !folded.contains(p)) {
+            match self
+                .consumer
+                .seek(topic, p as i32, Offset::Beginning, Duration::from_secs(5))
+            {
+                Ok(()) => {
+                    if after_pause {
+                        tracing::info!(
+                            partition = p,
+                            "cluster: restoring a partition the client still holds after the pause"
+                        );
+                    } else {
+                        tracing::warn!(
+                            partition = p,
+                            "cluster: a partition assigned to this member was not folded here; restoring it from the events topic"
+                        );
+                    }
+                    self.ctx().assigned(&[p]);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cluster: cannot read an assigned partition from its start yet; retrying")
+                }
+            }
+        }
+    }
+
+    /// Read partition `p` again from offset `from`, found missing before `got`; whether it will
+    /// be (if not, the record at `got` is folded now).
+    fn reread(&self, p: u32, from: i64, got: i64) -> bool {
+        tracing::warn!(
+            partition = p,
+            missing = from,
+            next = got,
+            "cluster: the broker served a record with offsets missing before it; reading the partition again from the first missing one"
+        );
+        self.ctx()
+            .metrics
+            .cluster_offset_gaps
+            .with_label_values(&["reread"])
+            .inc();
+        match self.consumer.seek(
+            &self.settings.events_topic,
+            p as i32,
+            Offset::Offset(from),
+            Duration::from_secs(5),
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cluster: cannot read the partition again from the missing offset; going on");
+                false
+            }
+        }
     }
 
     /// The end of each newly assigned partition: restoring folds up to it.
@@ -419,6 +509,57 @@ impl Folder {
             }
         }
     }
+}
+
+/// How often a partition is read again from an offset found missing before the offsets are
+/// taken as absent for good.
+const GAP_REREADS: u32 = 10;
+
+/// Whether the record at `offset` of partition `p` came with offsets missing before it that
+/// should be read again first: the first missing offset, if so.
+///
+/// The events topic is never compacted and tally writes it without transactions, so its offsets
+/// have no holes: a record served with offsets missing before it means the broker made the later
+/// record visible before an earlier one was stored (seen on tansu with several producers on one
+/// partition). Going on would skip the earlier record for good, so the partition is read again
+/// from the first missing offset, up to `GAP_REREADS` times; after that the offsets are taken as
+/// absent (a topic set up by hand with compaction or transactions can have such holes).
+fn gap(
+    ownership: &Ownership,
+    metrics: &Metrics,
+    gaps: &mut HashMap<u32, (i64, u32)>,
+    p: u32,
+    offset: i64,
+) -> Option<i64> {
+    let expected = {
+        let owned = ownership.read();
+        let part = owned.get(&p)?;
+        if part.restore_to.is_none() || offset <= part.position {
+            gaps.remove(&p);
+            return None;
+        }
+        part.position
+    };
+    let tries = match gaps.get(&p) {
+        Some(&(at, tries)) if at == expected => tries,
+        _ => 0,
+    };
+    if tries >= GAP_REREADS {
+        gaps.remove(&p);
+        tracing::warn!(
+            partition = p,
+            missing = expected,
+            next = offset,
+            "cluster: offsets of the events topic stayed missing through every re-read; going on without them"
+        );
+        metrics
+            .cluster_offset_gaps
+            .with_label_values(&["accepted"])
+            .inc();
+        return None;
+    }
+    gaps.insert(p, (expected, tries + 1));
+    Some(expected)
 }
 
 /// Fold one record of partition `p`; the partition's number when this ended its restore.
@@ -708,5 +849,60 @@ impl Folder {
             .cluster_partitions
             .with_label_values(&["restoring"])
             .set(total - live);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterRole;
+
+    fn restoring(position: i64) -> Partition {
+        Partition {
+            state: "restoring",
+            position,
+            restore_to: Some(100),
+            low: 0,
+            events: 0,
+            assigned_ms: 0,
+            live_ms: None,
+            end: 0,
+        }
+    }
+
+    #[test]
+    fn offsets_missing_before_a_record_are_read_again_then_taken_as_absent() {
+        let ownership = Ownership::new(ClusterRole::Aggregate, 2_000);
+        let metrics = Metrics::new();
+        let mut gaps = HashMap::new();
+        ownership.write().insert(3, restoring(5));
+        // The next offset, or one folded already: no gap.
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 5), None);
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 4), None);
+        // A partition not folded here: nothing to read again.
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 4, 9), None);
+        // 5 and 6 missing before 7: read again from 5, as often as allowed.
+        for _ in 0..GAP_REREADS {
+            assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 7), Some(5));
+        }
+        let accepted = || {
+            metrics
+                .cluster_offset_gaps
+                .with_label_values(&["accepted"])
+                .get()
+        };
+        assert_eq!(accepted(), 0);
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 7), None);
+        assert_eq!(accepted(), 1);
+        // A hole that fills on the first re-read leaves no count behind.
+        ownership.write().insert(3, restoring(8));
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 9), Some(8));
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 8), None);
+        assert!(gaps.is_empty());
+        // Before the partition's start is known, offsets are not judged.
+        let mut unknown = restoring(0);
+        unknown.restore_to = None;
+        ownership.write().insert(3, unknown);
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 40), None);
     }
 }

@@ -103,6 +103,8 @@ pub struct Rec {
     pub offset: i64,
     pub key: String,
     pub value: Value,
+    /// The payload as it was read (a record that is not JSON has `value` null).
+    pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
     /// Broker timestamp (ms), when given.
     pub timestamp_ms: Option<i64>,
@@ -168,6 +170,7 @@ pub fn read_topic(
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     value: serde_json::from_slice(m.payload().unwrap_or_default())
                         .unwrap_or(Value::Null),
+                    payload: m.payload().unwrap_or_default().to_vec(),
                     headers,
                     timestamp_ms: m.timestamp().to_millis(),
                 });

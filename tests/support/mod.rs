@@ -38,7 +38,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A scratch directory for one test, removed when the test passes (kept for a look when not).
+/// A scratch directory for one test, removed when the test passes (kept for a look when not, or
+/// when `TALLY_TEST_KEEP` is set).
 #[derive(Debug)]
 pub struct Scratch(PathBuf);
 
@@ -52,7 +53,7 @@ impl std::ops::Deref for Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("TALLY_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
