@@ -154,8 +154,9 @@ declare::metric_set! {
         /// notices and joined attempts), by outcome (`sent`, `failed`).
         cluster_join_records: IntCounterVec = "tally_cluster_join_records_total" ["outcome"];
         /// Cluster mode, aggregate: records of the events topic served with offsets missing
-        /// before them, by what was done: `reread` from the first missing offset, or `accepted`
-        /// once the offsets stayed missing through every re-read.
+        /// before them, by what was done: `reread` (the partition read again, from the first
+        /// missing offset, then from its start) or `accepted` (still missing after both; alert
+        /// TallyClusterOffsetsSkipped).
         cluster_offset_gaps: IntCounterVec = "tally_cluster_offset_gaps_total" ["outcome"];
         /// Cluster mode: queries forwarded to the process owning their operation, by outcome
         /// (`ok`, `error`, `no_owner`).

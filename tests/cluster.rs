@@ -828,3 +828,147 @@ fn without_update(v: &Value) -> Value {
     }
     v
 }
+
+/// A member's partitions are paused in every rebalance and resumed at the offset after the last
+/// record handed over, which may lie inside a batch as the broker stored it; tansu then serves
+/// only the batches after it. Events produced in large batches while another member joins and
+/// leaves again and again must all be folded all the same.
+#[test]
+#[ignore = "needs tansu (TALLY_TEST_TANSU); run by scripts/kafka-e2e"]
+fn records_in_large_batches_are_all_folded_through_repeated_rebalances() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use tally::event::{AttemptEvent, AttemptStatus, Channel, Kind};
+    use tally::journal::{encode_record, Record};
+
+    let dir = scratch("cluster-batches");
+    let broker = Broker::start(&dir);
+    let agg = start(&dir, &broker, "aggregate-1", "aggregate");
+    wait_split(
+        &[&agg],
+        Duration::from_secs(60),
+        "one member takes every partition",
+    );
+
+    let ops: Vec<String> = (0..6)
+        .map(|i| format!("comms_operation_batches{i}"))
+        .collect();
+    let event = |i: usize| Event {
+        time_ms: 1_767_225_600_000 + i as u64,
+        body: EventBody::Attempt(AttemptEvent {
+            kind: Some(Kind::Messages),
+            operation_id: Some(ops[i % ops.len()].clone()),
+            resource_id: Some(format!("comms_message_b{i}")),
+            downstream_id: Some(format!("SMb{i:032}")),
+            attempt: Some("1".to_owned()),
+            channel: Some(Channel::Sms),
+            status: if i.is_multiple_of(3) {
+                AttemptStatus::Delivered
+            } else {
+                AttemptStatus::Sent
+            },
+            error_code: None,
+            to: None,
+            tags: vec![],
+        }),
+    };
+    const RECORDS: usize = 30_000;
+    let expected = tally::aggregator::Aggregator::new(tally::aggregator::Limits::default());
+    for i in 0..RECORDS {
+        expected.apply(&event(i), 1_767_225_600_000);
+    }
+
+    // One record per event, lingering so that the producer stores hundreds in one batch.
+    let bootstrap = broker.bootstrap();
+    let producer = std::thread::spawn({
+        let bootstrap = bootstrap.clone();
+        let events: Vec<Event> = (0..RECORDS).map(event).collect();
+        move || {
+            let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "200")
+                .create()
+                .expect("producer");
+            for (i, e) in events.into_iter().enumerate() {
+                let key = routing_key(&e).to_owned();
+                let payload = encode_record(&Record {
+                    received_ms: 1_767_225_600_000,
+                    events: vec![e],
+                })
+                .expect("encodes");
+                let p = partition_of(&key, PARTITIONS) as i32;
+                let mut rec = BaseRecord::to(EVENTS_TOPIC)
+                    .key(&key)
+                    .payload(&payload)
+                    .partition(p);
+                while let Err((_, r)) = producer.send(rec) {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if i % 500 == 499 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+            producer.flush(Duration::from_secs(30)).expect("flushed");
+        }
+    });
+    // Meanwhile another member joins and leaves, over and over: each time the aggregate process
+    // gives up some partitions, takes them back, and has the rest paused and resumed.
+    let mut cycles = 0;
+    while !producer.is_finished() {
+        let member: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", GROUP)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()
+            .expect("member");
+        member.subscribe(&[EVENTS_TOPIC]).expect("subscribes");
+        let until = Instant::now() + Duration::from_millis(1_000);
+        while Instant::now() < until {
+            let _ = member.poll(Duration::from_millis(50));
+        }
+        member.unsubscribe();
+        drop(member);
+        cycles += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    producer.join().expect("producer thread");
+
+    let started = Instant::now();
+    loop {
+        let differing: Vec<String> = ops
+            .iter()
+            .filter_map(|id| {
+                let want = shown(&query_json(&expected, id));
+                let (status, got) = agg.tally.get_json(&format!("/v1/Messages/Operations/{id}"));
+                (status != 200 || shown(&got) != want)
+                    .then(|| format!("{id}: {status} {} want {want}", shown(&got)))
+            })
+            .collect();
+        if differing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "after {cycles} joins and leaves of another member, the aggregate process never agreed with the fold: {differing:?}; {}",
+            audit_summary(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "FIGURE cluster: {RECORDS} records through {cycles} joins and leaves of another member all folded; {}",
+        audit_summary(&dir)
+    );
+}
+
+/// What the aggregate processes under `dir` logged of holes in the events topic's offsets.
+fn audit_summary(dir: &Path) -> String {
+    format!(
+        "partitions read again after offsets went missing: {}, holes taken as absent: {}",
+        count_in_logs(dir, "offsets missing before it"),
+        count_in_logs(dir, "stayed missing")
+    )
+}

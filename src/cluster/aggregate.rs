@@ -446,14 +446,14 @@ impl Folder {
         }
     }
 
-    /// Read partition `p` again from offset `from`, found missing before `got`; whether it will
-    /// be (if not, the record at `got` is folded now).
+    /// Read partition `p` again from offset `from`, as offsets before `got` were missing;
+    /// whether it will be (if not, the record at `got` is folded now).
     fn reread(&self, p: u32, from: i64, got: i64) -> bool {
         tracing::warn!(
             partition = p,
-            missing = from,
+            from,
             next = got,
-            "cluster: the broker served a record with offsets missing before it; reading the partition again from the first missing one"
+            "cluster: the broker served a record with offsets missing before it; reading the partition again"
         );
         self.ctx()
             .metrics
@@ -511,19 +511,18 @@ impl Folder {
     }
 }
 
-/// How often a partition is read again from an offset found missing before the offsets are
-/// taken as absent for good.
-const GAP_REREADS: u32 = 10;
-
-/// Whether the record at `offset` of partition `p` came with offsets missing before it that
-/// should be read again first: the first missing offset, if so.
+/// Whether the record at `offset` of partition `p` came with offsets missing before it, so that
+/// the partition is to be read again first: the offset to read it from, if so.
 ///
 /// The events topic is never compacted and tally writes it without transactions, so its offsets
-/// have no holes: a record served with offsets missing before it means the broker made the later
-/// record visible before an earlier one was stored (seen on tansu with several producers on one
-/// partition). Going on would skip the earlier record for good, so the partition is read again
-/// from the first missing offset, up to `GAP_REREADS` times; after that the offsets are taken as
-/// absent (a topic set up by hand with compaction or transactions can have such holes).
+/// have no holes: a record served with offsets missing before it means the broker skipped some.
+/// Going on would skip those records for good. A broker may serve a later record before an
+/// earlier one is stored, so the partition is first read again from the first missing offset;
+/// one that serves nothing from an offset inside a stored batch of records (tansu does so: a
+/// consumer resuming mid-batch, as one does after a rebalance paused it, gets the next batch) is
+/// then read again from its start, which is always a batch's start. Should the same offsets be
+/// missing after that, they are taken as absent (a topic set up by hand with compaction or
+/// transactional producers can have real holes).
 fn gap(
     ownership: &Ownership,
     metrics: &Metrics,
@@ -531,35 +530,43 @@ fn gap(
     p: u32,
     offset: i64,
 ) -> Option<i64> {
-    let expected = {
+    let (expected, low) = {
         let owned = ownership.read();
         let part = owned.get(&p)?;
-        if part.restore_to.is_none() || offset <= part.position {
-            gaps.remove(&p);
-            return None;
-        }
-        part.position
+        // Before the partition's start is known (just assigned), offsets are not judged.
+        part.restore_to?;
+        (part.position, part.low)
     };
+    if offset <= expected {
+        if gaps.get(&p).is_some_and(|&(at, _)| at == offset) {
+            gaps.remove(&p); // the hole is filled
+        }
+        return None;
+    }
     let tries = match gaps.get(&p) {
         Some(&(at, tries)) if at == expected => tries,
         _ => 0,
     };
-    if tries >= GAP_REREADS {
-        gaps.remove(&p);
-        tracing::warn!(
-            partition = p,
-            missing = expected,
-            next = offset,
-            "cluster: offsets of the events topic stayed missing through every re-read; going on without them"
-        );
-        metrics
-            .cluster_offset_gaps
-            .with_label_values(&["accepted"])
-            .inc();
-        return None;
-    }
+    let from = match tries {
+        0 => expected,
+        1 => low,
+        _ => {
+            gaps.remove(&p);
+            tracing::warn!(
+                partition = p,
+                missing = expected,
+                next = offset,
+                "cluster: offsets of the events topic stayed missing when read again from the partition's start; going on without them"
+            );
+            metrics
+                .cluster_offset_gaps
+                .with_label_values(&["accepted"])
+                .inc();
+            return None;
+        }
+    };
     gaps.insert(p, (expected, tries + 1));
-    Some(expected)
+    Some(from)
 }
 
 /// Fold one record of partition `p`; the partition's number when this ended its restore.
@@ -584,8 +591,12 @@ fn fold(ctx: &FoldContext, p: u32, offset: i64, payload: Option<&[u8]>) -> Optio
     }
     let mut owned = ctx.ownership.write();
     let part = owned.get_mut(&p)?;
-    part.position = offset + 1;
-    part.events += n;
+    // A partition read again from an earlier offset folds what it has folded already: the
+    // position and the count move on only with records not folded before.
+    if offset >= part.position {
+        part.position = offset + 1;
+        part.events += n;
+    }
     let done = !part.is_live() && part.restore_to.is_some_and(|end| part.position >= end);
     done.then_some(p)
 }
@@ -875,16 +886,21 @@ mod tests {
         let ownership = Ownership::new(ClusterRole::Aggregate, 2_000);
         let metrics = Metrics::new();
         let mut gaps = HashMap::new();
-        ownership.write().insert(3, restoring(5));
+        let mut part = restoring(5);
+        part.low = 2;
+        ownership.write().insert(3, part.clone());
         // The next offset, or one folded already: no gap.
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 5), None);
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 4), None);
         // A partition not folded here: nothing to read again.
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 4, 9), None);
-        // 5 and 6 missing before 7: read again from 5, as often as allowed.
-        for _ in 0..GAP_REREADS {
-            assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 7), Some(5));
-        }
+        // 5 and 6 missing before 7: read again from 5, then from the partition's start.
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 7), Some(5));
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 7), Some(2));
+        // Read from the start, the records folded already pass through.
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 2), None);
+        assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 4), None);
+        // Still missing: taken as absent, and counted.
         let accepted = || {
             metrics
                 .cluster_offset_gaps
@@ -894,15 +910,17 @@ mod tests {
         assert_eq!(accepted(), 0);
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 7), None);
         assert_eq!(accepted(), 1);
-        // A hole that fills on the first re-read leaves no count behind.
-        ownership.write().insert(3, restoring(8));
+        assert!(gaps.is_empty());
+        // A hole that fills on a re-read leaves nothing behind.
+        part.position = 8;
+        ownership.write().insert(3, part.clone());
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 9), Some(8));
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 8), None);
         assert!(gaps.is_empty());
+        assert_eq!(accepted(), 1);
         // Before the partition's start is known, offsets are not judged.
-        let mut unknown = restoring(0);
-        unknown.restore_to = None;
-        ownership.write().insert(3, unknown);
+        part.restore_to = None;
+        ownership.write().insert(3, part);
         assert_eq!(gap(&ownership, &metrics, &mut gaps, 3, 40), None);
     }
 }
