@@ -1011,34 +1011,30 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::AttemptStatus;
+    use crate::ingest::{decode_form, parse_form};
 
+    /// A classic status callback for `sid`, its URL naming the operation `op` when given.
     fn attempt(op: Option<&str>, sid: &str) -> Event {
-        Event {
-            time_ms: 1,
-            body: EventBody::Attempt(AttemptEvent {
-                kind: None,
-                operation_id: op.map(str::to_owned),
-                resource_id: None,
-                downstream_id: Some(sid.to_owned()),
-                attempt: None,
-                channel: None,
-                status: AttemptStatus::Delivered,
-                error_code: None,
-                to: None,
-                tags: vec![],
-            }),
-        }
+        let body = format!("MessageSid={sid}&MessageStatus=delivered");
+        let query = op.map(|op| format!("operationId={op}")).unwrap_or_default();
+        let params = parse_form(body.as_bytes()).expect("form");
+        let query = parse_form(query.as_bytes()).expect("query");
+        decode_form(&params, &query, 1).expect("an attempt")
     }
 
     #[test]
     fn a_held_attempt_is_forgotten_with_the_partition_it_was_routed_by() {
         let agg = Aggregator::new(Limits::default());
         // Names its operation but not its resource: routed by the operation, held by its SID.
+        let named = attempt(Some("comms_operation_1"), "SM1");
+        let EventBody::Attempt(a) = &named.body else {
+            panic!("an attempt: {named:?}")
+        };
         assert_eq!(
-            agg.apply(&attempt(Some("comms_operation_1"), "SM1"), 10),
-            Outcome::Held
+            (a.operation_id.as_deref(), a.resource_id.as_deref()),
+            (Some("comms_operation_1"), None)
         );
+        assert_eq!(agg.apply(&named, 10), Outcome::Held);
         // Names neither: routed by the SID it waits under.
         assert_eq!(agg.apply(&attempt(None, "SM2"), 10), Outcome::Held);
         assert_eq!(agg.census().held, 2);
