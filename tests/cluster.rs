@@ -152,6 +152,11 @@ fn wait_split(members: &[&Member], within: Duration, why: &str) -> Duration {
     }
 }
 
+/// What an aggregate process logs when the broker served a record with offsets missing before
+/// it (and it reads the partition again), and when those offsets stayed missing.
+const HOLE_REREAD: &str = "offsets missing before it";
+const HOLE_ACCEPTED: &str = "stayed missing";
+
 /// Lines containing `needle` in the logs of every process started under `dir`.
 fn count_in_logs(dir: &Path, needle: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -377,7 +382,7 @@ fn audit_events_topic(broker: &Broker, requests: &[Request]) -> Audit {
             }
         }
     }
-    // Links as the topic tells them: an attempt SID or resource id to operation and resource.
+    // Links as the topic tells them (an attempt SID or resource id to operation and resource),
     // and which partitions were told of them (a linking event on the key's own partition).
     let mut links: HashMap<String, Link> = HashMap::new();
     let mut notices: BTreeSet<(usize, String)> = BTreeSet::new();
@@ -621,25 +626,10 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
     let settle = Instant::now();
     let mut last = String::new();
     let agree = loop {
-        let mut differing = Vec::new();
-        for m in &members {
-            for id in &ids {
-                let want = shown(&query_json(&expected, id));
-                let (status, got) = m.tally.get_json(&format!("/v1/Messages/Operations/{id}"));
-                if status != 200 || shown(&got) != want {
-                    // A refusal says why (restoring, no owner, the owner unreachable).
-                    let why = got["message"]
-                        .as_str()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default();
-                    differing.push(format!(
-                        "{} {id}: {status}{why} {} want {want}",
-                        m.name,
-                        shown(&got)
-                    ));
-                }
-            }
-        }
+        let differing: Vec<String> = members
+            .iter()
+            .flat_map(|m| disagreements(m, &ids, &expected))
+            .collect();
         if differing.is_empty() {
             break settle.elapsed();
         }
@@ -654,17 +644,15 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
             let folded: BTreeSet<u32> =
                 owners.iter().flat_map(|(_, o)| o.keys().copied()).collect();
             let orphans: Vec<u32> = (0..PARTITIONS).filter(|p| !folded.contains(p)).collect();
-            // Partitions no running process was given: the group's assignment, which the
-            // broker coordinates. tansu keeps a member whose session ran out (a process paused
-            // past the session timeout joins again as a new member while its old session keeps
-            // its partitions); Kafka expires it after session.timeout.ms.
+            // Partitions no running process folds: each process follows its client's assignment,
+            // so the group, which the broker coordinates, gave them to no running member.
             // And what the events topic holds: a record the broker acknowledged and lost is the
             // broker's fault; a joined attempt never produced, or produced and not folded, is
             // tally's.
             let audit = audit_events_topic(&broker, &requests);
-            let gaps_accepted = count_in_logs(&dir, "stayed missing through every re-read");
+            let gaps_accepted = count_in_logs(&dir, HOLE_ACCEPTED);
             let blame = if gaps_accepted > 0 {
-                format!("broker misbehaved: it served records past offsets it had not stored, and {gaps_accepted} such holes stayed through every re-read; ")
+                format!("broker misbehaved: it served records with offsets missing before them, and {gaps_accepted} such holes stayed missing when the partition was read again from its start; ")
             } else if !orphans.is_empty() {
                 format!(
                     "broker misbehaved: partitions {orphans:?} were given to no running process for 90 s after the last fault (the group as the broker describes it: {:?}); ",
@@ -700,7 +688,7 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
     eprintln!("FIGURE cluster: {audit}");
     eprintln!(
         "FIGURE cluster: records served with offsets missing before them, read again: {}",
-        count_in_logs(&dir, "offsets missing before it")
+        count_in_logs(&dir, HOLE_REREAD)
     );
     assert!(
         audit.lost.is_empty() && audit.gaps.is_empty(),
@@ -812,6 +800,27 @@ fn a_cluster_loses_no_acknowledged_callback_through_kills_and_a_pause() {
         PARTITIONS,
         "every partition has an owner"
     );
+}
+
+/// The operations of `ids` that member `m`'s query API shows otherwise than `expected` does.
+fn disagreements(
+    m: &Member,
+    ids: &[String],
+    expected: &tally::aggregator::Aggregator,
+) -> Vec<String> {
+    ids.iter()
+        .filter_map(|id| {
+            let want = shown(&query_json(expected, id));
+            let (status, got) = m.tally.get_json(&format!("/v1/Messages/Operations/{id}"));
+            // A refusal says why (restoring, no owner, the owner unreachable).
+            let why = got["message"]
+                .as_str()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default();
+            (status != 200 || shown(&got) != want)
+                .then(|| format!("{} {id}: {status}{why} {} want {want}", m.name, shown(&got)))
+        })
+        .collect()
 }
 
 /// The fold's query API shape of operation `id` (what `/v1/Messages/Operations/{id}` shows).
@@ -939,15 +948,7 @@ fn records_in_large_batches_are_all_folded_through_repeated_rebalances() {
 
     let started = Instant::now();
     loop {
-        let differing: Vec<String> = ops
-            .iter()
-            .filter_map(|id| {
-                let want = shown(&query_json(&expected, id));
-                let (status, got) = agg.tally.get_json(&format!("/v1/Messages/Operations/{id}"));
-                (status != 200 || shown(&got) != want)
-                    .then(|| format!("{id}: {status} {} want {want}", shown(&got)))
-            })
-            .collect();
+        let differing = disagreements(&agg, &ops, &expected);
         if differing.is_empty() {
             break;
         }
@@ -968,7 +969,7 @@ fn records_in_large_batches_are_all_folded_through_repeated_rebalances() {
 fn audit_summary(dir: &Path) -> String {
     format!(
         "partitions read again after offsets went missing: {}, holes taken as absent: {}",
-        count_in_logs(dir, "offsets missing before it"),
-        count_in_logs(dir, "stayed missing")
+        count_in_logs(dir, HOLE_REREAD),
+        count_in_logs(dir, HOLE_ACCEPTED)
     )
 }

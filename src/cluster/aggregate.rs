@@ -92,12 +92,7 @@ impl ConsumerContext for FoldContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
-        let parts: Vec<u32> = tpl
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition() as u32)
-            .collect();
+        let parts = partitions_of(tpl, &self.topic);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Every assigned partition is read from its start: this process's state for it
@@ -140,6 +135,15 @@ impl ConsumerContext for FoldContext {
             other => tracing::error!(error = ?other, "cluster: rebalance error"),
         }
     }
+}
+
+/// The partitions of `topic` in `tpl`.
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<u32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition() as u32)
+        .collect()
 }
 
 impl FoldContext {
@@ -404,12 +408,7 @@ impl Folder {
             }
         };
         let topic = &self.settings.events_topic;
-        let held: Vec<u32> = assignment
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == topic)
-            .map(|e| e.partition() as u32)
-            .collect();
+        let held = partitions_of(&assignment, topic);
         let folded: Vec<u32> = self.ctx().ownership.read().keys().copied().collect();
         let gone: Vec<u32> = folded
             .iter()
