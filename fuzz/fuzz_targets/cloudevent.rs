@@ -1,15 +1,22 @@
 //! The Event Streams decoder: any bytes in, a body error or one bounded event (or skip reason)
-//! per element out; the bounded reader agrees with the unbounded one; records round-trip.
+//! per element out; the bounded reader agrees with the unbounded one; a batch the hand reader
+//! takes reads as serde reads it; records round-trip.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tally::ingest::cloudevent::{decode_batch_by_hand, decode_batch_by_serde};
 use tally::ingest::{decode_events, decode_events_bounded, BodyError};
 use tally_fuzz::{check_event, check_journal_round_trip, RX};
 
 const BOUND: usize = 3;
 
 fuzz_target!(|data: &[u8]| {
+    for max in [BOUND, usize::MAX] {
+        if let Some(by_hand) = decode_batch_by_hand(data, RX, max) {
+            assert_eq!(Some(by_hand), decode_batch_by_serde(data, RX, max));
+        }
+    }
     let all = decode_events(data, RX);
     let bounded = decode_events_bounded(data, RX, BOUND);
     match (&all, &bounded) {

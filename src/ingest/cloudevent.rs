@@ -21,6 +21,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+mod scan;
 mod wire;
 
 use super::{bounded_id, default_messaging_channel, named_channel, BodyError};
@@ -46,9 +47,10 @@ pub fn decode_events(
 
 /// [`decode_events`] for a body that may carry at most `max_events` events: a longer array is
 /// [`BodyError::TooManyEvents`], refused as soon as element `max_events + 1` has been read and
-/// before any event is decoded. An array is read in one pass into at most `max_events`
-/// borrowed envelopes; when that pass fails it is split into borrowed raw elements (16 bytes
-/// each, bounded by the body size limit) and read element by element. Either way a hostile body
+/// before any event is decoded. An array in the shape Twilio sends is read by hand
+/// (`cloudevent/scan.rs`); anything else in one serde pass into at most `max_events` borrowed
+/// envelopes; when that pass fails it is split into borrowed raw elements (16 bytes each,
+/// bounded by the body size limit) and read element by element. Either way a hostile body
 /// cannot make tally build more than `max_events` envelopes or decoded events.
 pub fn decode_events_bounded(
     body: &[u8],
@@ -58,7 +60,10 @@ pub fn decode_events_bounded(
     // A UTF-8 byte order mark is not JSON, but some proxies add one; it carries no meaning.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return match decode_batch_in_one_pass(body, received_ms, max_events) {
+        let scanned = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| scan::read_batch(text, received_ms, max_events));
+        return match scanned.or_else(|| decode_batch_in_one_pass(body, received_ms, max_events)) {
             Some(decoded) => Ok(decoded),
             None => decode_batch_by_element(body, received_ms, max_events),
         };
@@ -72,6 +77,28 @@ pub fn decode_events_bounded(
         Ok(_) => Err(BodyError::NotArrayOrObject),
         Err(_) => Err(BodyError::NotJson),
     }
+}
+
+/// The two readers of a batch side by side, for the fuzz target that holds them to one reading:
+/// the hand reader's events, `None` where it gives way to serde.
+#[doc(hidden)]
+pub fn decode_batch_by_hand(
+    body: &[u8],
+    received_ms: u64,
+    max_events: usize,
+) -> Option<Vec<Result<Event, SkipReason>>> {
+    scan::read_batch(std::str::from_utf8(body).ok()?, received_ms, max_events)
+}
+
+/// See [`decode_batch_by_hand`]: serde's one pass, `None` where it gives way to the element by
+/// element reading.
+#[doc(hidden)]
+pub fn decode_batch_by_serde(
+    body: &[u8],
+    received_ms: u64,
+    max_events: usize,
+) -> Option<Vec<Result<Event, SkipReason>>> {
+    decode_batch_in_one_pass(body, received_ms, max_events)
 }
 
 /// A batch read in one pass, each element straight into its envelope and decoded as soon as it
@@ -1304,6 +1331,70 @@ mod tests {
     /// Arbitrary JSON, biased toward the keys and words this module looks at so the proptest
     /// reaches past the first `match`.
     fn arb_json() -> impl Strategy<Value = Value> {
+        arb_json_of(false)
+    }
+
+    /// Like [`arb_json`], but only with leaves the hand reader takes wherever they are (no
+    /// escapes in strings, no numbers but non-negative integers) and no `data` smuggled in as a
+    /// string, so that most batches of it are read by hand.
+    fn arb_tame_json() -> impl Strategy<Value = Value> {
+        arb_json_of(true)
+    }
+
+    /// A `data` object of the members tally reads (in both spellings), each holding a leaf the
+    /// hand reader takes or an object, so that every case puts the reading of members to work.
+    fn arb_tame_data() -> impl Strategy<Value = Value> {
+        let names = prop::sample::select(vec![
+            "operation_id",
+            "operationId",
+            "message_id",
+            "messageId",
+            "email_id",
+            "emailId",
+            "push_notification_id",
+            "pushNotificationId",
+            "notification_id",
+            "notificationId",
+            "downstream_id",
+            "downstreamId",
+            "attempt",
+            "error_code",
+            "errorCode",
+            "channel",
+            "from",
+            "to",
+            "tags",
+            "message_sid",
+            "messageSid",
+            "sms_sid",
+            "smsSid",
+            "message_status",
+            "messageStatus",
+            "channel_prefix",
+            "channelPrefix",
+            "other",
+        ]);
+        let value = prop_oneof![
+            4 => prop::sample::select(vec![
+                "comms_message_1", "comms_operation_1", "comms_email_1", "SM1", "30003", "sent",
+                "SMS", "WHATSAPP", "email", "fcm", "whatsapp:+1", "+15551234567", "",
+            ]).prop_map(Value::from),
+            1 => any::<u16>().prop_map(Value::from),
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::Bool),
+            2 => arb_tame_json(),
+            2 => prop::collection::btree_map(
+                prop::sample::select(vec!["address", "channel", "provider", "token", "campaign"]),
+                prop::sample::select(vec!["SMS", "RCS", "apn", "+15551234567", "x"]),
+                0..4,
+            ).prop_map(|m| json!(m)),
+        ];
+        prop::collection::vec((names, value), 0..10).prop_map(|pairs| {
+            Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        })
+    }
+
+    fn arb_json_of(tame: bool) -> BoxedStrategy<Value> {
         let words = prop::sample::select(vec![
             "type",
             "data",
@@ -1342,6 +1433,26 @@ mod tests {
             ":",
             "\u{1F600}",
         ]);
+        let tame_leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u32>().prop_map(Value::from),
+            words.clone().prop_map(Value::from),
+        ];
+        if tame {
+            return tame_leaf
+                .prop_recursive(5, 64, 8, move |inner| {
+                    prop_oneof![
+                        prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                        prop::collection::vec((words.clone(), inner), 0..8).prop_map(|pairs| {
+                            Value::Object(
+                                pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                            )
+                        }),
+                    ]
+                })
+                .boxed();
+        }
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -1361,6 +1472,125 @@ mod tests {
                 inner.prop_map(|v| Value::String(v.to_string())),
             ]
         })
+        .boxed()
+    }
+
+    /// What the body reads as when serde reads it: the one pass, or element by element.
+    fn read_by_serde(body: &str, max: usize) -> Result<Vec<Result<Event, SkipReason>>, BodyError> {
+        decode_batch_in_one_pass(body.as_bytes(), 7, max)
+            .map_or_else(|| decode_batch_by_element(body.as_bytes(), 7, max), Ok)
+    }
+
+    #[test]
+    fn a_batch_as_twilio_sends_it_is_read_by_hand_and_reads_as_serde_reads_it() {
+        let odd = json!({
+            "type": "com.twilio.comms-api.message.failed", "time": 5, "id": {"x": "\u{e9}\n/"},
+            "extra": [-0.5e3, 1E+2, 0, true, null, [[{}]]],
+            "data": {
+                "messageId": MSG, "operationId": OP, "attempt": 2, "error_code": 30003,
+                "channel": ["x"], "from": "whatsapp:+1", "to": null, "email_id": null,
+                "downstream_id": {"a": [1, -2.5, "\u{e9}\t"]},
+                "tags": {"a": 1, "b": true, "c": null, "d": {"x": 1}, "e": [1], "f": "text"},
+                "unknown": [{"deep": [[[]]]}],
+            },
+        });
+        let batch = json!([
+            comms("com.twilio.comms-api.message.delivered", message_data()),
+            comms(
+                "com.twilio.comms-api.operation.completed",
+                json!({"operation_id": "comms_operation_01"})
+            ),
+            comms("com.twilio.messaging.message.delivered", classic_data()),
+            comms("com.twilio.comms-api.message.bogus", message_data()),
+            {"type": {"not": "text"}, "data": []},
+            {"type": "com.twilio.comms-api.email.opened", "data": "not an object"},
+            {"type": "com.twilio.comms-api.push-notification.sent", "data": 7},
+            odd,
+        ]);
+        for body in [
+            batch.to_string(),
+            serde_json::to_string_pretty(&batch).unwrap(),
+            "[]".to_owned(),
+            " \t\r\n[ ] \n".to_owned(),
+        ] {
+            let by_hand = scan::read_batch(&body, 7, 100).expect("read by hand");
+            assert_eq!(
+                Some(&by_hand),
+                decode_batch_in_one_pass(body.as_bytes(), 7, 100).as_ref()
+            );
+            assert_eq!(decode_events(body.as_bytes(), 7), Ok(by_hand));
+        }
+        // A tag named twice keeps its last value, as serde keeps it.
+        let twice = r#"[{"type":"com.twilio.comms-api.message.sent","data":{"message_id":"m","tags":{"a":"1","a":"2"}}}]"#;
+        let by_hand = scan::read_batch(twice, 7, 100).expect("read by hand");
+        assert_eq!(
+            Some(by_hand),
+            decode_batch_in_one_pass(twice.as_bytes(), 7, 100)
+        );
+    }
+
+    #[test]
+    fn the_hand_reader_gives_way_to_serde_on_what_it_does_not_take_and_the_body_reads_alike() {
+        let sent = |data: &str| {
+            format!(r#"[{{"type":"com.twilio.comms-api.message.sent","id":"e1","data":{data}}}]"#)
+        };
+        let deep = format!(
+            r#"{{"message_id":"m","x":{}1{}}}"#,
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        let two = format!(
+            "{},{}",
+            &sent(r#"{"message_id":"m"}"#)[..sent(r#"{"message_id":"m"}"#).len() - 1],
+            &sent(r#"{"message_id":"n"}"#)[1..]
+        );
+        let cases = [
+            // An escape in a string tally reads, or in a member's name.
+            sent(r#"{"message_id":"m\u00e9"}"#),
+            r#"[{"type":"com.twilio.comms-api.message.sent","da\u0074a":{"message_id":"m"}}]"#.to_owned(),
+            sent(r#"{"message_\u0069d":"m"}"#),
+            // `data` as a string holding an object.
+            sent(r#""{\"message_id\":\"m\"}""#),
+            // Numbers that are not plain non-negative integers, where tally reads them.
+            sent(r#"{"message_id":"m","attempt":1.0}"#),
+            sent(r#"{"message_id":"m","error_code":-1}"#),
+            sent(r#"{"message_id":"m","attempt":12345678901234567890}"#),
+            // A member tally reads named twice, in one spelling or both.
+            sent(r#"{"message_id":"m","messageId":"n"}"#),
+            sent(r#"{"message_id":"m","message_id":null}"#),
+            sent(r#"{"message_id":"m","from":{"address":"+1"},"from":null}"#),
+            sent(r#"{"message_id":"m","from":{"channel":"SMS","channel":"RCS"}}"#),
+            r#"[{"type":"com.twilio.comms-api.message.sent","type":"x","data":{"message_id":"m"}}]"#.to_owned(),
+            // Too deep, though serde reads it.
+            sent(&deep),
+            // Not JSON, or not a batch of objects.
+            sent(r#"{"message_id":"m","attempt":01}"#),
+            sent("{\"message_id\":\"m\u{1}\"}"),
+            sent(r#"{"message_id":"m","x":"\q"}"#),
+            sent(r#"{"message_id":"m","x":"\u12g4"}"#),
+            sent(r#"{"message_id":"m","x":1.}"#),
+            sent(r#"{"message_id":"m","x":-}"#),
+            sent(r#"{"message_id":"m","x":tru}"#),
+            sent(r#"{"message_id":"m",}"#),
+            format!("{} x", sent(r#"{"message_id":"m"}"#)),
+            format!("[1,{}", &sent(r#"{"message_id":"m"}"#)[1..]),
+            "[".to_owned(),
+        ];
+        for body in &cases {
+            assert_eq!(scan::read_batch(body, 7, 100), None, "read by hand: {body}");
+            assert_eq!(
+                decode_events(body.as_bytes(), 7),
+                read_by_serde(body, 100),
+                "{body}"
+            );
+        }
+        // Past the bound.
+        assert_eq!(scan::read_batch(&two, 7, 2).map(|d| d.len()), Some(2));
+        assert_eq!(scan::read_batch(&two, 7, 1), None);
+        assert_eq!(
+            decode_events_bounded(two.as_bytes(), 7, 1),
+            Err(BodyError::TooManyEvents { max: 1 })
+        );
     }
 
     #[test]
@@ -1396,6 +1626,36 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_batch_read_by_hand_reads_as_serde_reads_it(
+            elements in prop::collection::vec(
+                prop_oneof![
+                    arb_json(),
+                    arb_tame_json(),
+                    (prop::sample::select(vec![
+                        "com.twilio.comms-api.message.delivered",
+                        "com.twilio.comms-api.email.opened",
+                        "com.twilio.comms-api.operation.completed",
+                        "com.twilio.messaging.message.sent",
+                    ]), arb_tame_data(), "[0-9T:.Z-]{0,30}")
+                        .prop_map(|(ty, data, time)| json!({"type": ty, "time": time, "data": data})),
+                ],
+                0..6,
+            ),
+            pretty in any::<bool>(),
+            max in 0usize..8,
+            rx in any::<u64>(),
+        ) {
+            let batch = Value::Array(elements);
+            let body = match pretty {
+                true => serde_json::to_string_pretty(&batch).unwrap(),
+                false => batch.to_string(),
+            };
+            if let Some(by_hand) = scan::read_batch(&body, rx, max) {
+                prop_assert_eq!(Some(by_hand), decode_batch_in_one_pass(body.as_bytes(), rx, max));
+            }
+        }
+
         #[test]
         fn a_batch_read_in_one_pass_reads_as_element_by_element(
             elements in prop::collection::vec(

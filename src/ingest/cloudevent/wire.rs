@@ -76,11 +76,11 @@ pub(super) struct Data<'a> {
 #[derive(Deserialize)]
 pub(super) struct Address<'a> {
     #[serde(borrow)]
-    address: Option<Loose<'a>>,
+    pub address: Option<Loose<'a>>,
     #[serde(borrow)]
-    channel: Option<Loose<'a>>,
+    pub channel: Option<Loose<'a>>,
     #[serde(borrow)]
-    provider: Option<Loose<'a>>,
+    pub provider: Option<Loose<'a>>,
 }
 
 /// A JSON value where tally expects text, a number or (for `T` other than [`IgnoredAny`]) an
