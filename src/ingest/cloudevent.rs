@@ -1341,6 +1341,22 @@ mod tests {
         arb_json_of(true)
     }
 
+    /// An envelope of a type tally reads, its `data` from `data` and its `time` from the regex
+    /// `time`.
+    fn arb_envelope(
+        data: impl Strategy<Value = Value>,
+        time: &'static str,
+    ) -> impl Strategy<Value = Value> {
+        let types = prop::sample::select(vec![
+            "com.twilio.comms-api.message.delivered",
+            "com.twilio.comms-api.email.opened",
+            "com.twilio.comms-api.operation.completed",
+            "com.twilio.messaging.message.sent",
+        ]);
+        (types, data, time)
+            .prop_map(|(ty, data, time)| json!({"type": ty, "time": time, "data": data}))
+    }
+
     /// A `data` object of the members tally reads (in both spellings), each holding a leaf the
     /// hand reader takes or an object, so that every case puts the reading of members to work.
     fn arb_tame_data() -> impl Strategy<Value = Value> {
@@ -1632,13 +1648,7 @@ mod tests {
                 prop_oneof![
                     arb_json(),
                     arb_tame_json(),
-                    (prop::sample::select(vec![
-                        "com.twilio.comms-api.message.delivered",
-                        "com.twilio.comms-api.email.opened",
-                        "com.twilio.comms-api.operation.completed",
-                        "com.twilio.messaging.message.sent",
-                    ]), arb_tame_data(), "[0-9T:.Z-]{0,30}")
-                        .prop_map(|(ty, data, time)| json!({"type": ty, "time": time, "data": data})),
+                    arb_envelope(arb_tame_data(), "[0-9T:.Z-]{0,30}"),
                 ],
                 0..6,
             ),
@@ -1661,13 +1671,7 @@ mod tests {
             elements in prop::collection::vec(
                 prop_oneof![
                     arb_json(),
-                    (prop::sample::select(vec![
-                        "com.twilio.comms-api.message.delivered",
-                        "com.twilio.comms-api.email.opened",
-                        "com.twilio.comms-api.operation.completed",
-                        "com.twilio.messaging.message.sent",
-                    ]), arb_json(), ".{0,30}")
-                        .prop_map(|(ty, data, time)| json!({"type": ty, "time": time, "data": data})),
+                    arb_envelope(arb_json(), ".{0,30}"),
                 ],
                 0..6,
             ),

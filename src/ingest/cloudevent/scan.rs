@@ -47,34 +47,21 @@ pub(super) fn read_batch(
         at: 0,
         depth: 0,
     };
-    s.white();
-    s.eat(b'[')?;
-    s.depth = 1;
     let mut decoded = Vec::with_capacity(expected_events(text.len(), max_events));
     s.white();
-    if s.peek()? == b']' {
-        s.at += 1;
-    } else {
-        loop {
-            if decoded.len() == max_events {
-                return None;
-            }
-            s.white();
-            let mut envelope = Envelope {
-                ty: None,
-                time: None,
-                data: None,
-            };
-            s.envelope(&mut envelope)?;
-            decoded.push(decode_envelope(&envelope, received_ms));
-            s.white();
-            match s.next()? {
-                b',' => {}
-                b']' => break,
-                _ => return None,
-            }
+    s.items(b'[', b']', |s| {
+        if decoded.len() == max_events {
+            return None;
         }
-    }
+        let mut envelope = Envelope {
+            ty: None,
+            time: None,
+            data: None,
+        };
+        s.envelope(&mut envelope)?;
+        decoded.push(decode_envelope(&envelope, received_ms));
+        Some(())
+    })?;
     s.white();
     (s.at == s.bytes.len()).then_some(decoded)
 }
@@ -253,61 +240,52 @@ impl<'a> Scanner<'a> {
         (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
     }
 
-    /// Read an object's members, handing each name to `member`, which reads the value.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
+    /// Read a `[…]` or `{…}` (opened by `open`, closed by `close`) one level deeper, handing each
+    /// of its items to `item`, which reads it.
+    fn items(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return None;
         }
         self.white();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            self.white();
-            let name = self.string()?;
-            self.white();
-            self.eat(b':')?;
-            self.white();
-            member(self, name)?;
-            self.white();
-            match self.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
-            }
-        }
-        self.depth -= 1;
-        Some(())
-    }
-
-    /// Skip an array's elements.
-    fn skip_array(&mut self) -> Option<()> {
-        self.eat(b'[')?;
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return None;
-        }
-        self.white();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.at += 1;
         } else {
             loop {
                 self.white();
-                self.skip_value()?;
+                item(self)?;
                 self.white();
                 match self.next()? {
                     b',' => {}
-                    b']' => break,
+                    b if b == close => break,
                     _ => return None,
                 }
             }
         }
         self.depth -= 1;
         Some(())
+    }
+
+    /// Read an object's members, handing each name to `member`, which reads the value.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.items(b'{', b'}', |s| {
+            let name = s.string()?;
+            s.white();
+            s.eat(b':')?;
+            s.white();
+            member(s, name)
+        })
+    }
+
+    /// Skip an array's elements.
+    fn skip_array(&mut self) -> Option<()> {
+        self.items(b'[', b']', Self::skip_value)
     }
 
     /// Skip any value (a member tally does not read).
