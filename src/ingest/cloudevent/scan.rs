@@ -6,10 +6,12 @@
 //! It reads a strict subset of JSON and gives up (`None`) on anything outside it, and the caller
 //! then reads the body with serde as before. What it gives up on, so that whatever it does read
 //! reads exactly as serde would have read it:
-//! - a backslash anywhere, or a control character in a string (an escape would have to be
-//!   decoded, a control character is refused by serde);
-//! - a number that is not a plain non-negative integer of at most 19 digits (serde reads the
-//!   others in ways that depend on their spelling);
+//! - a control character in a string (serde refuses it);
+//! - an escape in a member's name or in a string tally reads (it would have to be decoded); in a
+//!   string tally skips, an escape is only checked, as serde checks it;
+//! - where tally reads a number, one that is not a plain non-negative integer of at most 19
+//!   digits (serde reads the others in ways that depend on their spelling); a number tally skips
+//!   need only be valid JSON;
 //! - an element of the array that is not an object, and anything after the array;
 //! - a member tally reads named twice in one object (in either spelling), which serde refuses;
 //! - nesting deeper than [`MAX_DEPTH`], well inside serde's own limit;
