@@ -60,10 +60,9 @@ pub fn decode_events_bounded(
     // A UTF-8 byte order mark is not JSON, but some proxies add one; it carries no meaning.
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        let scanned = std::str::from_utf8(body)
-            .ok()
-            .and_then(|text| scan::read_batch(text, received_ms, max_events));
-        return match scanned.or_else(|| decode_batch_in_one_pass(body, received_ms, max_events)) {
+        let read = decode_batch_by_hand(body, received_ms, max_events)
+            .or_else(|| decode_batch_in_one_pass(body, received_ms, max_events));
+        return match read {
             Some(decoded) => Ok(decoded),
             None => decode_batch_by_element(body, received_ms, max_events),
         };
@@ -79,8 +78,9 @@ pub fn decode_events_bounded(
     }
 }
 
-/// The two readers of a batch side by side, for the fuzz target that holds them to one reading:
-/// the hand reader's events, `None` where it gives way to serde.
+/// A batch read by hand (`cloudevent/scan.rs`): its events, `None` where the hand reader gives
+/// way to serde. Public, with [`decode_batch_by_serde`], for the fuzz target that holds the two
+/// readers to one reading.
 #[doc(hidden)]
 pub fn decode_batch_by_hand(
     body: &[u8],

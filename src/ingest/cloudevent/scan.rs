@@ -219,21 +219,18 @@ impl<'a> Scanner<'a> {
     /// A plain non-negative integer.
     fn integer(&mut self) -> Option<Number> {
         let start = self.at;
-        let digits = self.bytes[start..]
-            .iter()
-            .position(|b| !b.is_ascii_digit())
-            .unwrap_or(self.bytes.len() - start);
-        if digits == 0 || digits > MAX_DIGITS || (digits > 1 && self.bytes[start] == b'0') {
+        self.digits();
+        let digits = &self.text[start..self.at];
+        if digits.is_empty()
+            || digits.len() > MAX_DIGITS
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
             return None;
         }
-        if let Some(b'.' | b'e' | b'E') = self.bytes.get(start + digits) {
+        if let Some(b'.' | b'e' | b'E') = self.peek() {
             return None;
         }
-        self.at = start + digits;
-        self.text[start..self.at]
-            .parse::<u64>()
-            .ok()
-            .map(Number::from)
+        digits.parse::<u64>().ok().map(Number::from)
     }
 
     /// The literal `word` (`true`, `false` or `null`).
