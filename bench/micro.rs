@@ -1,11 +1,12 @@
 //! Micro-benchmarks of the hot functions, so a regression shows at the function where it
 //! happens: signature verification (form and JSON), CloudEvent parsing (a batch of 100), form
-//! parsing, and applying an event. `cargo bench --bench micro`.
+//! parsing, framing a journal record, and applying an event. `cargo bench --bench micro`.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tally::aggregator::{Aggregator, Limits};
 use tally::event::Kind;
 use tally::ingest::{decode_events, decode_form};
+use tally::journal::{frame_record, Record};
 use tally::signature::Verifier;
 use tally::simulate::{Config, Mix, Scenario};
 
@@ -112,6 +113,26 @@ fn parsing(c: &mut Criterion) {
     g.finish();
 }
 
+fn journalling(c: &mut Criterion) {
+    let s = scenario(Mix::Events);
+    let reqs = s.requests(100);
+    let batch = reqs.iter().find(|r| r.events == 100).expect("a full batch");
+    let record = Record {
+        received_ms: NOW,
+        events: decode_events(&batch.body, NOW)
+            .expect("json")
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
+    let mut g = c.benchmark_group("journal");
+    g.throughput(Throughput::Elements(record.events.len() as u64));
+    g.bench_function("frame_record_batch_of_100", |b| {
+        b.iter(|| frame_record(black_box(&record)))
+    });
+    g.finish();
+}
+
 fn applying(c: &mut Criterion) {
     let s = scenario(Mix::Events);
     let events: Vec<_> = s
@@ -148,5 +169,5 @@ fn applying(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signatures, parsing, applying);
+criterion_group!(benches, signatures, parsing, journalling, applying);
 criterion_main!(benches);
