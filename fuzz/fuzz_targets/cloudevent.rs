@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally::ingest::cloudevent::{decode_batch_by_hand, decode_batch_by_serde};
+use tally::ingest::cloudevent::{decode_batch_by_hand, decode_batch_in_one_pass};
 use tally::ingest::{decode_events, decode_events_bounded, BodyError};
 use tally_fuzz::{check_event, check_journal_round_trip, RX};
 
@@ -14,7 +14,7 @@ const BOUND: usize = 3;
 fuzz_target!(|data: &[u8]| {
     for max in [BOUND, usize::MAX] {
         if let Some(by_hand) = decode_batch_by_hand(data, RX, max) {
-            assert_eq!(Some(by_hand), decode_batch_by_serde(data, RX, max));
+            assert_eq!(Some(by_hand), decode_batch_in_one_pass(data, RX, max));
         }
     }
     let all = decode_events(data, RX);

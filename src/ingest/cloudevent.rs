@@ -79,8 +79,8 @@ pub fn decode_events_bounded(
 }
 
 /// A batch read by hand (`cloudevent/scan.rs`): its events, `None` where the hand reader gives
-/// way to serde. Public, with [`decode_batch_by_serde`], for the fuzz target that holds the two
-/// readers to one reading.
+/// way to serde. Public, with [`decode_batch_in_one_pass`], for the fuzz target that holds the
+/// two readers to one reading.
 #[doc(hidden)]
 pub fn decode_batch_by_hand(
     body: &[u8],
@@ -90,17 +90,6 @@ pub fn decode_batch_by_hand(
     scan::read_batch(std::str::from_utf8(body).ok()?, received_ms, max_events)
 }
 
-/// See [`decode_batch_by_hand`]: serde's one pass, `None` where it gives way to the element by
-/// element reading.
-#[doc(hidden)]
-pub fn decode_batch_by_serde(
-    body: &[u8],
-    received_ms: u64,
-    max_events: usize,
-) -> Option<Vec<Result<Event, SkipReason>>> {
-    decode_batch_in_one_pass(body, received_ms, max_events)
-}
-
 /// A batch read in one pass, each element straight into its envelope and decoded as soon as it
 /// is read: what Twilio sends. `None` when that pass fails for any reason (a body that is not
 /// UTF-8; an element that is not an object, or names a member twice; a syntax error; more than
@@ -108,7 +97,8 @@ pub fn decode_batch_by_serde(
 /// each is read on its own, which tells those apart and skips only the bad elements. Both ways
 /// decode each event from the same envelope, so a batch reads the same either way (a test holds
 /// them to it); the split costs a second pass over the body.
-fn decode_batch_in_one_pass(
+#[doc(hidden)]
+pub fn decode_batch_in_one_pass(
     body: &[u8],
     received_ms: u64,
     max_events: usize,
