@@ -80,20 +80,20 @@ fn main() -> std::io::Result<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000)
         .max(2);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The main thread's own placement is restored to every CPU after each round.
-    let all: Vec<usize> = (0..cpus).collect();
+    // The CPUs this process may run on (a container may be given any of the machine's); the
+    // main thread is put back on all of them after each round.
+    let allowed = rustix::process::sched_getaffinity(None)?;
+    let all: Vec<usize> = (0..rustix::process::CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .collect();
+    let cpus = all.len();
     let unpin = || {
-        let mut set = rustix::process::CpuSet::new();
-        for &c in &all {
-            set.set(c);
-        }
-        let _ = rustix::process::sched_setaffinity(None, &set);
+        let _ = rustix::process::sched_setaffinity(None, &allowed);
     };
     let mut placements: Vec<(&str, Option<usize>, Option<usize>)> =
-        vec![("same_cpu", Some(0), Some(0))];
+        vec![("same_cpu", Some(all[0]), Some(all[0]))];
     if cpus > 1 {
-        placements.push(("across_cpus", Some(0), Some(1)));
+        placements.push(("across_cpus", Some(all[0]), Some(all[1])));
     }
     placements.push(("as_scheduled", None, None));
     let mut results: Vec<Vec<Round>> = placements.iter().map(|_| Vec::new()).collect();
